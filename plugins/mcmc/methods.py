@@ -1,0 +1,95 @@
+"""The annealing methods of the ``mcmc`` plugin: ``smc`` and ``ais``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sampler import Pipeline, corrector
+from sampler.errors import ConfigurationError
+from sampler.schedules import Adaptive, Geometric, Linear, Power, Schedule
+
+_KERNELS = ("mala", "hmc", "rwmh", "ula")
+
+
+def _kernel(kernel: str, n_steps: int, kernel_options: dict[str, Any]):
+    if kernel not in _KERNELS:
+        raise ConfigurationError(f"kernel must be one of {', '.join(_KERNELS)}, got {kernel!r}")
+    return corrector(kernel, n_steps=n_steps, **kernel_options)
+
+
+def build_smc(
+    kernel: str = "mala",
+    n_steps: int = 10,
+    target_ess: float = 0.5,
+    resample_threshold: float = 0.5,
+    scheme: str = "systematic",
+    schedule: Schedule | None = None,
+    reference_loc=None,
+    reference_scale=None,
+    **kernel_options: Any,
+) -> Pipeline:
+    """Adaptive tempered SMC: reweight to the next temperature (conditional ESS = ``target_ess``),
+    resample when the ESS falls below ``resample_threshold``, then ``n_steps`` MCMC sweeps.
+
+    Args:
+        kernel: MCMC corrector (``mala``, ``hmc``, ``rwmh``, ``ula``).
+        n_steps: MCMC sweeps per temperature.
+        target_ess: conditional ESS goal of the adaptive schedule (ignored if ``schedule`` is given).
+        resample_threshold: ESS fraction that triggers resampling.
+        scheme: resampling scheme.
+        schedule: a fixed :mod:`sampler.schedules` schedule instead of the adaptive one.
+        reference_loc, reference_scale: override the target's default Gaussian reference.
+        **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``,
+            ``n_leapfrog`` for HMC, ...).
+    """
+    steps = [
+        corrector("resample", scheme=scheme, threshold=resample_threshold),
+        _kernel(kernel, n_steps, kernel_options),
+    ]
+    options = dict(kernel=kernel, n_steps=n_steps, target_ess=target_ess, resample_threshold=resample_threshold, scheme=scheme, **kernel_options)
+    return Pipeline(
+        schedule=schedule if schedule is not None else Adaptive(target_ess=target_ess),
+        steps=steps,
+        reference_loc=reference_loc,
+        reference_scale=reference_scale,
+        final_resampling=scheme,
+        name="smc",
+        options=options,
+    )
+
+
+_FIXED = {"linear": Linear, "geometric": Geometric, "power": Power}
+
+
+def build_ais(
+    kernel: str = "mala",
+    n_steps: int = 1,
+    n_temps: int = 200,
+    schedule: str | Schedule = "power",
+    reference_loc=None,
+    reference_scale=None,
+    **kernel_options: Any,
+) -> Pipeline:
+    """Annealed importance sampling: a fixed schedule of ``n_temps`` temperatures, ``n_steps``
+    MCMC sweeps at each, no resampling. Its Z estimate per replica is unbiased.
+
+    Args:
+        kernel: MCMC corrector (``mala``, ``hmc``, ``rwmh``, ``ula``).
+        n_steps: MCMC sweeps per temperature.
+        n_temps: number of annealing steps.
+        schedule: ``"power"`` (t = (k/K)^4), ``"linear"``, ``"geometric"``, or a Schedule.
+        reference_loc, reference_scale: override the target's default Gaussian reference.
+    """
+    if isinstance(schedule, str):
+        if schedule not in _FIXED:
+            raise ConfigurationError(f"schedule must be one of {', '.join(_FIXED)} or a Schedule, got {schedule!r}")
+        schedule = _FIXED[schedule](n_temps)
+    options = dict(kernel=kernel, n_steps=n_steps, n_temps=n_temps, **kernel_options)
+    return Pipeline(
+        schedule=schedule,
+        steps=[_kernel(kernel, n_steps, kernel_options)],
+        reference_loc=reference_loc,
+        reference_scale=reference_scale,
+        name="ais",
+        options=options,
+    )

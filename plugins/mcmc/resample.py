@@ -1,0 +1,44 @@
+"""The ``resample`` corrector: ESS-triggered resampling, decided per replica."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+
+from sampler import Corrector, Particles, StepContext, StepOutput
+from sampler.errors import ConfigurationError
+from sampler.resampling import get_scheme
+
+
+class Resample(Corrector):
+    """Resample a replica when its normalized ESS falls below ``threshold``.
+
+    Args:
+        scheme: ``systematic`` (default), ``stratified``, ``residual`` or ``multinomial``.
+        threshold: ESS fraction in (0, 1] below which a replica is resampled; 1 resamples
+            whenever the weights are not all equal.
+
+    Reports ``resampled`` ``(R,)`` (1 where the replica was resampled). Log Z is unchanged.
+    """
+
+    def __init__(self, scheme: str = "systematic", threshold: float = 0.5):
+        if not 0 < threshold <= 1:
+            raise ConfigurationError(f"resampling threshold must lie in (0, 1], got {threshold!r}")
+        self.scheme = scheme
+        self.threshold = float(threshold)
+        self._resample = get_scheme(scheme)
+
+    def apply(self, particles: Particles, state: None, ctx: StepContext) -> StepOutput:
+        ess = particles.ess()
+        uniform = (particles.log_weights == particles.log_weights[:, :1]).all(-1)
+        due = (ess < self.threshold) & ~uniform
+        if not bool(due.any()):
+            return StepOutput(particles, state, {"resampled": due.to(torch.float64)})
+        n = particles.n_particles
+        keep = torch.arange(n, device=due.device).expand(particles.n_replicas, n)
+        idx = torch.where(due[:, None], self._resample(particles.log_weights, ctx.generator), keep)
+        new = particles.gather(idx)
+        log_w = torch.where(due[:, None], torch.full_like(particles.log_weights, -math.log(n)), particles.log_weights)
+        return StepOutput(attrs.evolve(new, log_weights=log_w), state, {"resampled": due.to(torch.float64)})

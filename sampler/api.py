@@ -1,0 +1,123 @@
+"""The user-facing entry points: sample, build components by name, list what is registered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sampler.errors import ConfigurationError
+from sampler.plugins import PluginInfo, host
+from sampler.result import Result
+from sampler.steps import Corrector, Transport
+from sampler.targets.base import Target
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_TARGET",
+    "sample",
+    "method",
+    "corrector",
+    "transport",
+    "get_target",
+    "list_methods",
+    "list_correctors",
+    "list_transports",
+    "list_targets",
+    "list_plugins",
+]
+
+#: Method used when none is named (``sampler run``, :func:`sample`).
+DEFAULT_METHOD = "smc"
+#: Target ``sampler run`` samples when none is named.
+DEFAULT_TARGET = "gmm40"
+
+
+def _build(kind: str, name: str, options: dict[str, Any]) -> Any:
+    entry = host().registry.get(kind, name)
+    try:
+        return entry.factory(**options)
+    except TypeError as exc:
+        raise ConfigurationError(f"{kind} {name!r} (plugin {entry.plugin!r}): bad options {sorted(options)}: {exc}") from exc
+
+
+def method(name: str, **options: Any) -> Any:
+    """Build the runner of a registered method with its options (see :func:`list_methods`)."""
+    return _build("method", name, options)
+
+
+def corrector(name: str, **options: Any) -> Corrector:
+    """Build a registered corrector, e.g. ``corrector("mala", n_steps=10)``."""
+    step = _build("corrector", name, options)
+    if not isinstance(step, Corrector):
+        raise ConfigurationError(f"corrector {name!r} built {type(step).__name__}, which is not a sampler.Corrector")
+    return step
+
+
+def transport(name: str, **options: Any) -> Transport:
+    """Build a registered transport by name."""
+    step = _build("transport", name, options)
+    if not isinstance(step, Transport):
+        raise ConfigurationError(f"transport {name!r} built {type(step).__name__}, which is not a sampler.Transport")
+    return step
+
+
+def get_target(name: str, **options: Any) -> Target:
+    """A registered target by name, e.g. ``get_target("gmm40")`` or ``get_target("gaussian", dim=10)``."""
+    return _build("target", name, options)
+
+
+def sample(
+    target: Target | str,
+    method: str = DEFAULT_METHOD,
+    *,
+    n_particles: int = 2000,
+    n_replicas: int = 4,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> Result:
+    """Sample ``target`` with a registered method and return a :class:`~sampler.result.Result`.
+
+    Args:
+        target: a :class:`~sampler.targets.Target` or the name of a registered one.
+        method: a registered method name (``sampler.list_methods()``); default ``"smc"``.
+        n_particles: N particles per replica (draws per chain for MCMC methods).
+        n_replicas: R independent replicas (chains), run as one batch.
+        seed: makes the run repeatable (drawn at random and stored in the result if omitted).
+        device, dtype: where and in what precision to run (default: torch's defaults).
+        progress: progress bar; ``None`` shows it only on a terminal.
+        **options: passed to the method's builder (e.g. ``n_steps=10`` MCMC moves per stage).
+    """
+    tgt = get_target(target) if isinstance(target, str) else target
+    runner = _build("method", method, options)
+    return runner.run(
+        tgt, n_particles=n_particles, n_replicas=n_replicas, seed=seed, device=device, dtype=dtype, progress=progress
+    )
+
+
+def list_methods() -> list[str]:
+    """Names of every registered method."""
+    return host().registry.names("method")
+
+
+def list_correctors() -> list[str]:
+    """Names of every registered corrector."""
+    return host().registry.names("corrector")
+
+
+def list_transports() -> list[str]:
+    """Names of every registered transport."""
+    return host().registry.names("transport")
+
+
+def list_targets() -> list[str]:
+    """Names of every registered target."""
+    return host().registry.names("target")
+
+
+def list_plugins(include_failed: bool = True) -> list[PluginInfo]:
+    """Every plugin known: loaded ones with what they registered, and (by default) failures."""
+    return [p for p in host().plugins.values() if include_failed or p.ok]

@@ -1,0 +1,141 @@
+"""Diagnostics of a result: the summary table (log Z, weight ESS, Pareto k, R-hat, bulk ESS)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from sampler._arviz import arviz
+from sampler.particles import ess as kish_ess
+from sampler.result import Result
+
+__all__ = ["Summary", "summary", "pareto_k", "rhat_and_ess"]
+
+
+def pareto_k(log_weights: torch.Tensor) -> np.ndarray:
+    """PSIS Pareto shape ``k`` of the importance weights, per replica ``(R,)`` (ArviZ's psislw).
+
+    ``k < 0.5``: reliable; ``0.5 <= k < 0.7``: usable; ``k >= 0.7``: the weights' tail is too
+    heavy for the estimates to be trusted. NaN where the weights are all equal.
+    """
+    lw = log_weights.detach().to("cpu", torch.float64).numpy()
+    if lw.shape[-1] < 10 or np.all(lw == lw[..., :1]):
+        return np.full(lw.shape[:-1], np.nan)
+    lw = np.where(np.isfinite(lw), lw, -1e300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, k = arviz().psislw(lw)
+    return np.atleast_1d(np.asarray(k, dtype=np.float64))
+
+
+def rhat_and_ess(samples: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-normalized split R-hat and bulk ESS per coordinate, from ``(chains, draws, d)``."""
+    x = samples.detach().to("cpu", torch.float64).numpy()
+    az = arviz()
+    if x.shape[0] < 2 and x.shape[1] < 4:
+        nan = np.full(x.shape[-1], np.nan)
+        return nan, nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rh = np.array([float(az.rhat(x[..., j])) for j in range(x.shape[-1])])
+        es = np.array([float(az.ess(x[..., j], method="bulk")) for j in range(x.shape[-1])])
+    return rh, es
+
+
+@attrs.frozen
+class Summary:
+    """A diagnostics table; ``str(summary)`` renders it, :meth:`as_dict` gives the numbers."""
+
+    rows: tuple[tuple[str, str], ...]
+    values: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The numbers behind the table."""
+        return dict(self.values)
+
+    def __str__(self) -> str:
+        width = max(len(k) for k, _ in self.rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in self.rows)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _fmt(x: float, spec: str = ".4g") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def summary(result: Result) -> Summary:
+    """Diagnostics of ``result``: log Z ± se, weight ESS, Pareto k, R-hat and bulk ESS, costs.
+
+    R-hat and bulk ESS compare the replicas (or MCMC chains) coordinate by coordinate; the
+    table shows the worst coordinate. Weight ESS and Pareto k describe the importance weights
+    of the particles before the final resampling.
+    """
+    r, n, d = result.samples.shape
+    v: dict[str, Any] = {"method": result.method, "target": result.target, "replicas": r, "particles": n, "dim": d}
+    rows: list[tuple[str, str]] = [
+        ("method", result.method),
+        ("target", f"{result.target} (d={d})"),
+        ("replicas x particles" if result.kind == "smc" else "chains x draws", f"{r} x {n}"),
+    ]
+    if result.log_Z is None:
+        rows.append(("log Z", "n/a (the method gives no density)"))
+    else:
+        v["log_Z"], v["log_Z_stderr"] = result.log_Z, result.log_Z_stderr
+        rows.append(("log Z", f"{result.log_Z:.4f} ± {_fmt(result.log_Z_stderr, '.2g')} (across {r} replicas)"))
+        if result.exact_log_Z is not None:
+            err = result.log_Z - result.exact_log_Z
+            v["exact_log_Z"], v["log_Z_error"] = result.exact_log_Z, err
+            rows.append(("exact log Z", f"{result.exact_log_Z:.4f} (error {err:+.4f})"))
+    if result.kind == "smc":
+        w_ess = kish_ess(result.log_weights).cpu()
+        k = pareto_k(result.log_weights)
+        v["weight_ess"] = float(w_ess.mean())
+        v["pareto_k"] = float(np.nanmax(k)) if np.isfinite(k).any() else math.nan
+        rows.append(("weight ESS", f"{float(w_ess.mean()):.3f} of N (min {float(w_ess.min()):.3f} over replicas)"))
+        rows.append(("Pareto k (max)", f"{_fmt(v['pareto_k'], '.2f')} {_k_verdict(v['pareto_k'])}"))
+    rh, es = rhat_and_ess(result.samples)
+    v["rhat_max"] = float(np.nanmax(rh)) if np.isfinite(rh).any() else math.nan
+    v["ess_bulk_min"] = float(np.nanmin(es)) if np.isfinite(es).any() else math.nan
+    rows.append(("R-hat (max over dims)", f"{_fmt(v['rhat_max'], '.3f')}{_rhat_verdict(v['rhat_max'])}"))
+    rows.append(("bulk ESS (min over dims)", _fmt(v["ess_bulk_min"], ".0f")))
+    stats = result.stats
+    if "acceptance" in stats:
+        acc = float(torch.nanmean(stats["acceptance"][-1].double()))
+        v["acceptance"] = acc
+        rows.append(("acceptance (last step)", f"{acc:.3f}"))
+    v.update(
+        steps=len(result.steps),
+        n_target_evals=result.n_target_evals,
+        n_grad_evals=result.n_grad_evals,
+        n_nonfinite=result.n_nonfinite,
+        wall_time=result.wall_time,
+    )
+    if result.kind == "smc":
+        rows.append(("annealing steps", str(len(result.steps))))
+    rows.append(("target / gradient evals", f"{result.n_target_evals:,} / {result.n_grad_evals:,}"))
+    rows.append(("non-finite log densities", str(result.n_nonfinite)))
+    rows.append(("wall time", f"{result.wall_time:.2f} s on {result.device or 'n/a'}"))
+    return Summary(rows=tuple(rows), values=v)
+
+
+def _k_verdict(k: float) -> str:
+    if math.isnan(k):
+        return ""
+    if k < 0.5:
+        return "(good)"
+    if k < 0.7:
+        return "(ok)"
+    return "(bad: weights too heavy-tailed to trust)"
+
+
+def _rhat_verdict(r: float) -> str:
+    if math.isnan(r):
+        return ""
+    return "" if r < 1.01 else " (replicas disagree: > 1.01)"

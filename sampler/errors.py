@@ -1,0 +1,63 @@
+"""Exceptions raised by sampler-engine.
+
+Every error the library raises on purpose is a :class:`SamplerError`, so a caller can catch the
+whole family with one ``except``. Each subclass names one kind of problem; messages say what was
+wrong, where, and (where there is one) what to do about it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SamplerError(Exception):
+    """Base class of every error raised on purpose by sampler-engine."""
+
+
+class ConfigurationError(SamplerError, ValueError):
+    """An argument or option is invalid (raised before any work is done)."""
+
+
+class TargetError(SamplerError):
+    """A target returned something unusable: wrong shape, wrong dtype, not a tensor."""
+
+
+class NonFiniteError(SamplerError):
+    """Every particle of a replica has a NaN/+inf (or zero) density, so no weight is left."""
+
+
+class UnknownNameError(SamplerError, KeyError):
+    """A method, corrector, transport, target or plugin name is not registered.
+
+    The message lists the closest registered names.
+    """
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        self.kind = kind
+        self.name = name
+        self.known = sorted(known)
+        close = difflib.get_close_matches(name, self.known, n=3, cutoff=0.5)
+        msg = f"unknown {kind} {name!r}."
+        if close:
+            msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+        if self.known:
+            msg += f" Registered {kind}s: " + ", ".join(self.known) + "."
+        else:
+            msg += f" No {kind}s are registered."
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
+        return str(self.args[0])
+
+
+class PluginError(SamplerError):
+    """A plugin is malformed (misspelled hook, bad signature) or raised while registering."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin could not be loaded (raised in strict mode; otherwise reported and skipped)."""
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same name for the same kind of component."""

@@ -1,0 +1,77 @@
+"""Particle state: R independent replicas of N weighted particles in R^d, as one batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import attrs
+import torch
+from torch import Tensor
+
+from sampler._indexing import gather_particles
+from sampler.paths import PathEvaluation
+
+__all__ = ["Particles", "log_ess", "ess"]
+
+
+def _extras_converter(value: Mapping[str, Tensor] | None) -> Mapping[str, Tensor]:
+    return dict(value or {})
+
+
+@attrs.frozen
+class Particles:
+    """Immutable state of a batched particle system.
+
+    Attributes:
+        x: positions ``(R, N, d)`` in the run's dtype and device.
+        log_weights: normalized log weights ``(R, N)`` in float64 (``logsumexp`` over N is 0).
+        log_Z: running log normalizer estimate per replica ``(R,)`` float64.
+        evaluation: cached reference/target evaluations at ``x`` (see :class:`PathEvaluation`).
+        extras: per-particle data of plugins, each ``(R, N, ...)``; reordered on resampling.
+
+    Make the next state with :func:`attrs.evolve`.
+    """
+
+    x: Tensor
+    log_weights: Tensor
+    log_Z: Tensor
+    evaluation: PathEvaluation
+    extras: Mapping[str, Tensor] = attrs.field(factory=dict, converter=_extras_converter)
+
+    @property
+    def n_replicas(self) -> int:
+        """R, the number of independent replicas."""
+        return self.x.shape[0]
+
+    @property
+    def n_particles(self) -> int:
+        """N, the number of particles per replica."""
+        return self.x.shape[1]
+
+    @property
+    def dim(self) -> int:
+        """d, the dimension."""
+        return self.x.shape[2]
+
+    def ess(self) -> Tensor:
+        """Normalized Kish effective sample size per replica, ``(R,)`` in [0, 1]."""
+        return ess(self.log_weights)
+
+    def gather(self, indices: Tensor) -> Particles:
+        """Particles at ``indices`` ``(R, N)`` (ancestor indices per replica), equally weighted."""
+        x = gather_particles(self.x, indices)
+        extras = {k: gather_particles(v, indices) for k, v in self.extras.items()}
+        uniform = torch.full_like(self.log_weights, -math.log(self.n_particles))
+        return attrs.evolve(self, x=x, log_weights=uniform, evaluation=self.evaluation.gather(indices), extras=extras)
+
+
+def log_ess(log_weights: Tensor) -> Tensor:
+    """Log of the normalized Kish ESS ``(sum w)^2 / (N sum w^2)`` over the last axis."""
+    n = log_weights.shape[-1]
+    return 2 * torch.logsumexp(log_weights, -1) - torch.logsumexp(2 * log_weights, -1) - math.log(n)
+
+
+def ess(log_weights: Tensor) -> Tensor:
+    """Normalized Kish effective sample size in [0, 1] over the last axis (0 if all weights are 0)."""
+    return torch.nan_to_num(log_ess(log_weights).exp(), nan=0.0)

@@ -1,0 +1,233 @@
+"""Annealing paths: a family of densities pi_t, t in [0, 1], from a reference to the target.
+
+The default :class:`GeometricPath` interpolates log densities linearly (``linear in energy``)::
+
+    log pi_t(x) = (1 - t) * log ref(x) + t * log target(x)
+
+Evaluations are cached per particle in a :class:`PathEvaluation` (log densities in float64,
+gradients in the particles' dtype), so moving ``t`` costs no target evaluation. The path counts
+every target and gradient evaluation and every non-finite value the target returned, and checks
+the shape and dtype of what the target returns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor
+
+from sampler._indexing import gather_particles
+from sampler.errors import ConfigurationError, TargetError
+from sampler.targets.base import Target
+
+__all__ = ["GaussianReference", "PathEvaluation", "EvaluationCounter", "GeometricPath"]
+
+
+def _as_vector(value: float | Tensor, dim: int, label: str) -> np.ndarray:
+    """A float64 ``(dim,)`` copy of a scalar or ``(dim,)`` parameter."""
+    if isinstance(value, Tensor):
+        value = value.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != dim):
+        raise ConfigurationError(f"reference {label} must be a scalar or have shape ({dim},), got shape {arr.shape}")
+    return np.broadcast_to(arr, (dim,)).copy()
+
+
+class GaussianReference:
+    """A normalized Gaussian ``N(loc, diag(scale**2))`` on ``R^dim`` (the path's start).
+
+    ``loc`` and ``scale`` are scalars or ``(dim,)``; tensors follow the sampling device/dtype.
+    """
+
+    def __init__(self, dim: int, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0):
+        self.dim = dim
+        self.loc = _as_vector(loc, dim, "loc")
+        self.scale = _as_vector(scale, dim, "scale")
+        if not np.isfinite(self.loc).all():
+            raise ConfigurationError(f"reference loc must be finite, got {loc!r}")
+        if not (np.isfinite(self.scale).all() and (self.scale > 0).all()):
+            raise ConfigurationError(f"reference scale must be positive and finite, got {scale!r}")
+        self._log_norm = float(-0.5 * dim * math.log(2 * math.pi) - np.log(self.scale).sum())
+        self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+    def _params(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = (
+                torch.as_tensor(self.loc, device=like.device, dtype=like.dtype),
+                torch.as_tensor(self.scale, device=like.device, dtype=like.dtype),
+            )
+        return self._cache[key]
+
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+        """Draw ``shape + (dim,)`` samples on the generator's device."""
+        device = generator.device
+        z = torch.randn(*shape, self.dim, generator=generator, device=device, dtype=dtype)
+        loc, scale = self._params(z)
+        return loc + scale * z
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Normalized log density, ``(...)`` in float64 for ``x`` ``(..., dim)``."""
+        loc, scale = self._params(x)
+        z = (x - loc) / scale
+        return -0.5 * (z.to(torch.float64) ** 2).sum(-1) + self._log_norm
+
+    def grad_log_prob(self, x: Tensor) -> Tensor:
+        """Gradient ``-(x - loc) / scale**2``, ``(..., dim)`` in ``x``'s dtype."""
+        loc, scale = self._params(x)
+        return -(x - loc) / scale**2
+
+
+@attrs.define
+class EvaluationCounter:
+    """Running counts for one run: target evaluations, gradient evaluations, non-finite values.
+
+    One evaluation is the target's log density (or gradient) at one point.
+    """
+
+    target_evals: int = 0
+    grad_evals: int = 0
+    nonfinite: int = 0
+
+
+@attrs.frozen
+class PathEvaluation:
+    """Cached evaluations at particle positions ``x`` ``(..., d)``.
+
+    Attributes:
+        log_ref: ``(...)`` float64 -- normalized log density of the reference.
+        log_target: ``(...)`` float64 -- unnormalized target log density; NaN/+inf replaced by
+            ``-inf`` (zero density).
+        grad_ref: ``(..., d)`` or ``None`` -- gradient of ``log_ref``.
+        grad_target: ``(..., d)`` or ``None`` -- gradient of ``log_target`` (zero where the
+            density is not finite).
+    """
+
+    log_ref: Tensor
+    log_target: Tensor
+    grad_ref: Tensor | None = None
+    grad_target: Tensor | None = None
+
+    @property
+    def has_grad(self) -> bool:
+        """Whether gradients are cached."""
+        return self.grad_ref is not None and self.grad_target is not None
+
+    def where(self, mask: Tensor, other: PathEvaluation) -> PathEvaluation:
+        """Take ``self`` where ``mask`` ``(...)`` is true and ``other`` elsewhere."""
+        grads = self.has_grad and other.has_grad
+        return PathEvaluation(
+            log_ref=torch.where(mask, self.log_ref, other.log_ref),
+            log_target=torch.where(mask, self.log_target, other.log_target),
+            grad_ref=torch.where(mask[..., None], self.grad_ref, other.grad_ref) if grads else None,
+            grad_target=torch.where(mask[..., None], self.grad_target, other.grad_target) if grads else None,
+        )
+
+    def gather(self, indices: Tensor) -> PathEvaluation:
+        """Reorder particles: ``indices`` ``(R, N)`` index the particle axis of ``(R, N, ...)``."""
+
+        def take(v: Tensor | None) -> Tensor | None:
+            return None if v is None else gather_particles(v, indices)
+
+        return PathEvaluation(take(self.log_ref), take(self.log_target), take(self.grad_ref), take(self.grad_target))
+
+
+class GeometricPath:
+    """``log pi_t = (1 - t) log ref + t log target``, evaluated through cached components.
+
+    Args:
+        reference: the normalized start density (``t = 0``).
+        target: the density to reach (``t = 1``).
+        counter: where evaluation counts go (a fresh one if omitted).
+    """
+
+    def __init__(self, reference: GaussianReference, target: Target, counter: EvaluationCounter | None = None):
+        self.reference = reference
+        self.target = target
+        self.counter = counter if counter is not None else EvaluationCounter()
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _check(self, value: object, x: Tensor, what: str) -> Tensor:
+        expected = tuple(x.shape[:-1]) if what == "log_prob" else tuple(x.shape)
+        if not isinstance(value, Tensor):
+            raise TargetError(
+                f"target {self.target.name!r}: {what} must return a torch.Tensor of shape {expected}, "
+                f"got {type(value).__name__}"
+            )
+        if tuple(value.shape) != expected:
+            raise TargetError(
+                f"target {self.target.name!r}: {what} returned shape {tuple(value.shape)} for input of shape "
+                f"{tuple(x.shape)}; expected {expected} (one value per point, batched over the leading axes)"
+            )
+        if not value.is_floating_point():
+            raise TargetError(f"target {self.target.name!r}: {what} returned dtype {value.dtype}; expected a floating dtype")
+        if value.device != x.device:
+            raise TargetError(
+                f"target {self.target.name!r}: {what} returned a tensor on {value.device} for input on {x.device}; "
+                "create the target's tensors on the input's device (see Target.constant)"
+            )
+        return value
+
+    def evaluate(self, x: Tensor, grad: bool = False) -> PathEvaluation:
+        """Evaluate reference and target at ``x`` ``(..., d)`` (with gradients if ``grad``)."""
+        n_points = x.numel() // max(x.shape[-1], 1)
+        if grad:
+            lp, g = self.target.log_prob_and_grad(x)
+            self._check(lp, x, "log_prob")
+            g = self._check(g, x, "grad_log_prob").to(x.dtype)
+            self.counter.grad_evals += n_points
+        else:
+            with torch.no_grad():
+                lp = self._check(self.target.log_prob(x), x, "log_prob")
+            g = None
+        self.counter.target_evals += n_points
+        lp = lp.detach().to(torch.float64)
+        bad = torch.isnan(lp) | (lp == math.inf)
+        n_bad = int(bad.sum())
+        if n_bad:
+            self.counter.nonfinite += n_bad
+            lp = lp.masked_fill(bad, -math.inf)
+        if g is not None:
+            g = g.detach()
+            dead = (lp == -math.inf)[..., None] | ~torch.isfinite(g)
+            g = g.masked_fill(dead, 0.0)
+        return PathEvaluation(
+            log_ref=self.reference.log_prob(x),
+            log_target=lp,
+            grad_ref=self.reference.grad_log_prob(x) if grad else None,
+            grad_target=g,
+        )
+
+    # -- the path at time t ---------------------------------------------------------------------
+    @staticmethod
+    def log_prob(ev: PathEvaluation, t: float) -> Tensor:
+        """``log pi_t`` from cached components, float64 ``(...)``; exact at ``t`` = 0 and 1."""
+        if t == 0.0:
+            return ev.log_ref
+        if t == 1.0:
+            return ev.log_target
+        return (1.0 - t) * ev.log_ref + t * ev.log_target
+
+    @staticmethod
+    def grad_log_prob(ev: PathEvaluation, t: float) -> Tensor:
+        """``grad log pi_t`` from cached gradients, ``(..., d)``."""
+        if ev.grad_ref is None or ev.grad_target is None:
+            raise ValueError("gradients were not evaluated (evaluate(x, grad=True))")
+        if t == 0.0:
+            return ev.grad_ref
+        if t == 1.0:
+            return ev.grad_target
+        return (1.0 - t) * ev.grad_ref + t * ev.grad_target
+
+    def log_weight_increment(self, ev_from: PathEvaluation, t_from: float, ev_to: PathEvaluation, t_to: float) -> Tensor:
+        """``log pi_{t_to}(x_to) - log pi_{t_from}(x_from)``, float64 ``(...)``.
+
+        A point with zero density at its start (``-inf``) cannot gain weight: its increment is
+        ``-inf``, as is any undefined (``-inf - -inf``) difference.
+        """
+        start = self.log_prob(ev_from, t_from)
+        inc = self.log_prob(ev_to, t_to) - start
+        return inc.masked_fill(torch.isnan(inc) | (start == -math.inf), -math.inf)

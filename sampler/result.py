@@ -1,0 +1,194 @@
+"""What a run returns: samples, weights, log Z with its error, costs and per-step statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["StepStats", "Result", "pooled_log_Z"]
+
+
+@attrs.frozen
+class StepStats:
+    """Statistics of one annealing stage (or one block of MCMC iterations).
+
+    Attributes:
+        step: stage index (1 for the first stage).
+        t: annealing time reached at the end of the stage.
+        ess: normalized Kish ESS per replica ``(R,)`` after reweighting, before resampling.
+        log_Z_increment: log normalizer increment per replica ``(R,)`` (zeros for MCMC).
+        target_evals: target log-density evaluations in this stage (one per point).
+        grad_evals: gradient evaluations in this stage.
+        nonfinite: NaN/+inf log densities the target returned in this stage (those points got
+            zero weight or were rejected).
+        info: per-step statistics reported by the steps, e.g. ``acceptance`` and ``step_size``
+            ``(R,)``, ``resampled`` ``(R,)``.
+    """
+
+    step: int
+    t: float
+    ess: Tensor
+    log_Z_increment: Tensor
+    target_evals: int
+    grad_evals: int
+    nonfinite: int
+    info: Mapping[str, Tensor] = attrs.field(factory=dict)
+
+
+def pooled_log_Z(log_Z_per_replica: Tensor) -> tuple[float, float]:
+    """Pool independent replicas: ``log mean_r Z_r`` and its standard error (delta method).
+
+    The mean of unbiased estimates of Z is unbiased; the standard error of log Z is the
+    relative standard error of that mean, ``sd(Z_r) / (sqrt(R) mean(Z_r))``. With one replica
+    the error is unknown (NaN).
+    """
+    lz = log_Z_per_replica.detach().to(torch.float64).flatten()
+    r = lz.numel()
+    pooled = torch.logsumexp(lz, 0) - math.log(r)
+    if r < 2 or not torch.isfinite(pooled):
+        return float(pooled), math.nan
+    rel = torch.exp(lz - pooled)  # Z_r / mean(Z)
+    return float(pooled), float(rel.std(unbiased=True) / math.sqrt(r))
+
+
+@attrs.frozen(eq=False)
+class Result:
+    """The outcome of :func:`sampler.sample` or ``Pipeline.run``.
+
+    Attributes:
+        samples: equally weighted samples ``(R, N, d)`` (after the final resampling; for MCMC
+            methods, R chains of N draws).
+        log_weights: ``(R, N)`` float64 importance log weights of ``weighted_samples``, the
+            particles before the final resampling, scaled so that log-mean-exp over a replica's
+            particles is that replica's log Z estimate. Zeros for MCMC chains.
+        weighted_samples: ``(R, N, d)`` the particles ``log_weights`` belong to.
+        log_Z_per_replica: ``(R,)`` float64 log normalizer per replica, or ``None`` when the
+            method gives no density (plain MCMC).
+        n_target_evals: target log-density evaluations (one per point).
+        n_grad_evals: gradient evaluations (one per point).
+        n_nonfinite: NaN/+inf log densities met (those points got zero weight or were rejected).
+        steps: per-stage statistics.
+        method: method name; ``target``: target name.
+        kind: ``"smc"`` (weighted particles, replicas) or ``"mcmc"`` (chains x draws).
+        seed, wall_time (seconds), device, options: how it was run.
+        exact_log_Z: the target's exact log Z when it is known.
+    """
+
+    samples: Tensor
+    log_weights: Tensor
+    weighted_samples: Tensor
+    log_Z_per_replica: Tensor | None
+    n_target_evals: int
+    n_grad_evals: int
+    n_nonfinite: int
+    steps: tuple[StepStats, ...]
+    method: str
+    target: str
+    kind: str = "smc"
+    seed: int | None = None
+    wall_time: float = math.nan
+    device: str = ""
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    exact_log_Z: float | None = None
+
+    @property
+    def n_replicas(self) -> int:
+        """R."""
+        return self.samples.shape[0]
+
+    @property
+    def n_particles(self) -> int:
+        """N (draws per chain for MCMC methods)."""
+        return self.samples.shape[1]
+
+    @property
+    def dim(self) -> int:
+        """d."""
+        return self.samples.shape[2]
+
+    @property
+    def log_Z(self) -> float | None:
+        """Pooled log normalizer over replicas (``log mean_r Z_r``), or ``None`` without a density."""
+        return None if self.log_Z_per_replica is None else pooled_log_Z(self.log_Z_per_replica)[0]
+
+    @property
+    def log_Z_stderr(self) -> float | None:
+        """Standard error of :attr:`log_Z` from the spread across replicas (NaN for one replica)."""
+        return None if self.log_Z_per_replica is None else pooled_log_Z(self.log_Z_per_replica)[1]
+
+    @property
+    def stats(self) -> dict[str, Tensor]:
+        """Per-step statistics stacked over steps: ``t`` ``(K,)``, ``ess`` ``(K, R)``, and each info key."""
+        if not self.steps:
+            return {}
+        out: dict[str, Tensor] = {
+            "step": torch.tensor([s.step for s in self.steps]),
+            "t": torch.tensor([s.t for s in self.steps], dtype=torch.float64),
+            "ess": torch.stack([s.ess.detach().cpu() for s in self.steps]),
+            "log_Z_increment": torch.stack([s.log_Z_increment.detach().cpu() for s in self.steps]),
+            "target_evals": torch.tensor([s.target_evals for s in self.steps]),
+            "grad_evals": torch.tensor([s.grad_evals for s in self.steps]),
+            "nonfinite": torch.tensor([s.nonfinite for s in self.steps]),
+        }
+        keys = {k for s in self.steps for k in s.info}
+        for key in sorted(keys):
+            rows = [s.info.get(key) for s in self.steps]
+            present = [r for r in rows if r is not None]
+            filler = torch.full_like(torch.as_tensor(present[0], dtype=torch.float64).cpu(), math.nan)
+            out[key] = torch.stack(
+                [filler if r is None else torch.as_tensor(r).detach().to("cpu", torch.float64) for r in rows]
+            )
+        return out
+
+    def to_arviz(self) -> Any:
+        """Export to :class:`arviz.InferenceData`.
+
+        ``posterior.x`` has dims ``(chain=R, draw=N, x_dim_0=d)`` (equally weighted samples);
+        ``sample_stats.log_weight`` ``(chain, draw)`` holds :attr:`log_weights` (the weights of
+        :attr:`weighted_samples`, before the final resampling); ``attrs`` carry the method,
+        target, log Z and its standard error, and the evaluation counts.
+        """
+        from sampler._arviz import arviz
+
+        az = arviz()
+        attrs_: dict[str, Any] = {
+            "method": self.method,
+            "target": self.target,
+            "kind": self.kind,
+            "n_target_evals": int(self.n_target_evals),
+            "n_grad_evals": int(self.n_grad_evals),
+            "n_nonfinite": int(self.n_nonfinite),
+            "wall_time_s": float(self.wall_time),
+            "device": self.device,
+            "inference_library": "sampler-engine",
+        }
+        if self.seed is not None:
+            attrs_["seed"] = int(self.seed)
+        if self.log_Z is not None:
+            attrs_["log_Z"] = float(self.log_Z)
+            attrs_["log_Z_stderr"] = float(self.log_Z_stderr)
+            attrs_["log_Z_per_replica"] = _numpy(self.log_Z_per_replica)
+        if self.exact_log_Z is not None:
+            attrs_["exact_log_Z"] = float(self.exact_log_Z)
+        return az.from_dict(
+            posterior={"x": _numpy(self.samples)},
+            sample_stats={"log_weight": _numpy(self.log_weights)},
+            attrs=attrs_,
+        )
+
+    def __repr__(self) -> str:
+        lz = "n/a" if self.log_Z is None else f"{self.log_Z:.4f} ± {self.log_Z_stderr:.2g}"
+        return (
+            f"Result(method={self.method!r}, target={self.target!r}, samples={tuple(self.samples.shape)}, "
+            f"log_Z={lz}, target_evals={self.n_target_evals}, grad_evals={self.n_grad_evals})"
+        )
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    return t.detach().to("cpu").numpy()

@@ -1,0 +1,99 @@
+"""The step contract shared by every Transport and Corrector.
+
+One annealing stage from ``t_from`` to ``t`` runs, in this order (as in AFT/CRAFT):
+
+1. **transports** move particles from pi_{t_from} toward pi_t and return the log-weight
+   increment their move implies beyond the change of density (``log |det J|`` for a
+   deterministic map, the backward/forward kernel log-ratio for a stochastic layer);
+2. the **engine reweights**: ``log pi_t(x') - log pi_{t_from}(x) + increment``, and updates log Z;
+3. **correctors** act at pi_t: MCMC moves that leave it invariant (increment 0) or resampling.
+
+Every step has ``init(particles, ctx) -> state`` and ``apply(particles, state, ctx) ->
+StepOutput``; state is whatever the step adapts over a run (step sizes per replica, say). The
+engine alone owns reweighting, resampling bookkeeping and log Z.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor
+
+from sampler.particles import Particles
+from sampler.paths import GeometricPath
+
+__all__ = ["StepContext", "StepOutput", "Step", "Transport", "Corrector"]
+
+
+@attrs.frozen
+class StepContext:
+    """What a step may use besides the particles.
+
+    Attributes:
+        path: the annealing path (evaluates and counts target calls).
+        t: the time of the density pi_t the step moves toward (transports) or preserves
+            (correctors).
+        t_from: the previous time (equal to ``t`` for correctors of a plain MCMC run).
+        step: index of the stage (1 for the first move away from t = 0).
+        generator: the run's random generator (on the particles' device).
+        needs_grad: whether cached evaluations must carry gradients (some step uses them); a
+            transport that moves particles returns evaluations with gradients when it is true.
+    """
+
+    path: GeometricPath
+    t: float
+    t_from: float
+    step: int
+    generator: torch.Generator
+    needs_grad: bool = False
+
+
+@attrs.frozen
+class StepOutput:
+    """Result of one step.
+
+    Attributes:
+        particles: the new state (cached evaluations must match the new positions).
+        state: the step's adapted state, passed to its next ``apply``.
+        info: statistics to record, e.g. ``acceptance`` ``(R,)`` or ``step_size`` ``(R,)``.
+        log_weight_increment: transports only: ``(R, N)`` float64 beyond the density change.
+    """
+
+    particles: Particles
+    state: Any = None
+    info: Mapping[str, Tensor | float] = attrs.field(factory=dict)
+    log_weight_increment: Tensor | None = None
+
+
+class Step(abc.ABC):
+    """Common base of transports and correctors."""
+
+    #: Whether the step needs cached gradients of the path at the particles.
+    needs_grad: bool = False
+
+    def init(self, particles: Particles, ctx: StepContext) -> Any:
+        """Initial adapted state (``None`` by default)."""
+        return None
+
+    @abc.abstractmethod
+    def apply(self, particles: Particles, state: Any, ctx: StepContext) -> StepOutput:
+        """Carry out the step."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+class Transport(Step):
+    """Moves particles from pi_{t_from} toward pi_t and reports ``log_weight_increment``.
+
+    A trainable transport may also implement ``fit(particles, ctx)``.
+    """
+
+
+class Corrector(Step):
+    """Leaves pi_t invariant (MCMC; no weight change) or rebalances weights (resampling)."""

@@ -1,0 +1,199 @@
+"""Targets: unnormalized log densities over R^d, evaluated in batches.
+
+A target has ``dim`` and ``log_prob(x)`` for ``x`` of shape ``(..., dim)`` returning ``(...)``.
+Energy-defined (Boltzmann) targets subclass :class:`BoltzmannTarget` and implement ``energy``;
+plain functions are wrapped by :func:`target`.
+
+Optional members the engine and the benchmarks use when present:
+
+* ``grad_log_prob(x)`` -- gradient, ``(..., dim)``; the default uses autograd.
+* ``sample(n, generator=None, device=None, dtype=None)`` -- exact samples ``(n, dim)``.
+* ``log_Z`` -- the exact log normalizer of ``exp(log_prob)`` (``None`` when unknown).
+* ``reference_loc`` / ``reference_scale`` -- where the default Gaussian reference of an
+  annealing path is centred and how wide it is (scalars or ``(dim,)``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from sampler.errors import ConfigurationError
+
+__all__ = ["Target", "BoltzmannTarget", "FunctionTarget", "target"]
+
+
+class Target(abc.ABC):
+    """An unnormalized density ``exp(log_prob(x))`` on ``R^dim``.
+
+    Subclasses set ``dim`` and implement :meth:`log_prob`. Everything is batched: ``x`` has
+    shape ``(..., dim)`` -- the engine passes ``(replicas, particles, dim)`` -- and the result
+    has shape ``(...)``. Tensors a target owns (means, matrices) must follow ``x``'s device and
+    dtype; keep them as arrays and fetch them with :meth:`constant` rather than creating
+    tensors on a fixed device.
+    """
+
+    #: Dimension of the space.
+    dim: int
+    #: Exact log normalizer of ``exp(log_prob)``, or ``None`` when unknown.
+    log_Z: float | None = None
+    #: Centre of the default Gaussian reference (scalar or ``(dim,)``).
+    reference_loc: float | Tensor = 0.0
+    #: Standard deviation of the default Gaussian reference (scalar or ``(dim,)``).
+    reference_scale: float | Tensor = 1.0
+
+    @property
+    def name(self) -> str:
+        """A short human-readable name (the class name unless overridden)."""
+        return type(self).__name__
+
+    @abc.abstractmethod
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Unnormalized log density at ``x`` ``(..., dim)``, shape ``(...)``."""
+
+    def grad_log_prob(self, x: Tensor) -> Tensor:
+        """Gradient of :meth:`log_prob` with respect to ``x``, shape ``(..., dim)`` (autograd)."""
+        return self.log_prob_and_grad(x)[1]
+
+    def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log_prob(x), grad_log_prob(x))`` in one pass.
+
+        The default differentiates :meth:`log_prob` with autograd. A subclass that overrides
+        :meth:`grad_log_prob` with an analytic gradient is used as is.
+        """
+        if type(self).grad_log_prob is not Target.grad_log_prob:
+            return self.log_prob(x), self.grad_log_prob(x)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            lp = self.log_prob(xg)
+            if not isinstance(lp, Tensor) or not lp.requires_grad:
+                return lp, torch.zeros_like(x)
+            (grad,) = torch.autograd.grad(lp.sum(), xg)
+        return lp.detach(), grad
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """Exact samples ``(n, dim)``; only targets with a known exact sampler implement it."""
+        raise NotImplementedError(f"{self.name} has no exact sampler")
+
+    def constant(self, name: str, like: Tensor) -> Tensor:
+        """The attribute ``name`` (array or tensor) as a tensor on ``like``'s device and dtype.
+
+        Copies are cached per device and dtype, so a target can keep its constants (means,
+        matrices) as NumPy arrays and use them on whatever device the particles live.
+        """
+        cache = self.__dict__.setdefault("_constants", {})
+        key = (name, like.device, like.dtype)
+        if key not in cache:
+            value = getattr(self, name)
+            if isinstance(value, Tensor):
+                cache[key] = value.detach().to(device=like.device, dtype=like.dtype)
+            else:
+                cache[key] = torch.as_tensor(value, device=like.device, dtype=like.dtype)
+        return cache[key]
+
+    def __repr__(self) -> str:
+        return f"{self.name}(dim={self.dim})"
+
+
+class BoltzmannTarget(Target):
+    """A Boltzmann density ``exp(-beta * energy(x))``; subclass and implement :meth:`energy`.
+
+    ``beta`` (inverse temperature, default 1) scales the energy.
+    """
+
+    beta: float = 1.0
+
+    @abc.abstractmethod
+    def energy(self, x: Tensor) -> Tensor:
+        """Energy ``U(x)`` for ``x`` of shape ``(..., dim)``, shape ``(...)``."""
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``-beta * energy(x)``, shape ``(...)``."""
+        energy = self.energy(x)
+        return -self.beta * energy if self.beta != 1.0 else -energy
+
+
+class FunctionTarget(Target):
+    """A target built from a plain log-density or energy function (see :func:`target`)."""
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        dim: int,
+        *,
+        is_energy: bool,
+        grad: Callable[[Tensor], Tensor] | None = None,
+        name: str | None = None,
+        log_Z: float | None = None,
+        reference_loc: float | Tensor = 0.0,
+        reference_scale: float | Tensor = 1.0,
+    ):
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ConfigurationError(f"dim must be a positive integer, got {dim!r}")
+        self.fn = fn
+        self.dim = dim
+        self.is_energy = is_energy
+        self._grad = grad
+        self._name = name or getattr(fn, "__name__", "function")
+        self.log_Z = log_Z
+        self.reference_loc = reference_loc
+        self.reference_scale = reference_scale
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        value = self.fn(x)
+        return -value if self.is_energy and isinstance(value, Tensor) else value
+
+    def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self._grad is None:
+            return super().log_prob_and_grad(x)
+        grad = self._grad(x)
+        return self.log_prob(x), -grad if self.is_energy else grad
+
+
+def target(
+    *,
+    dim: int,
+    energy: Callable[[Tensor], Tensor] | None = None,
+    log_prob: Callable[[Tensor], Tensor] | None = None,
+    grad: Callable[[Tensor], Tensor] | None = None,
+    name: str | None = None,
+    log_Z: float | None = None,
+    reference_loc: float | Tensor = 0.0,
+    reference_scale: float | Tensor = 1.0,
+) -> FunctionTarget:
+    """Wrap a plain function as a :class:`Target`.
+
+    Give exactly one of ``energy`` (``U(x)``, density ``exp(-U)``) or ``log_prob``; both take
+    ``x`` of shape ``(..., dim)`` and return ``(...)``. ``grad`` optionally gives the gradient of
+    the function passed (of ``U`` or of ``log_prob``); otherwise autograd is used.
+
+    >>> t = target(energy=lambda x: 0.5 * (x ** 2).sum(-1), dim=3)
+    """
+    if (energy is None) == (log_prob is None):
+        raise ConfigurationError("give exactly one of energy=... or log_prob=...")
+    fn = energy if energy is not None else log_prob
+    if not callable(fn):
+        raise ConfigurationError(f"expected a callable, got {type(fn).__name__}")
+    return FunctionTarget(
+        fn,
+        dim,
+        is_energy=energy is not None,
+        grad=grad,
+        name=name,
+        log_Z=log_Z,
+        reference_loc=reference_loc,
+        reference_scale=reference_scale,
+    )
