@@ -16,7 +16,7 @@ Every sampling method comes from a plugin (``sampler.list_plugins()``); see
 :mod:`sampler.hookspecs` to write one.
 """
 
-from sampler import errors, paths, resampling, schedules
+from sampler import errors, paths, plugins, resampling, schedules
 from sampler.api import (
     DEFAULT_METHOD,
     DEFAULT_TARGET,
@@ -78,6 +78,7 @@ __all__ = [
     "make_reference",
     "method",
     "paths",
+    "plugins",
     "register_plugin",
     "resampling",
     "reset_plugins",

@@ -233,6 +233,7 @@ class Pipeline:
                     _merge(info, out.info, particles.log_Z)
                 inc = path.log_weight_increment(particles.evaluation, t, moved.evaluation, t_next) + extra
                 particles, dlogz = reweight(moved, inc, k, t_next)
+                weighted = particles
                 ess = particles.ess()
 
                 for i, step in enumerate(self.correctors):
@@ -256,7 +257,7 @@ class Pipeline:
                 bar.advance(t_next - t if self.schedule.n_steps is None else 1, step=k, t=t_next, ess=ess, info=info)
                 t = t_next
 
-        return self._result(target, cfg, path, particles, stats, gen, time.perf_counter() - start)
+        return self._result(target, cfg, path, particles, weighted, stats, gen, time.perf_counter() - start)
 
     def _result(
         self,
@@ -264,18 +265,20 @@ class Pipeline:
         cfg: RunSettings,
         path: GeometricPath,
         particles: Particles,
+        weighted: Particles,
         stats: list[StepStats],
         gen: torch.Generator,
         wall_time: float,
     ) -> Result:
+        """Package the final state; ``weighted`` is the state right after the last reweighting."""
         logw = particles.log_weights
         samples = particles.x
         if not bool((logw == logw[:, :1]).all()):
             samples = particles.gather(self.final_scheme(logw, gen)).x
         return Result(
             samples=samples,
-            log_weights=logw + math.log(particles.n_particles) + particles.log_Z[:, None],
-            weighted_samples=particles.x,
+            log_weights=weighted.log_weights + math.log(weighted.n_particles) + weighted.log_Z[:, None],
+            weighted_samples=weighted.x,
             log_Z_per_replica=particles.log_Z,
             n_target_evals=path.counter.target_evals,
             n_grad_evals=path.counter.grad_evals,

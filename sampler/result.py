@@ -62,11 +62,12 @@ class Result:
     """The outcome of :func:`sampler.sample` or ``Pipeline.run``.
 
     Attributes:
-        samples: equally weighted samples ``(R, N, d)`` (after the final resampling; for MCMC
-            methods, R chains of N draws).
-        log_weights: ``(R, N)`` float64 importance log weights of ``weighted_samples``, the
-            particles before the final resampling, scaled so that log-mean-exp over a replica's
-            particles is that replica's log Z estimate. Zeros for MCMC chains.
+        samples: equally weighted samples ``(R, N, d)``: the final particles, resampled if their
+            weights are not equal (for MCMC methods, R chains of N draws).
+        log_weights: ``(R, N)`` float64 importance log weights of ``weighted_samples``: the
+            particles right after the last reweighting (to t = 1), before the final stage's
+            resampling and moves; scaled so that log-mean-exp over a replica's particles is that
+            replica's log Z estimate. Zeros for MCMC chains.
         weighted_samples: ``(R, N, d)`` the particles ``log_weights`` belong to.
         log_Z_per_replica: ``(R,)`` float64 log normalizer per replica, or ``None`` when the
             method gives no density (plain MCMC).
@@ -151,7 +152,7 @@ class Result:
 
         ``posterior.x`` has dims ``(chain=R, draw=N, x_dim_0=d)`` (equally weighted samples);
         ``sample_stats.log_weight`` ``(chain, draw)`` holds :attr:`log_weights` (the weights of
-        :attr:`weighted_samples`, before the final resampling); ``attrs`` carry the method,
+        :attr:`weighted_samples`, the particles right after the last reweighting); ``attrs`` carry the method,
         target, log Z and its standard error, and the evaluation counts.
         """
         from sampler._arviz import arviz

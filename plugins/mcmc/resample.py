@@ -19,21 +19,26 @@ class Resample(Corrector):
         scheme: ``systematic`` (default), ``stratified``, ``residual`` or ``multinomial``.
         threshold: ESS fraction in (0, 1] below which a replica is resampled; 1 resamples
             whenever the weights are not all equal.
+        final: at t = 1, resample whenever the weights are not all equal, so the moves that
+            follow act on an equally weighted set and the final samples carry no duplicates
+            from a last resampling (default True).
 
     Reports ``resampled`` ``(R,)`` (1 where the replica was resampled). Log Z is unchanged.
     """
 
-    def __init__(self, scheme: str = "systematic", threshold: float = 0.5):
+    def __init__(self, scheme: str = "systematic", threshold: float = 0.5, final: bool = True):
         if not 0 < threshold <= 1:
             raise ConfigurationError(f"resampling threshold must lie in (0, 1], got {threshold!r}")
         self.scheme = scheme
         self.threshold = float(threshold)
+        self.final = final
         self._resample = get_scheme(scheme)
 
     def apply(self, particles: Particles, state: None, ctx: StepContext) -> StepOutput:
         ess = particles.ess()
         uniform = (particles.log_weights == particles.log_weights[:, :1]).all(-1)
-        due = (ess < self.threshold) & ~uniform
+        threshold = 1.0 if (self.final and ctx.t == 1.0) else self.threshold
+        due = (ess < threshold) & ~uniform
         if not bool(due.any()):
             return StepOutput(particles, state, {"resampled": due.to(torch.float64)})
         n = particles.n_particles

@@ -1,0 +1,205 @@
+"""The ``sampler`` command line: ``run``, ``plugins``, ``targets``, ``methods``.
+
+``sampler run`` with no arguments samples the default target (``gmm40``) with the default
+method (``smc``) and prints the summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import inspect
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sampler
+from sampler.api import DEFAULT_METHOD, DEFAULT_TARGET
+from sampler.errors import ConfigurationError, SamplerError, TargetError
+from sampler.targets.base import Target
+
+log = logging.getLogger("sampler")
+
+EXAMPLES = """examples:
+  sampler run                                   # smc on gmm40, summary table
+  sampler run double-well --method ais -o n_temps=100
+  sampler run gaussian --target-option dim=10 --particles 4096 --replicas 8 --seed 1
+  sampler run my_model.py:MyTarget --out result.nc
+  sampler run my_energy.py:energy --dim 3       # a plain energy function U(x)
+"""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _parse_options(pairs: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigurationError(f"{flag} expects key=value (e.g. n_steps=20), got {pair!r}")
+        options[key] = _parse_value(value)
+    return options
+
+
+def load_target(spec: str, options: dict[str, Any], dim: int | None = None) -> Target:
+    """A target from a registered name or ``path/to/file.py:Name``.
+
+    ``Name`` may be a Target instance, a Target subclass or a factory (called with
+    ``options``), or, with ``dim``, an energy function ``U(x)``.
+    """
+    file, sep, attr = spec.rpartition(":")
+    if not sep or not file.endswith(".py"):
+        return sampler.get_target(spec, **options)
+    path = Path(file)
+    if not path.is_file():
+        raise ConfigurationError(f"target file {file!r} does not exist")
+    mod_spec = importlib.util.spec_from_file_location(f"sampler_user_target_{path.stem}", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ConfigurationError(f"cannot import {file!r} as a Python module")
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    if not hasattr(module, attr):
+        names = [n for n in vars(module) if not n.startswith("_")]
+        raise ConfigurationError(f"{file!r} has no attribute {attr!r}; it defines: {', '.join(names)}")
+    obj = getattr(module, attr)
+    if dim is not None:
+        if not callable(obj):
+            raise ConfigurationError(f"--dim wraps an energy function, but {attr!r} is not callable")
+        return sampler.target(energy=obj, dim=dim, name=attr)
+    if isinstance(obj, Target):
+        return obj
+    if callable(obj):
+        required = [
+            p for p in inspect.signature(obj).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if required and not (isinstance(obj, type) and issubclass(obj, Target)):
+            raise ConfigurationError(
+                f"{attr!r} takes arguments ({', '.join(p.name for p in required)}); pass a Target, a Target class, "
+                "a factory without required arguments, or an energy function with --dim D"
+            )
+        made = obj(**options)
+        if isinstance(made, Target) or (hasattr(made, "log_prob") and hasattr(made, "dim")):
+            return made
+        raise TargetError(f"{attr!r}() returned {type(made).__name__}, not a sampler.Target")
+    raise ConfigurationError(f"{attr!r} is a {type(obj).__name__}; expected a Target, a Target class or a factory")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    target = load_target(args.target, _parse_options(args.target_option, "--target-option"), args.dim)
+    options = _parse_options(args.option, "--option")
+    progress = False if args.quiet else (True if args.progress else None)
+    result = sampler.sample(
+        target,
+        method=args.method,
+        n_particles=args.particles,
+        n_replicas=args.replicas,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        progress=progress,
+        **options,
+    )
+    print(sampler.summary(result))
+    print(f"{'seed':<24}  {result.seed}  (repeat with --seed {result.seed})")
+    if args.out:
+        idata = result.to_arviz()
+        idata.to_netcdf(args.out)
+        print(f"{'saved':<24}  {args.out}")
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    plugins = sampler.list_plugins()
+    for p in plugins:
+        origin = p.distribution or "-"
+        if p.version:
+            origin += f" {p.version}"
+        status = "blocked" if p.blocked else ("FAILED" if p.error else "ok")
+        print(f"{p.name}  [{status}]  {p.source}, {origin}")
+        for kind, names in sorted(p.registered.items()):
+            print(f"    {kind}s: {', '.join(names)}")
+        if p.error:
+            print(f"    error: {p.error}")
+    failed = [p.name for p in plugins if p.error]
+    if failed:
+        print(f"\n{len(failed)} plugin(s) failed to load: {', '.join(failed)} (the others work)")
+    return 0
+
+
+def _cmd_list(*kinds: str) -> int:
+    for kind in kinds:
+        if len(kinds) > 1:
+            print(f"{kind}s:")
+        for entry in sampler.plugins.host().registry.entries(kind):
+            print(f"  {entry.name:<20} {entry.description}  [plugin {entry.plugin}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``sampler`` command."""
+    parser = argparse.ArgumentParser(
+        prog="sampler",
+        description="Sample unnormalized Boltzmann densities and estimate log Z.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sampler-engine {sampler.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser(
+        "run", help="sample a target and print the summary", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    run.add_argument("target", nargs="?", default=DEFAULT_TARGET, help=f"built-in name or path/to/file.py:Name (default {DEFAULT_TARGET})")
+    run.add_argument("--method", "-m", default=DEFAULT_METHOD, help=f"sampling method (default {DEFAULT_METHOD}; see `sampler methods`)")
+    run.add_argument("--particles", "-n", type=int, default=2000, help="particles per replica, or draws per chain (default 2000)")
+    run.add_argument("--replicas", "-r", type=int, default=4, help="independent replicas or chains (default 4)")
+    run.add_argument("--seed", "-s", type=int, default=None, help="random seed (default: random, printed)")
+    run.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: torch's default)")
+    run.add_argument("--dtype", default=None, help="float32 or float64 (default: torch's default)")
+    run.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="method option, e.g. -o n_steps=20 (repeatable)")
+    run.add_argument("--target-option", action="append", metavar="KEY=VALUE", help="option for a named target, e.g. dim=10")
+    run.add_argument("--dim", type=int, default=None, help="wrap file.py:function as an energy U(x) in this dimension")
+    run.add_argument("--out", default=None, metavar="FILE.nc", help="save the result as ArviZ NetCDF")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    run.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    run.set_defaults(func=_cmd_run)
+
+    plugins = sub.add_parser("plugins", help="list plugins, what they registered, and load failures")
+    plugins.set_defaults(func=_cmd_plugins)
+    targets = sub.add_parser("targets", help="list registered targets")
+    targets.set_defaults(func=lambda a: _cmd_list("target"))
+    methods = sub.add_parser("methods", help="list registered methods and correctors")
+    methods.set_defaults(func=lambda a: _cmd_list("method", "corrector", "transport"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sampler`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except SamplerError as exc:
+        print(f"sampler: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sampler: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

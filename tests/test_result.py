@@ -1,0 +1,92 @@
+"""Result: shapes, pooled log Z, per-step statistics, summary table and ArviZ export."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sampler
+from sampler._arviz import arviz
+from sampler.result import pooled_log_Z
+
+
+@pytest.fixture(scope="module")
+def smc_result():
+    return sampler.sample("double-well", method="smc", n_particles=500, n_replicas=4, seed=3, n_steps=3, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def mcmc_result():
+    target = sampler.targets.Gaussian(mean=[1.0, -1.0], cov=[[1.0, 0.5], [0.5, 2.0]])
+    return sampler.sample(target, method="mala", n_particles=300, n_replicas=3, seed=0, n_warmup=200, dtype=torch.float64)
+
+
+def test_result_shapes_and_counts(smc_result):
+    r = smc_result
+    assert r.samples.shape == r.weighted_samples.shape == (4, 500, 2)
+    assert r.log_weights.shape == (4, 500) and r.log_weights.dtype == torch.float64
+    assert r.log_Z_per_replica.shape == (4,)
+    assert r.n_target_evals > 0 and r.n_grad_evals > 0
+    assert r.n_target_evals == sum(s.target_evals for s in r.steps) + 4 * 500  # + the initial evaluation
+    stats = r.stats
+    assert stats["t"][-1] == 1.0 and bool((stats["t"].diff() > 0).all())
+    assert stats["ess"].shape == (len(r.steps), 4)
+    assert stats["acceptance"].shape == (len(r.steps), 4)
+
+
+def test_log_weights_give_log_Z_per_replica(smc_result):
+    lw = smc_result.log_weights
+    per_replica = torch.logsumexp(lw, -1) - math.log(lw.shape[-1])
+    torch.testing.assert_close(per_replica, smc_result.log_Z_per_replica)
+
+
+def test_pooled_log_Z_matches_definition():
+    lz = torch.tensor([0.1, -0.2, 0.05, 0.3], dtype=torch.float64)
+    pooled, se = pooled_log_Z(lz)
+    z = lz.exp()
+    assert pooled == pytest.approx(float(z.mean().log()))
+    assert se == pytest.approx(float(z.std() / math.sqrt(4) / z.mean()))
+    assert math.isnan(pooled_log_Z(lz[:1])[1])
+
+
+def test_summary_table(smc_result, mcmc_result):
+    s = sampler.summary(smc_result)
+    text = str(s)
+    for row in ("log Z", "exact log Z", "weight ESS", "Pareto k", "R-hat", "bulk ESS", "non-finite"):
+        assert row in text
+    v = s.as_dict()
+    assert v["log_Z"] == pytest.approx(smc_result.log_Z)
+    assert 0 < v["weight_ess"] <= 1
+    m = sampler.summary(mcmc_result)
+    assert "n/a (the method gives no density)" in str(m)
+    assert m.as_dict()["rhat_max"] < 1.1
+
+
+def test_to_arviz_smc_roundtrips_through_summary_and_netcdf(smc_result, tmp_path):
+    az = arviz()
+    idata = smc_result.to_arviz()
+    assert dict(idata.posterior["x"].sizes) == {"chain": 4, "draw": 500, "x_dim_0": 2}
+    assert idata.sample_stats["log_weight"].shape == (4, 500)
+    assert idata.attrs["log_Z"] == pytest.approx(smc_result.log_Z)
+    assert idata.attrs["method"] == "smc" and idata.attrs["target"] == "double-well"
+    table = az.summary(idata, kind="diagnostics")
+    assert len(table) == 2 and np.isfinite(table["r_hat"]).all()
+    path = tmp_path / "res.nc"
+    idata.to_netcdf(str(path))
+    back = az.from_netcdf(str(path))
+    np.testing.assert_array_equal(back.posterior["x"].values, smc_result.samples.numpy())
+    np.testing.assert_array_equal(back.sample_stats["log_weight"].values, smc_result.log_weights.numpy())
+    assert back.attrs["log_Z"] == pytest.approx(smc_result.log_Z)
+    assert back.attrs["n_grad_evals"] == smc_result.n_grad_evals
+
+
+def test_to_arviz_mcmc_chains(mcmc_result):
+    az = arviz()
+    idata = mcmc_result.to_arviz()
+    assert dict(idata.posterior["x"].sizes) == {"chain": 3, "draw": 300, "x_dim_0": 2}
+    assert "log_Z" not in idata.attrs and idata.attrs["kind"] == "mcmc"
+    ess = az.ess(idata)["x"].values
+    assert (ess > 10).all()
