@@ -35,10 +35,15 @@ DEFAULT_TARGET = "gmm40"
 
 def _build(kind: str, name: str, options: dict[str, Any]) -> Any:
     entry = host().registry.get(kind, name)
+    where = f"{kind} {name!r} (plugin {entry.plugin!r})"
     try:
         return entry.factory(**options)
     except TypeError as exc:
-        raise ConfigurationError(f"{kind} {name!r} (plugin {entry.plugin!r}): bad options {sorted(options)}: {exc}") from exc
+        raise ConfigurationError(f"{where}: bad options {sorted(options)}: {exc}") from exc
+    except ConfigurationError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ConfigurationError(f"{where}: {exc}") from exc
 
 
 def method(name: str, **options: Any) -> Any:

@@ -117,7 +117,8 @@ def reweight(particles: Particles, log_increment: Tensor, step: int, t: float) -
 
     Raises :class:`NonFiniteError` if every particle of some replica ends with zero weight.
     """
-    inc = torch.nan_to_num(log_increment.to(torch.float64), nan=-math.inf)
+    inc = log_increment.to(torch.float64)
+    inc = inc.masked_fill(torch.isnan(inc), -math.inf)
     unnorm = particles.log_weights + inc
     lse = torch.logsumexp(unnorm, dim=-1)
     dead = ~torch.isfinite(lse)

@@ -99,8 +99,8 @@ class PathEvaluation:
 
     Attributes:
         log_ref: ``(...)`` float64 -- normalized log density of the reference.
-        log_target: ``(...)`` float64 -- unnormalized target log density; NaN/+inf replaced by
-            ``-inf`` (zero density).
+        log_target: ``(...)`` float64 -- unnormalized target log density; NaN/+inf (or a
+            non-finite gradient) replaced by ``-inf`` (zero density).
         grad_ref: ``(..., d)`` or ``None`` -- gradient of ``log_ref``.
         grad_target: ``(..., d)`` or ``None`` -- gradient of ``log_target`` (zero where the
             density is not finite).
@@ -186,14 +186,15 @@ class GeometricPath:
         self.counter.target_evals += n_points
         lp = lp.detach().to(torch.float64)
         bad = torch.isnan(lp) | (lp == math.inf)
+        if g is not None:
+            g = g.detach()
+            bad = bad | (~torch.isfinite(g).all(-1) & (lp != -math.inf))
         n_bad = int(bad.sum())
         if n_bad:
             self.counter.nonfinite += n_bad
             lp = lp.masked_fill(bad, -math.inf)
         if g is not None:
-            g = g.detach()
-            dead = (lp == -math.inf)[..., None] | ~torch.isfinite(g)
-            g = g.masked_fill(dead, 0.0)
+            g = g.masked_fill((lp == -math.inf)[..., None], 0.0)
         return PathEvaluation(
             log_ref=self.reference.log_prob(x),
             log_target=lp,

@@ -98,7 +98,9 @@ class PluginHost:
     def load_entry_points(self) -> None:
         """Load every entry point of the ``sampler`` group, each in isolation."""
         eps = importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)
-        for ep in sorted(eps, key=lambda e: e.name):
+        # Built-in plugins first, so a third-party plugin cannot take their names.
+        own = lambda e: getattr(getattr(e, "dist", None), "name", None) == "sampler-engine"  # noqa: E731
+        for ep in sorted(eps, key=lambda e: (not own(e), e.name)):
             if ep.name in self.plugins:
                 continue
             dist = getattr(ep, "dist", None)
@@ -143,6 +145,8 @@ class PluginHost:
         try:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
+            if isinstance(exc, pluggy.PluginValidationError) and self.pm.get_plugin(name) is not None:
+                self.pm.unregister(name=name)  # pluggy keeps the name of a plugin that failed validation
             raise PluginError(f"plugin {name!r} is not a valid sampler plugin: {exc}") from exc
         try:
             self.pm.check_pending()
@@ -157,10 +161,14 @@ class PluginHost:
             for impl in self.pm.hook.sampler_register.get_hookimpls():
                 if impl.plugin is plugin:
                     impl.function(registry=registrar)
-            self.registry.commit(registrar)
         except Exception as exc:
             self.pm.unregister(plugin)
             raise PluginError(f"plugin {name!r} raised in sampler_register: {_describe_exception(exc)}") from exc
+        try:
+            self.registry.commit(registrar)
+        except PluginError:
+            self.pm.unregister(plugin)
+            raise
         for entry in registrar.entries:
             info.registered.setdefault(entry.kind, []).append(entry.name)
         self.plugins[name] = info
@@ -242,7 +250,7 @@ def unregister_plugin(name: str) -> None:
 
 
 def block_plugin(name: str) -> None:
-    """Block a plugin by name (for this process): it is removed if loaded and never loaded again."""
+    """Block a plugin by name: it is removed if loaded and not loaded again (until :func:`reset_plugins`)."""
     _SETTINGS.setdefault("blocked", set()).add(name)
     if _HOST is not None:
         _HOST.block(name)

@@ -23,7 +23,9 @@ class StepStats:
         t: annealing time reached at the end of the stage.
         ess: normalized Kish ESS per replica ``(R,)`` after reweighting, before resampling.
         log_Z_increment: log normalizer increment per replica ``(R,)`` (zeros for MCMC).
-        target_evals: target log-density evaluations in this stage (one per point).
+        target_evals: target log-density evaluations in this stage (one per point); the
+            initial evaluation at t = 0 belongs to no stage, so these sum to
+            ``Result.n_target_evals`` minus R x N.
         grad_evals: gradient evaluations in this stage.
         nonfinite: NaN/+inf log densities the target returned in this stage (those points got
             zero weight or were rejected).
@@ -125,25 +127,34 @@ class Result:
 
     @property
     def stats(self) -> dict[str, Tensor]:
-        """Per-step statistics stacked over steps: ``t`` ``(K,)``, ``ess`` ``(K, R)``, and each info key."""
+        """Per-step statistics stacked over steps, on the CPU: ``t`` ``(K,)``, ``ess`` ``(K, R)``,
+        and each info key (NaN where a step did not report it)."""
         if not self.steps:
             return {}
+        host = torch.device("cpu")  # statistics are records for reports and plots: kept on the host
+
+        def ints(field: str) -> Tensor:
+            return torch.tensor([getattr(s, field) for s in self.steps], dtype=torch.int64, device=host)
+
         out: dict[str, Tensor] = {
-            "step": torch.tensor([s.step for s in self.steps]),
-            "t": torch.tensor([s.t for s in self.steps], dtype=torch.float64),
-            "ess": torch.stack([s.ess.detach().cpu() for s in self.steps]),
-            "log_Z_increment": torch.stack([s.log_Z_increment.detach().cpu() for s in self.steps]),
-            "target_evals": torch.tensor([s.target_evals for s in self.steps]),
-            "grad_evals": torch.tensor([s.grad_evals for s in self.steps]),
-            "nonfinite": torch.tensor([s.nonfinite for s in self.steps]),
+            "step": ints("step"),
+            "t": torch.tensor([s.t for s in self.steps], dtype=torch.float64, device=host),
+            "ess": torch.stack([s.ess.detach().to(host, torch.float64) for s in self.steps]),
+            "log_Z_increment": torch.stack([s.log_Z_increment.detach().to(host, torch.float64) for s in self.steps]),
+            "target_evals": ints("target_evals"),
+            "grad_evals": ints("grad_evals"),
+            "nonfinite": ints("nonfinite"),
         }
-        keys = {k for s in self.steps for k in s.info}
-        for key in sorted(keys):
+        for key in sorted({k for s in self.steps for k in s.info}):
             rows = [s.info.get(key) for s in self.steps]
-            present = [r for r in rows if r is not None]
-            filler = torch.full_like(torch.as_tensor(present[0], dtype=torch.float64).cpu(), math.nan)
+            shape = next(r for r in rows if r is not None).shape
             out[key] = torch.stack(
-                [filler if r is None else torch.as_tensor(r).detach().to("cpu", torch.float64) for r in rows]
+                [
+                    torch.full(shape, math.nan, dtype=torch.float64, device=host)
+                    if r is None
+                    else r.detach().to(host, torch.float64)
+                    for r in rows
+                ]
             )
         return out
 

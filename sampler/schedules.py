@@ -36,6 +36,8 @@ class Fixed(Schedule):
 
     def __init__(self, times: Sequence[float]):
         ts = [float(t) for t in times]
+        if not all(math.isfinite(t) for t in ts):
+            raise ConfigurationError(f"schedule times must be finite, got {_show(ts)}")
         if len(ts) < 2 or ts[0] != 0.0 or ts[-1] != 1.0:
             raise ConfigurationError(f"a schedule must start at 0 and end at 1 with at least two times, got {_show(ts)}")
         if any(b <= a for a, b in zip(ts, ts[1:])):

@@ -222,7 +222,7 @@ def test_ula_converges_to_its_stationary_covariance_from_the_target():
 @pytest.mark.parametrize(
     "name, start",
     # Starting step sizes far from the tuned ones (acceptance ~0.99 for MALA/HMC, ~0.9 for RWMH).
-    [("mala", 0.2), ("hmc", 0.2), ("rwmh", 0.1)],
+    [("mala", 0.2), pytest.param("hmc", 0.2, marks=pytest.mark.slow), ("rwmh", 0.1)],
 )
 def test_adaptation_reaches_target_acceptance(name, start):
     """eps <- eps * exp(rate - target) after each sweep; the acceptance settles at the target.
@@ -310,7 +310,6 @@ def double_well_null():
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(DW_R))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["mala", "hmc"])
 def test_smc_matches_exact_double_well(kernel, double_well_null):
     target = sampler.get_target("double-well")
@@ -319,13 +318,16 @@ def test_smc_matches_exact_double_well(kernel, double_well_null):
     stat = replica_energy_distance(res.samples, exact)
     mu0, sd0 = double_well_null
     # Tolerance. For iid samples the statistic is mu0 +- sd0. SMC samples are not iid: a set
-    # resampled from weights of (normalized Kish) ESS e behaves like ~e N distinct draws, and the
-    # V-statistic's within-sample term grows from E|X-X'|/(2N) to E|X-X'|/(2 e N): the expectation
-    # becomes mu0 (1 + 1/e) / 2 <= mu0 / e. We take e the smallest ESS after the last reweighting
-    # (over replicas) and allow the null's mean + 4 sd, inflated by that factor 1/e.
-    e = float(res.stats["ess"][-1].min())
-    bound = (mu0 + 4 * sd0) / e
-    assert stat < bound, f"energy distance {stat:.5f} vs bound {bound:.5f} (null {mu0:.5f} +- {sd0:.5f}, ESS {e:.2f})"
+    # resampled from weights of (normalized Kish) ESS e behaves like ~e N distinct draws
+    # ("N / ESS"). The moves after each resampling restore diversity within a mode but cannot
+    # undo the noise resampling adds to the split between the modes, which accumulates over the
+    # stages: N / N_eff <= f = 1 + sum_k (1 / e_k - 1), with e_k the smallest ESS (over
+    # replicas) at stage k. The V-statistic's expectation mu0 = E|X-X'| / N becomes
+    # E|X-X'| (1/N_eff + 1/N) / 2 <= f mu0, and its spread grows likewise: bound f (mu0 + 4 sd0).
+    e = res.stats["ess"].min(dim=1).values
+    f = float(1 + (1 / e - 1).sum())
+    bound = f * (mu0 + 4 * sd0)
+    assert stat < bound, f"energy distance {stat:.5f} vs bound {bound:.5f} (null {mu0:.5f} +- {sd0:.5f}, f {f:.2f})"
 
     # Positive-mode weight P(x1 > 0): self-normalized estimate per replica from the returned
     # weights; replicas are independent, so the standard error is their sd / sqrt(R)
@@ -346,7 +348,7 @@ def test_energy_distance_has_power(double_well_null):
     Moving 8% of the draws of the positive mode to the negative one (x1 -> -x1) changes
     P(x1 > 0) from 0.844 to ~0.78. For two point masses D ~ 3.46 apart the statistic grows by
     D dp^2 ~ 3.46 * 0.068^2 ~ 0.016, about 9x the null mean: beyond the bound of the test above
-    even at the smallest ESS the sampler's resampling threshold allows (e = 0.5).
+    with an inflation f = 2 (its value for ~9 stages at ESS 0.9, the smc defaults here).
     """
     target = sampler.get_target("double-well")
     gen = torch.Generator().manual_seed(700)
@@ -355,7 +357,7 @@ def test_energy_distance_has_power(double_well_null):
     x[..., 0] = torch.where(flip, -x[..., 0], x[..., 0])
     exact = target.sample(DW_R * DW_N, gen, dtype=DTYPE).reshape(DW_R, DW_N, 2)
     mu0, sd0 = double_well_null
-    assert replica_energy_distance(x, exact) > (mu0 + 4 * sd0) / 0.5
+    assert replica_energy_distance(x, exact) > 2 * (mu0 + 4 * sd0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ class MetropolisCorrector(Corrector):
         acceptance = torch.zeros_like(eps)
         for _ in range(self.n_steps):
             prop = self.propose(x, ev, eps.to(x.dtype)[:, None, None], ctx)
-            log_alpha = torch.nan_to_num(prop.log_alpha.to(torch.float64), nan=-math.inf).clamp(max=0.0)
+            log_alpha = prop.log_alpha.to(torch.float64)
+            log_alpha = log_alpha.masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
             if self.metropolis:
                 u = torch.rand(log_alpha.shape, generator=ctx.generator, device=x.device, dtype=torch.float64)
                 accept = torch.log(u) < log_alpha

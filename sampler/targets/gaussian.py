@@ -12,6 +12,13 @@ from sampler.errors import ConfigurationError
 from sampler.targets.base import Target
 
 
+def _array(value, label: str) -> np.ndarray:
+    arr = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ConfigurationError(f"{label} must be finite")
+    return arr
+
+
 class Gaussian(Target):
     """Unnormalized ``N(mean, cov)``: ``log_prob(x) = -0.5 (x - mean)^T cov^{-1} (x - mean)``.
 
@@ -19,24 +26,35 @@ class Gaussian(Target):
     useful check of log Z estimates.
 
     Args:
-        dim: dimension d (taken from ``mean``/``cov`` when given).
+        dim: dimension d (default: from ``mean``, ``cov`` or ``scale``, else 2); all that are
+            given must agree.
         mean: ``(d,)`` or a scalar (default 0).
         cov: ``(d, d)`` symmetric positive definite; or
         scale: a scalar or ``(d,)`` standard deviation for a diagonal covariance (default 1).
     """
 
-    def __init__(self, dim: int = 2, mean=0.0, cov=None, scale=1.0):
-        mean_arr = np.asarray(mean.detach().cpu() if isinstance(mean, Tensor) else mean, dtype=np.float64)
-        if cov is not None:
-            cov_arr = np.asarray(cov.detach().cpu() if isinstance(cov, Tensor) else cov, dtype=np.float64)
-            dim = cov_arr.shape[0]
-        elif mean_arr.ndim == 1:
-            dim = mean_arr.shape[0]
-        if not isinstance(dim, int) or dim < 1:
+    def __init__(self, dim: int | None = None, mean=0.0, cov=None, scale=1.0):
+        mean_arr = _array(mean, "mean")
+        scale_arr = _array(scale, "scale")
+        cov_arr = None if cov is None else _array(cov, "cov")
+        sizes = {
+            "dim": dim,
+            "mean": mean_arr.shape[0] if mean_arr.ndim == 1 else None,
+            "cov": cov_arr.shape[0] if cov_arr is not None and cov_arr.ndim >= 1 else None,
+            "scale": scale_arr.shape[0] if scale_arr.ndim == 1 and cov is None else None,
+        }
+        given = {k: v for k, v in sizes.items() if v is not None}
+        if len(set(given.values())) > 1:
+            raise ConfigurationError(f"inconsistent dimensions: {given}")
+        dim = next(iter(given.values()), 2)
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ConfigurationError(f"dim must be a positive integer, got {dim!r}")
-        if cov is None:
-            scale_arr = np.broadcast_to(np.asarray(scale, dtype=np.float64), (dim,))
-            cov_arr = np.diag(scale_arr**2)
+        if mean_arr.ndim > 1 or scale_arr.ndim > 1:
+            raise ConfigurationError("mean and scale must be scalars or vectors")
+        if cov_arr is None:
+            if not (np.isfinite(scale_arr).all() and (scale_arr > 0).all()):
+                raise ConfigurationError(f"scale must be positive and finite, got {scale!r}")
+            cov_arr = np.diag(np.broadcast_to(scale_arr, (dim,)) ** 2)
         if cov_arr.shape != (dim, dim) or not np.allclose(cov_arr, cov_arr.T):
             raise ConfigurationError(f"cov must be a symmetric ({dim}, {dim}) matrix, got shape {cov_arr.shape}")
         try:

@@ -49,12 +49,29 @@ class GaussianMixture(Target):
         """The component means ``(K, d)``."""
         return self.means
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def _component_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-component log densities up to the shared constant ``(..., K)``, and the means."""
         means = self.constant("means", x)
-        k, d = means.shape
-        sq = ((x[..., None, :] - means) ** 2).sum(-1)  # (..., K)
-        log_norm = -d * (math.log(self.std) + 0.5 * math.log(2 * math.pi)) - math.log(k)
-        return torch.logsumexp(-0.5 * sq / self.std**2, dim=-1) + log_norm
+        sq = ((x[..., None, :] - means) ** 2).sum(-1)
+        return -0.5 * sq / self.std**2, means
+
+    def _log_norm(self) -> float:
+        k, d = self.means.shape
+        return -d * (math.log(self.std) + 0.5 * math.log(2 * math.pi)) - math.log(k)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        logits, _ = self._component_logits(x)
+        return torch.logsumexp(logits, dim=-1) + self._log_norm()
+
+    def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Log density and its analytic gradient ``sum_k r_k(x) (mu_k - x) / std^2`` (r: responsibilities)."""
+        logits, means = self._component_logits(x)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        resp = torch.exp(logits - lse)
+        return lse[..., 0] + self._log_norm(), (resp @ means - x) / self.std**2
+
+    def grad_log_prob(self, x: Tensor) -> Tensor:
+        return self.log_prob_and_grad(x)[1]
 
     def sample(self, n, generator=None, device=None, dtype=None) -> Tensor:
         """``n`` exact draws ``(n, d)``: a uniform component, then its Gaussian."""
