@@ -164,9 +164,9 @@ def test_metropolis_kernels_leave_correlated_gaussian_invariant(name):
 def test_invariance_check_detects_wrong_kernels(kernel):
     """The same check, same sample size, rejects kernels that are not invariant.
 
-    ULA at eps = 0.5 converges to the covariance of ``ula_stationary_cov`` (smallest eigenvalue
-    0.27 -> 0.35), which puts the covariance z-scores near 30: far beyond Z_MAX. MALA without the
-    proposal-density ratio targets the wrong density as well.
+    ULA at eps = 0.5 converges to the covariance of ``ula_stationary_cov`` (Var(x3) 0.50 -> 0.58),
+    whose predicted z-score at N = 40,000 is ~22 (after 40 sweeps ~99% of the way there): far
+    beyond Z_MAX. MALA without the proposal-density ratio targets the wrong density as well.
     """
     target = gaussian3()
     particles, ctx = exact_particles(target, r=2, n=20_000, seed=11)
@@ -222,7 +222,7 @@ def test_ula_converges_to_its_stationary_covariance_from_the_target():
 @pytest.mark.parametrize(
     "name, start",
     # Starting step sizes far from the tuned ones (acceptance ~0.99 for MALA/HMC, ~0.9 for RWMH).
-    [("mala", 0.2), pytest.param("hmc", 0.2, marks=pytest.mark.slow), ("rwmh", 0.1)],
+    [("mala", 0.2), ("hmc", 0.2), ("rwmh", 0.1)],
 )
 def test_adaptation_reaches_target_acceptance(name, start):
     """eps <- eps * exp(rate - target) after each sweep; the acceptance settles at the target.

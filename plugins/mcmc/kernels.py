@@ -44,10 +44,12 @@ class MetropolisCorrector(Corrector):
         step_size: initial step size (default: scaled to the reference and the dimension).
         target_acceptance: the acceptance rate the adaptation aims at.
         adapt: adapt the step size between sweeps.
-        adapt_rate: speed of the adaptation.
+        adapt_rate: gain of the adaptation (default per kernel: 1 for MALA/ULA/RWMH, 0.3 for
+            HMC, whose acceptance falls off a cliff as the step grows and would oscillate).
     """
 
     default_acceptance: float = 0.5
+    default_adapt_rate: float = 1.0
     #: Subclasses that always move (ULA) set this to False.
     metropolis: bool = True
 
@@ -57,7 +59,7 @@ class MetropolisCorrector(Corrector):
         step_size: float | None = None,
         target_acceptance: float | None = None,
         adapt: bool = True,
-        adapt_rate: float = 1.0,
+        adapt_rate: float | None = None,
     ):
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
             raise ConfigurationError(f"n_steps must be a positive integer, got {n_steps!r}")
@@ -70,7 +72,9 @@ class MetropolisCorrector(Corrector):
         self.step_size = step_size
         self.target_acceptance = float(target_acceptance)
         self.adapt = adapt
-        self.adapt_rate = float(adapt_rate)
+        self.adapt_rate = float(self.default_adapt_rate if adapt_rate is None else adapt_rate)
+        if not self.adapt_rate > 0:
+            raise ConfigurationError(f"adapt_rate must be positive, got {adapt_rate!r}")
 
     def default_step_size(self, scale: float, dim: int) -> float:
         """Initial step size for a distribution of per-coordinate scale ``scale`` in ``dim`` dimensions."""
@@ -188,6 +192,7 @@ class HMC(MetropolisCorrector):
 
     needs_grad = True
     default_acceptance = 0.65
+    default_adapt_rate = 0.3
 
     def __init__(self, n_steps: int = 1, n_leapfrog: int = 5, **kwargs):
         super().__init__(n_steps=n_steps, **kwargs)

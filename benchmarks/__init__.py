@@ -1,0 +1,1 @@
+"""Benchmark scripts of sampler-engine (run as ``python -m benchmarks.<name>``)."""
