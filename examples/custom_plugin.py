@@ -33,7 +33,7 @@ class CloudWalk(sampler.Corrector):
         for _ in range(self.n_steps):
             noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
             y = x + self.scale * sd * noise
-            ev_y = path.evaluate(y)
+            ev_y = path.evaluate(y, grad=ctx.needs_grad)  # keep gradients cached for MALA steps
             log_alpha = path.log_prob(ev_y, t) - path.log_prob(ev, t)
             u = torch.rand(log_alpha.shape, generator=ctx.generator, device=x.device, dtype=torch.float64)
             accept = u.log() < log_alpha

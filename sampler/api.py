@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 
-from sampler.errors import ConfigurationError
+from sampler.errors import ConfigurationError, PluginError, SamplerError
 from sampler.plugins import PluginInfo, host
 from sampler.result import Result
 from sampler.steps import Corrector, Transport
@@ -34,16 +35,29 @@ DEFAULT_TARGET = "gmm40"
 
 
 def _build(kind: str, name: str, options: dict[str, Any]) -> Any:
+    """Call a registered factory with the user's options; errors name the component and plugin."""
     entry = host().registry.get(kind, name)
     where = f"{kind} {name!r} (plugin {entry.plugin!r})"
     try:
+        signature = inspect.signature(entry.factory)
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**options)
+        except TypeError as exc:
+            accepted = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            raise ConfigurationError(
+                f"{where}: {exc}; its options are: {', '.join(p.name for p in accepted) or 'none'}"
+            ) from None
+    try:
         return entry.factory(**options)
-    except TypeError as exc:
-        raise ConfigurationError(f"{where}: bad options {sorted(options)}: {exc}") from exc
-    except ConfigurationError as exc:
-        if str(exc).startswith(where):
-            raise
-        raise ConfigurationError(f"{where}: {exc}") from exc
+    except SamplerError as exc:
+        if not str(exc).startswith(f"{kind} {name!r}"):
+            exc.args = (f"{where}: {exc}", *exc.args[1:])  # keep the type, add where it happened
+        raise
+    except Exception as exc:
+        raise PluginError(f"{where} failed to build: {type(exc).__name__}: {exc}") from exc
 
 
 def method(name: str, **options: Any) -> Any:

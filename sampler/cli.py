@@ -65,7 +65,10 @@ def load_target(spec: str, options: dict[str, Any], dim: int | None = None) -> T
     if mod_spec is None or mod_spec.loader is None:
         raise ConfigurationError(f"cannot import {file!r} as a Python module")
     module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ConfigurationError(f"importing {file!r} failed: {type(exc).__name__}: {exc}") from exc
     if not hasattr(module, attr):
         names = [n for n in vars(module) if not n.startswith("_")]
         raise ConfigurationError(f"{file!r} has no attribute {attr!r}; it defines: {', '.join(names)}")
@@ -86,7 +89,10 @@ def load_target(spec: str, options: dict[str, Any], dim: int | None = None) -> T
                 f"{attr!r} takes arguments ({', '.join(p.name for p in required)}); pass a Target, a Target class, "
                 "a factory without required arguments, or an energy function with --dim D"
             )
-        made = obj(**options)
+        try:
+            made = obj(**options)
+        except TypeError as exc:
+            raise ConfigurationError(f"{attr}(**{options!r}) failed: {exc}") from exc
         if isinstance(made, Target) or (hasattr(made, "log_prob") and hasattr(made, "dim")):
             return made
         raise TargetError(f"{attr!r}() returned {type(made).__name__}, not a sampler.Target")

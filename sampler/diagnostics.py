@@ -40,11 +40,12 @@ def rhat_and_ess(samples: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     if x.shape[0] < 2 and x.shape[1] < 4:
         nan = np.full(x.shape[-1], np.nan)
         return nan, nan
+    data = az.convert_to_dataset({"x": x})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rh = np.array([float(az.rhat(x[..., j])) for j in range(x.shape[-1])])
-        es = np.array([float(az.ess(x[..., j], method="bulk")) for j in range(x.shape[-1])])
-    return rh, es
+        rh = az.rhat(data)["x"].values
+        es = az.ess(data, method="bulk")["x"].values
+    return np.asarray(rh, dtype=np.float64), np.asarray(es, dtype=np.float64)
 
 
 @attrs.frozen
@@ -107,9 +108,13 @@ def summary(result: Result) -> Summary:
     rows.append(("bulk ESS (min over dims)", _fmt(v["ess_bulk_min"], ".0f")))
     stats = result.stats
     if "acceptance" in stats:
-        acc = float(torch.nanmean(stats["acceptance"][-1].double()))
+        if "warmup" in stats:  # MCMC chains: average over the kept iterations
+            kept = stats["acceptance"][stats["warmup"][:, 0] == 0]
+            acc, label = float(torch.nanmean(kept)) if kept.numel() else math.nan, "acceptance (after warm-up)"
+        else:
+            acc, label = float(torch.nanmean(stats["acceptance"][-1])), "acceptance (last step)"
         v["acceptance"] = acc
-        rows.append(("acceptance (last step)", f"{acc:.3f}"))
+        rows.append((label, _fmt(acc, ".3f")))
     v.update(
         steps=len(result.steps),
         n_target_evals=result.n_target_evals,

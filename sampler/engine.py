@@ -18,7 +18,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError, NonFiniteError, TargetError
+from sampler.errors import ConfigurationError, NonFiniteError, RunError, TargetError, check_positive_int
 from sampler.particles import Particles
 from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath
 from sampler.progress import progress_bar
@@ -26,9 +26,9 @@ from sampler.resampling import get_scheme
 from sampler.result import Result, StepStats
 from sampler.schedules import Adaptive, Schedule
 from sampler.steps import Corrector, Step, StepContext, Transport
-from sampler.targets.base import Target
+from sampler.targets.base import Target, as_target
 
-__all__ = ["Pipeline", "RunSettings", "reweight", "make_reference"]
+__all__ = ["Pipeline", "RunSettings", "reweight", "make_reference", "initial_particles", "check_target"]
 
 
 @attrs.frozen
@@ -63,17 +63,19 @@ class RunSettings:
     ) -> RunSettings:
         """Check the arguments before any work; raise :class:`ConfigurationError` if bad."""
         check_target(target)
-        for name, value in (("n_particles", n_particles), ("n_replicas", n_replicas)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int("n_particles", n_particles)
+        check_positive_int("n_replicas", n_replicas)
         if seed is None:
             seed = secrets.randbits(62)
         elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigurationError(f"seed must be a non-negative integer, got {seed!r}")
         try:
             dev = torch.device(device) if device is not None else _default_device()
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise RuntimeError("this torch build or machine has no CUDA device")
+            torch.Generator(device=dev)
         except RuntimeError as exc:
-            raise ConfigurationError(f"invalid device {device!r}: {exc}") from None
+            raise ConfigurationError(f"device {device!r} cannot be used: {exc}") from None
         if isinstance(dtype, str):
             resolved = getattr(torch, dtype, None)
             if not isinstance(resolved, torch.dtype):
@@ -105,6 +107,17 @@ def check_target(target: Any) -> None:
         raise TargetError(f"target {getattr(target, 'name', target)!r} must have a positive integer dim, got {dim!r}")
 
 
+def initial_particles(path: GeometricPath, cfg: RunSettings, gen: torch.Generator, grad: bool) -> Particles:
+    """R x N equally weighted draws from the path's reference, evaluated (with gradients if ``grad``)."""
+    x = path.reference.sample((cfg.n_replicas, cfg.n_particles), gen, cfg.dtype)
+    return Particles(
+        x=x,
+        log_weights=torch.full(x.shape[:2], -math.log(cfg.n_particles), dtype=torch.float64, device=x.device),
+        log_Z=torch.zeros(cfg.n_replicas, dtype=torch.float64, device=x.device),
+        evaluation=path.evaluate(x, grad=grad),
+    )
+
+
 def make_reference(target: Target, loc: float | Tensor | None = None, scale: float | Tensor | None = None) -> GaussianReference:
     """The default reference: ``N(loc, scale^2 I)`` from the arguments or the target's hints."""
     loc = getattr(target, "reference_loc", 0.0) if loc is None else loc
@@ -112,7 +125,7 @@ def make_reference(target: Target, loc: float | Tensor | None = None, scale: flo
     return GaussianReference(target.dim, loc=loc, scale=scale)
 
 
-def reweight(particles: Particles, log_increment: Tensor, step: int, t: float) -> tuple[Particles, Tensor]:
+def reweight(particles: Particles, log_increment: Tensor, step: int, t: Tensor) -> tuple[Particles, Tensor]:
     """Multiply weights by ``exp(log_increment)`` ``(R, N)``; return new particles and the log Z increment ``(R,)``.
 
     Raises :class:`NonFiniteError` if every particle of some replica ends with zero weight.
@@ -124,8 +137,10 @@ def reweight(particles: Particles, log_increment: Tensor, step: int, t: float) -
     dead = ~torch.isfinite(lse)
     if bool(dead.any()):
         replicas = dead.nonzero().flatten().tolist()
+        values = sorted({float(t[r]) for r in replicas}) if isinstance(t, Tensor) else [float(t)]
+        times = ", ".join(f"{v:.6g}" for v in values)
         raise NonFiniteError(
-            f"every particle of replica(s) {replicas} has zero weight at step {step} (t={t:.6g}): the target's "
+            f"every particle of replica(s) {replicas} has zero weight at step {step} (t={times}): the target's "
             "log density is NaN, +inf or -inf at all of them (or a transport returned such increments). "
             "Check the target where the reference puts mass, or narrow the reference."
         )
@@ -195,6 +210,7 @@ class Pipeline:
     ) -> Result:
         """Run the pipeline on ``target`` with R replicas of N particles; return a :class:`Result`."""
         cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
+        target = as_target(target)
         reference = self.reference or make_reference(target, self.reference_loc, self.reference_scale)
         if reference.dim != target.dim:
             raise ConfigurationError(f"reference has dim {reference.dim} but the target has dim {target.dim}")
@@ -203,21 +219,17 @@ class Pipeline:
         needs_grad = any(s.needs_grad for s in self.steps)
         start = time.perf_counter()
 
-        x = reference.sample((cfg.n_replicas, cfg.n_particles), gen, cfg.dtype)
-        particles = Particles(
-            x=x,
-            log_weights=torch.full((cfg.n_replicas, cfg.n_particles), -math.log(cfg.n_particles), dtype=torch.float64, device=x.device),
-            log_Z=torch.zeros(cfg.n_replicas, dtype=torch.float64, device=x.device),
-            evaluation=path.evaluate(x, grad=needs_grad),
-        )
-        ctx = StepContext(path=path, t=0.0, t_from=0.0, step=0, generator=gen, needs_grad=needs_grad)
+        particles = initial_particles(path, cfg, gen, needs_grad)
+        t = torch.zeros(cfg.n_replicas, dtype=torch.float64, device=particles.x.device)
+        ctx = StepContext(path=path, t=t, t_from=t, step=0, generator=gen, needs_grad=needs_grad)
         transport_states = [s.init(particles, ctx) for s in self.transports]
         corrector_states = [s.init(particles, ctx) for s in self.correctors]
+        weighted = particles  # per replica: the state right after its reweighting to t = 1
 
         stats: list[StepStats] = []
-        t, k = 0.0, 0
+        k = 0
         with progress_bar(total=self.schedule.n_steps, enabled=cfg.progress, desc=f"{self.name} on {target.name}") as bar:
-            while t < 1.0:
+            while bool((t < 1.0).any()):
                 seen = attrs.evolve(path.counter)
                 t_next = self.schedule.next_time(k, t, particles, path)
                 k += 1
@@ -230,18 +242,18 @@ class Pipeline:
                     transport_states[i] = out.state
                     moved = out.particles
                     if out.log_weight_increment is not None:
-                        extra = extra + out.log_weight_increment.to(torch.float64)
-                    _merge(info, out.info, particles.log_Z)
+                        extra = extra + _checked_increment(step, out.log_weight_increment, extra)
+                    _merge(info, out.info, t)
                 inc = path.log_weight_increment(particles.evaluation, t, moved.evaluation, t_next) + extra
                 particles, dlogz = reweight(moved, inc, k, t_next)
-                weighted = particles
+                weighted = _keep_where((t < 1.0) & (t_next == 1.0), particles, weighted)
                 ess = particles.ess()
 
                 for i, step in enumerate(self.correctors):
                     out = step.apply(particles, corrector_states[i], ctx)
                     corrector_states[i] = out.state
                     particles = out.particles
-                    _merge(info, out.info, particles.log_Z)
+                    _merge(info, out.info, t)
 
                 stats.append(
                     StepStats(
@@ -255,7 +267,8 @@ class Pipeline:
                         info=info,
                     )
                 )
-                bar.advance(t_next - t if self.schedule.n_steps is None else 1, step=k, t=t_next, ess=ess, info=info)
+                advance = float(t_next.min() - t.min()) if self.schedule.n_steps is None else 1
+                bar.advance(advance, step=k, t=float(t_next.min()), ess=ess, info=info)
                 t = t_next
 
         return self._result(target, cfg, path, particles, weighted, stats, gen, time.perf_counter() - start)
@@ -297,6 +310,25 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline(name={self.name!r}, schedule={self.schedule!r}, steps={self.steps!r})"
+
+
+def _checked_increment(step: Step, increment: Tensor, like: Tensor) -> Tensor:
+    if not isinstance(increment, Tensor) or increment.shape != like.shape:
+        shape = tuple(increment.shape) if isinstance(increment, Tensor) else type(increment).__name__
+        raise RunError(f"transport {step!r} returned a log-weight increment of shape {shape}; expected {tuple(like.shape)}")
+    return increment.to(torch.float64)
+
+
+def _keep_where(mask: Tensor, new: Particles, old: Particles) -> Particles:
+    """Per replica (``mask`` ``(R,)``): positions, weights and log Z from ``new`` where true."""
+    if not bool(mask.any()):
+        return old
+    return attrs.evolve(
+        old,
+        x=torch.where(mask[:, None, None], new.x, old.x),
+        log_weights=torch.where(mask[:, None], new.log_weights, old.log_weights),
+        log_Z=torch.where(mask, new.log_Z, old.log_Z),
+    )
 
 
 def _merge(info: dict[str, Tensor], new: Any, like: Tensor) -> None:

@@ -23,7 +23,11 @@ class TargetError(SamplerError):
     """A target returned something unusable: wrong shape, wrong dtype, not a tensor."""
 
 
-class NonFiniteError(SamplerError):
+class RunError(SamplerError):
+    """A run cannot continue (e.g. an adaptive schedule that makes no progress)."""
+
+
+class NonFiniteError(RunError):
     """Every particle of a replica has a NaN/+inf (or zero) density, so no weight is left."""
 
 
@@ -61,3 +65,10 @@ class PluginLoadError(PluginError):
 
 class DuplicateNameError(PluginError):
     """Two plugins registered the same name for the same kind of component."""
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is a positive ``int`` (not a bool); else raise :class:`ConfigurationError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -47,6 +47,11 @@ def mode_fractions(x: Tensor, modes: Tensor | np.ndarray) -> Tensor:
     return torch.bincount(idx, minlength=k).to(torch.float64) / idx.numel()
 
 
-def modes_covered(x: Tensor, modes: Tensor | np.ndarray, min_fraction: float = 0.0) -> int:
-    """Number of modes holding more than ``min_fraction`` of the points (nearest-mode assignment)."""
-    return int((mode_fractions(x, modes) > min_fraction).sum())
+def modes_covered(x: Tensor, modes: Tensor | np.ndarray, min_fraction: float | None = None) -> int:
+    """Number of modes holding at least ``min_fraction`` of the points (nearest-mode assignment).
+
+    The default, ``0.1 / K``, asks for a tenth of an equal share, so stray points do not count.
+    """
+    fractions = mode_fractions(x, modes)
+    threshold = 0.1 / len(modes) if min_fraction is None else min_fraction
+    return int((fractions >= threshold).sum())

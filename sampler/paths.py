@@ -71,9 +71,10 @@ class GaussianReference:
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Normalized log density, ``(...)`` in float64 for ``x`` ``(..., dim)``."""
-        loc, scale = self._params(x)
-        z = (x - loc) / scale
-        return -0.5 * (z.to(torch.float64) ** 2).sum(-1) + self._log_norm
+        x64 = x.to(torch.float64)
+        loc, scale = self._params(x64)
+        z = (x64 - loc) / scale
+        return -0.5 * (z**2).sum(-1) + self._log_norm
 
     def grad_log_prob(self, x: Tensor) -> Tensor:
         """Gradient ``-(x - loc) / scale**2``, ``(..., dim)`` in ``x``'s dtype."""
@@ -85,12 +86,22 @@ class GaussianReference:
 class EvaluationCounter:
     """Running counts for one run: target evaluations, gradient evaluations, non-finite values.
 
-    One evaluation is the target's log density (or gradient) at one point.
+    One evaluation is the target's log density (or gradient) at one point. Non-finite values
+    are accumulated as a device tensor and read (one host sync) through :attr:`nonfinite`.
     """
 
     target_evals: int = 0
     grad_evals: int = 0
-    nonfinite: int = 0
+    _nonfinite: Tensor | int = 0
+
+    def add_nonfinite(self, count: Tensor | int) -> None:
+        """Add a count of NaN/+inf values (a tensor or an int)."""
+        self._nonfinite = self._nonfinite + count
+
+    @property
+    def nonfinite(self) -> int:
+        """NaN/+inf values the target returned so far."""
+        return int(self._nonfinite)
 
 
 @attrs.frozen
@@ -164,6 +175,11 @@ class GeometricPath:
             )
         if not value.is_floating_point():
             raise TargetError(f"target {self.target.name!r}: {what} returned dtype {value.dtype}; expected a floating dtype")
+        if torch.finfo(value.dtype).bits < torch.finfo(x.dtype).bits:
+            raise TargetError(
+                f"target {self.target.name!r}: {what} returned {value.dtype} for {x.dtype} input, losing precision; "
+                "compute in the input's dtype (see Target.constant)"
+            )
         if value.device != x.device:
             raise TargetError(
                 f"target {self.target.name!r}: {what} returned a tensor on {value.device} for input on {x.device}; "
@@ -189,10 +205,8 @@ class GeometricPath:
         if g is not None:
             g = g.detach()
             bad = bad | (~torch.isfinite(g).all(-1) & (lp != -math.inf))
-        n_bad = int(bad.sum())
-        if n_bad:
-            self.counter.nonfinite += n_bad
-            lp = lp.masked_fill(bad, -math.inf)
+        self.counter.add_nonfinite(bad.sum())  # a tensor: no host sync per evaluation
+        lp = lp.masked_fill(bad, -math.inf)
         if g is not None:
             g = g.masked_fill((lp == -math.inf)[..., None], 0.0)
         return PathEvaluation(
@@ -204,27 +218,37 @@ class GeometricPath:
 
     # -- the path at time t ---------------------------------------------------------------------
     @staticmethod
-    def log_prob(ev: PathEvaluation, t: float) -> Tensor:
-        """``log pi_t`` from cached components, float64 ``(...)``; exact at ``t`` = 0 and 1."""
-        if t == 0.0:
-            return ev.log_ref
-        if t == 1.0:
-            return ev.log_target
-        return (1.0 - t) * ev.log_ref + t * ev.log_target
+    def _mix(ref: Tensor, tgt: Tensor, t: float | Tensor) -> Tensor:
+        """``(1 - t) ref + t tgt``, exactly ``ref`` at t = 0 and ``tgt`` at t = 1 (even where one is -inf).
 
-    @staticmethod
-    def grad_log_prob(ev: PathEvaluation, t: float) -> Tensor:
-        """``grad log pi_t`` from cached gradients, ``(..., d)``."""
+        ``t`` is a float or a per-replica tensor ``(R,)`` matching the first axis of ``ref``.
+        """
+        if not isinstance(t, Tensor):
+            if t == 0.0:
+                return ref
+            if t == 1.0:
+                return tgt
+            return (1.0 - t) * ref + t * tgt
+        tt = t.to(device=ref.device, dtype=ref.dtype).reshape(t.shape + (1,) * (ref.ndim - t.ndim))
+        mixed = (1.0 - tt) * ref + tt * tgt
+        return torch.where(tt == 0.0, ref, torch.where(tt == 1.0, tgt, mixed))
+
+    @classmethod
+    def log_prob(cls, ev: PathEvaluation, t: float | Tensor) -> Tensor:
+        """``log pi_t`` from cached components, float64 ``(R, N)``; ``t`` a float or ``(R,)``."""
+        return cls._mix(ev.log_ref, ev.log_target, t)
+
+    @classmethod
+    def grad_log_prob(cls, ev: PathEvaluation, t: float | Tensor) -> Tensor:
+        """``grad log pi_t`` from cached gradients, ``(R, N, d)``; ``t`` a float or ``(R,)``."""
         if ev.grad_ref is None or ev.grad_target is None:
             raise ValueError("gradients were not evaluated (evaluate(x, grad=True))")
-        if t == 0.0:
-            return ev.grad_ref
-        if t == 1.0:
-            return ev.grad_target
-        return (1.0 - t) * ev.grad_ref + t * ev.grad_target
+        return cls._mix(ev.grad_ref, ev.grad_target, t)
 
-    def log_weight_increment(self, ev_from: PathEvaluation, t_from: float, ev_to: PathEvaluation, t_to: float) -> Tensor:
-        """``log pi_{t_to}(x_to) - log pi_{t_from}(x_from)``, float64 ``(...)``.
+    def log_weight_increment(
+        self, ev_from: PathEvaluation, t_from: float | Tensor, ev_to: PathEvaluation, t_to: float | Tensor
+    ) -> Tensor:
+        """``log pi_{t_to}(x_to) - log pi_{t_from}(x_from)``, float64 ``(R, N)``.
 
         A point with zero density at its start (``-inf``) cannot gain weight: its increment is
         ``-inf``, as is any undefined (``-inf - -inf``) difference.

@@ -88,7 +88,8 @@ class PluginHost:
         self.blocked = _env_list("SAMPLER_BLOCK_PLUGINS") | set(blocked or ())
         from sampler.targets import builtin as builtin_targets
 
-        self._add(builtin_targets, "core", PluginInfo(name="core", source="core", distribution="sampler-engine"))
+        core = PluginInfo(name="core", source="core", distribution="sampler-engine", version=_own_version())
+        self._add(builtin_targets, "core", core)
         if autoload is None:
             autoload = os.environ.get("SAMPLER_DISABLE_PLUGIN_AUTOLOAD", "").lower() not in _TRUE
         if autoload:
@@ -101,8 +102,6 @@ class PluginHost:
         # Built-in plugins first, so a third-party plugin cannot take their names.
         own = lambda e: getattr(getattr(e, "dist", None), "name", None) == "sampler-engine"  # noqa: E731
         for ep in sorted(eps, key=lambda e: (not own(e), e.name)):
-            if ep.name in self.plugins:
-                continue
             dist = getattr(ep, "dist", None)
             info = PluginInfo(
                 name=ep.name,
@@ -110,6 +109,14 @@ class PluginHost:
                 distribution=getattr(dist, "name", None),
                 version=getattr(dist, "version", None),
             )
+            if ep.name in self.plugins:
+                other = self.plugins[ep.name]
+                if (other.distribution, other.version) != (info.distribution, info.version):
+                    log.warning(
+                        "plugin name %r of %s %s is already used by %s %s; skipped",
+                        ep.name, info.distribution, info.version, other.distribution, other.version,
+                    )
+                continue
             if ep.name in self.blocked:
                 info.blocked = True
                 self.plugins[ep.name] = info
@@ -123,8 +130,8 @@ class PluginHost:
                 continue
             try:
                 self._add(obj, ep.name, info)
-            except PluginError as exc:
-                self._fail(info, str(exc), exc)
+            except Exception as exc:  # noqa: BLE001 -- a broken plugin must not take the others down
+                self._fail(info, str(exc) if isinstance(exc, PluginError) else _describe_exception(exc), exc)
 
     def _fail(self, info: PluginInfo, message: str, exc: BaseException) -> None:
         info.error = message
@@ -139,6 +146,7 @@ class PluginHost:
         if name in self.blocked:
             info.blocked = True
             self.plugins[name] = info
+            log.warning("plugin %r is blocked and was not registered", name)
             return
         if name in self.plugins and self.plugins[name].ok:
             raise PluginError(f"a plugin named {name!r} is already registered")
@@ -150,8 +158,11 @@ class PluginHost:
             raise PluginError(f"plugin {name!r} is not a valid sampler plugin: {exc}") from exc
         try:
             self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
+            _check_hook_names(plugin, name, self.pm)
+        except (pluggy.PluginValidationError, PluginError) as exc:
             self.pm.unregister(plugin)
+            if isinstance(exc, PluginError):
+                raise
             raise PluginError(
                 f"plugin {name!r} defines a hook that does not exist (misspelled?): {exc}. "
                 "The hooks are listed in sampler.hookspecs."
@@ -202,6 +213,29 @@ class PluginHost:
     def failures(self) -> list[PluginInfo]:
         """Plugins that failed to load."""
         return [p for p in self.plugins.values() if p.error is not None]
+
+
+def _check_hook_names(plugin: Any, name: str, pm: pluggy.PluginManager) -> None:
+    """A plugin must implement at least one hook, and every ``sampler_*`` function must be one."""
+    hooks = {h.name for h in (pm.get_hookcallers(plugin) or [])}
+    loose = [
+        attr for attr in dir(plugin)
+        if attr.startswith("sampler_") and callable(getattr(plugin, attr, None)) and attr not in hooks
+    ]
+    if loose:
+        raise PluginError(
+            f"plugin {name!r}: {', '.join(loose)} is not a hook implementation; mark hooks with @sampler.hookimpl "
+            "and check the name against sampler.hookspecs (e.g. sampler_register)"
+        )
+    if not hooks:
+        raise PluginError(f"plugin {name!r} implements no hook (did you forget @sampler.hookimpl on sampler_register?)")
+
+
+def _own_version() -> str | None:
+    try:
+        return importlib.metadata.version("sampler-engine")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _plugin_name(plugin: Any) -> str:

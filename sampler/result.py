@@ -20,7 +20,8 @@ class StepStats:
 
     Attributes:
         step: stage index (1 for the first stage).
-        t: annealing time reached at the end of the stage.
+        t: annealing time of each replica ``(R,)`` at the end of the stage (replicas choose their
+            own adaptive times; a replica that reached 1 stays there while the others finish).
         ess: normalized Kish ESS per replica ``(R,)`` after reweighting, before resampling.
         log_Z_increment: log normalizer increment per replica ``(R,)`` (zeros for MCMC).
         target_evals: target log-density evaluations in this stage (one per point); the
@@ -34,7 +35,7 @@ class StepStats:
     """
 
     step: int
-    t: float
+    t: Tensor
     ess: Tensor
     log_Z_increment: Tensor
     target_evals: int
@@ -127,7 +128,7 @@ class Result:
 
     @property
     def stats(self) -> dict[str, Tensor]:
-        """Per-step statistics stacked over steps, on the CPU: ``t`` ``(K,)``, ``ess`` ``(K, R)``,
+        """Per-step statistics stacked over steps, on the CPU: ``t`` and ``ess`` ``(K, R)``,
         and each info key (NaN where a step did not report it)."""
         if not self.steps:
             return {}
@@ -138,7 +139,7 @@ class Result:
 
         out: dict[str, Tensor] = {
             "step": ints("step"),
-            "t": torch.tensor([s.t for s in self.steps], dtype=torch.float64, device=host),
+            "t": torch.stack([s.t.detach().to(host, torch.float64) for s in self.steps]),
             "ess": torch.stack([s.ess.detach().to(host, torch.float64) for s in self.steps]),
             "log_Z_increment": torch.stack([s.log_Z_increment.detach().to(host, torch.float64) for s in self.steps]),
             "target_evals": ints("target_evals"),
@@ -161,10 +162,12 @@ class Result:
     def to_arviz(self) -> Any:
         """Export to :class:`arviz.InferenceData`.
 
-        ``posterior.x`` has dims ``(chain=R, draw=N, x_dim_0=d)`` (equally weighted samples);
-        ``sample_stats.log_weight`` ``(chain, draw)`` holds :attr:`log_weights` (the weights of
-        :attr:`weighted_samples`, the particles right after the last reweighting); ``attrs`` carry the method,
-        target, log Z and its standard error, and the evaluation counts.
+        ``posterior.x`` has dims ``(chain=R, draw=N, x_dim_0=d)``: the equally weighted
+        :attr:`samples`, for every ArviZ diagnostic. For SMC-type results ``sample_stats`` holds
+        the weighted particle set as pairs: ``weighted_x[c, n]`` (:attr:`weighted_samples`) has
+        the importance log weight ``log_weight[c, n]`` (:attr:`log_weights`); the pairing is
+        with ``weighted_x``, not with ``posterior.x``. ``attrs`` carry the method, target, log Z
+        and its standard error, and the evaluation counts.
         """
         from sampler._arviz import arviz
 
@@ -188,9 +191,13 @@ class Result:
             attrs_["log_Z_per_replica"] = _numpy(self.log_Z_per_replica)
         if self.exact_log_Z is not None:
             attrs_["exact_log_Z"] = float(self.exact_log_Z)
+        sample_stats = {"log_weight": _numpy(self.log_weights)}
+        if self.kind == "smc":
+            sample_stats["weighted_x"] = _numpy(self.weighted_samples)
         return az.from_dict(
             posterior={"x": _numpy(self.samples)},
-            sample_stats={"log_weight": _numpy(self.log_weights)},
+            sample_stats=sample_stats,
+            dims={"weighted_x": ["x_dim_0"]},
             attrs=attrs_,
         )
 

@@ -12,8 +12,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
-from sampler.errors import ConfigurationError
+from sampler.errors import ConfigurationError, RunError, check_positive_int
 from sampler.particles import Particles
 from sampler.paths import GeometricPath
 
@@ -21,14 +22,24 @@ __all__ = ["Schedule", "Fixed", "Linear", "Geometric", "Power", "Adaptive", "con
 
 
 class Schedule(abc.ABC):
-    """Decides the next annealing time."""
+    """Decides the next annealing time of every replica.
+
+    Times are per replica: ``t`` is a float64 tensor ``(R,)`` so that replicas stay
+    independent runs (an adaptive schedule follows each replica's own particles).
+    """
 
     #: Number of steps when known in advance (``None`` for adaptive schedules).
     n_steps: int | None = None
 
     @abc.abstractmethod
-    def next_time(self, step: int, t: float, particles: Particles, path: GeometricPath) -> float:
-        """The time after ``t`` (the current time, reached after ``step`` steps)."""
+    def next_time(self, step: int, t: Tensor, particles: Particles, path: GeometricPath) -> Tensor:
+        """The times ``(R,)`` after ``t`` ``(R,)`` (the current times, reached after ``step`` steps)."""
+
+
+def _as_times(t: float | Tensor, particles: Particles) -> Tensor:
+    """Per-replica times ``(R,)`` float64 on the particles' device (a float applies to all)."""
+    device = particles.log_weights.device
+    return torch.as_tensor(t, dtype=torch.float64, device=device).expand(particles.n_replicas)
 
 
 class Fixed(Schedule):
@@ -45,8 +56,8 @@ class Fixed(Schedule):
         self.times = ts
         self.n_steps = len(ts) - 1
 
-    def next_time(self, step: int, t: float, particles: Particles, path: GeometricPath) -> float:
-        return self.times[step + 1]
+    def next_time(self, step: int, t: Tensor, particles: Particles, path: GeometricPath) -> Tensor:
+        return torch.full_like(_as_times(t, particles), self.times[step + 1])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_steps={self.n_steps})"
@@ -56,17 +67,11 @@ def _show(ts: Sequence[float]) -> str:
     return str(ts) if len(ts) <= 6 else f"[{ts[0]}, {ts[1]}, ..., {ts[-1]}] ({len(ts)} times)"
 
 
-def _check_steps(n_steps: int) -> int:
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ConfigurationError(f"n_steps must be a positive integer, got {n_steps!r}")
-    return n_steps
-
-
 class Linear(Fixed):
     """``n_steps`` equal increments: ``t_k = k / K``."""
 
     def __init__(self, n_steps: int):
-        k = _check_steps(n_steps)
+        k = check_positive_int("n_steps", n_steps)
         super().__init__([i / k for i in range(k)] + [1.0])
 
 
@@ -74,7 +79,7 @@ class Power(Fixed):
     """``t_k = (k / K) ** exponent``: small steps near 0 for ``exponent > 1``."""
 
     def __init__(self, n_steps: int, exponent: float = 4.0):
-        k = _check_steps(n_steps)
+        k = check_positive_int("n_steps", n_steps)
         if not exponent > 0:
             raise ConfigurationError(f"exponent must be positive, got {exponent!r}")
         super().__init__([(i / k) ** exponent for i in range(k)] + [1.0])
@@ -84,7 +89,7 @@ class Geometric(Fixed):
     """``t_0 = 0`` then ``K`` geometrically spaced times from ``t_min`` to 1."""
 
     def __init__(self, n_steps: int, t_min: float = 1e-4):
-        k = _check_steps(n_steps)
+        k = check_positive_int("n_steps", n_steps)
         if not 0 < t_min < 1:
             raise ConfigurationError(f"t_min must lie in (0, 1), got {t_min!r}")
         if k == 1:
@@ -108,9 +113,10 @@ def conditional_ess(log_weights: torch.Tensor, log_increments: torch.Tensor) -> 
 class Adaptive(Schedule):
     """Next time by bisection so the conditional ESS of the increments is ``target_ess``.
 
-    One time is shared by all replicas: the smallest of the per-replica choices (so every
-    replica keeps at least the goal). ``min_step`` bounds the number of steps; ``max_steps``
-    stops a run that makes no progress with a clear error.
+    Each replica gets its own time, chosen from its own particles, so replicas remain
+    independent runs; a replica that reaches t = 1 stays there while the others finish.
+    ``min_step`` bounds the number of steps; ``max_steps`` stops a run that makes no progress
+    with :class:`~sampler.errors.RunError`.
     """
 
     def __init__(self, target_ess: float = 0.5, min_step: float = 1e-6, max_steps: int = 10_000, tol: float = 1e-3):
@@ -120,31 +126,35 @@ class Adaptive(Schedule):
             raise ConfigurationError(f"min_step must lie in (0, 1), got {min_step!r}")
         self.target_ess = float(target_ess)
         self.min_step = float(min_step)
-        self.max_steps = int(max_steps)
+        self.max_steps = check_positive_int("max_steps", max_steps)
         self.tol = float(tol)
 
-    def _cess(self, t: float, t_next: float, particles: Particles, path: GeometricPath) -> float:
-        ev = particles.evaluation
-        inc = path.log_weight_increment(ev, t, ev, t_next)
-        return float(conditional_ess(particles.log_weights, inc).min())
-
-    def next_time(self, step: int, t: float, particles: Particles, path: GeometricPath) -> float:
+    def next_time(self, step: int, t: Tensor, particles: Particles, path: GeometricPath) -> Tensor:
+        t = _as_times(t, particles)
         if step >= self.max_steps:
-            raise ConfigurationError(
-                f"adaptive schedule reached max_steps={self.max_steps} at t={t:.3g}; "
+            raise RunError(
+                f"adaptive schedule reached max_steps={self.max_steps} at t={float(t.min()):.3g}; "
                 "lower target_ess, raise max_steps, or improve the reference"
             )
-        if self._cess(t, 1.0, particles, path) >= self.target_ess:
-            return 1.0
-        lo, hi = t, 1.0
-        # Stop at a resolution relative to the step itself, so tiny early steps resolve too.
-        while hi - lo > max(self.min_step, self.tol * (hi - t)):
+        ev, log_w = particles.evaluation, particles.log_weights
+
+        def reaches_goal(t_new: Tensor) -> Tensor:
+            inc = path.log_weight_increment(ev, t, ev, t_new)
+            return conditional_ess(log_w, inc) >= self.target_ess
+
+        one = torch.ones_like(t)
+        settled = (t >= 1.0) | reaches_goal(one)
+        lo, hi = t.clone(), one
+        # Bisect every replica at once, to a resolution relative to its own step.
+        for _ in range(64):
+            open_ = ~settled & (hi - lo > torch.clamp(self.tol * (hi - t), min=self.min_step))
+            if not bool(open_.any()):
+                break
             mid = 0.5 * (lo + hi)
-            if self._cess(t, mid, particles, path) >= self.target_ess:
-                lo = mid
-            else:
-                hi = mid
-        return min(1.0, max(lo, t + self.min_step))
+            good = reaches_goal(mid)
+            lo = torch.where(open_ & good, mid, lo)
+            hi = torch.where(open_ & ~good, mid, hi)
+        return torch.where(settled, one, torch.clamp(torch.maximum(lo, t + self.min_step), max=1.0))
 
     def __repr__(self) -> str:
         return f"Adaptive(target_ess={self.target_ess})"

@@ -35,9 +35,9 @@ class StepContext:
 
     Attributes:
         path: the annealing path (evaluates and counts target calls).
-        t: the time of the density pi_t the step moves toward (transports) or preserves
-            (correctors).
-        t_from: the previous time (equal to ``t`` for correctors of a plain MCMC run).
+        t: per-replica times ``(R,)`` float64 of the densities pi_t the step moves toward
+            (transports) or preserves (correctors); pass it to ``path.log_prob(ev, t)``.
+        t_from: the previous times ``(R,)`` (equal to ``t`` for a plain MCMC run).
         step: index of the stage (1 for the first move away from t = 0).
         generator: the run's random generator (on the particles' device).
         needs_grad: whether cached evaluations must carry gradients (some step uses them); a
@@ -45,8 +45,8 @@ class StepContext:
     """
 
     path: GeometricPath
-    t: float
-    t_from: float
+    t: Tensor
+    t_from: Tensor
     step: int
     generator: torch.Generator
     needs_grad: bool = False

@@ -10,8 +10,10 @@ from typing import Any
 import attrs
 import torch
 
-from sampler import Particles, Result, RunSettings, StepContext, StepStats, corrector, make_reference
-from sampler.errors import ConfigurationError
+from sampler import Result, RunSettings, StepContext, StepStats, corrector, make_reference
+from sampler.engine import initial_particles
+from sampler.targets.base import as_target
+from sampler.errors import ConfigurationError, check_positive_int
 from sampler.paths import EvaluationCounter, GeometricPath
 from sampler.progress import progress_bar
 
@@ -30,33 +32,41 @@ class MCMCChains:
         kernel: ``mala`` or ``hmc`` (any registered Metropolis corrector works).
         n_warmup: tuning iterations, discarded.
         thin: keep one draw every ``thin`` iterations.
+        reference_loc, reference_scale: where the chains start (default: the target's reference).
         **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``, ``n_leapfrog``).
     """
 
-    def __init__(self, kernel: str = "mala", n_warmup: int = 1000, thin: int = 1, **kernel_options: Any):
-        for name, value, low in (("n_warmup", n_warmup, 0), ("thin", thin, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
+    def __init__(
+        self,
+        kernel: str = "mala",
+        n_warmup: int = 1000,
+        thin: int = 1,
+        reference_loc=None,
+        reference_scale=None,
+        **kernel_options: Any,
+    ):
+        if isinstance(n_warmup, bool) or not isinstance(n_warmup, int) or n_warmup < 0:
+            raise ConfigurationError(f"n_warmup must be a non-negative integer, got {n_warmup!r}")
+        check_positive_int("thin", thin)
         self.kernel_name = kernel
         self.kernel = corrector(kernel, n_steps=1, adapt=False, **kernel_options)
         self.n_warmup = n_warmup
         self.thin = thin
+        self.reference_loc = reference_loc
+        self.reference_scale = reference_scale
         self.options = dict(kernel=kernel, n_warmup=n_warmup, thin=thin, **kernel_options)
 
     def run(self, target, *, n_particles: int, n_replicas: int = 4, seed=None, device=None, dtype=None, progress=None) -> Result:
         """Run the chains; ``n_particles`` is the number of kept draws per chain."""
         cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
+        target = as_target(target)
         gen = cfg.generator()
-        path = GeometricPath(make_reference(target), target, EvaluationCounter())
+        path = GeometricPath(make_reference(target, self.reference_loc, self.reference_scale), target, EvaluationCounter())
         start = time.perf_counter()
-        x = path.reference.sample((cfg.n_replicas, 1), gen, cfg.dtype)
-        state = Particles(
-            x=x,
-            log_weights=torch.zeros(cfg.n_replicas, 1, dtype=torch.float64, device=x.device),
-            log_Z=torch.zeros(cfg.n_replicas, dtype=torch.float64, device=x.device),
-            evaluation=path.evaluate(x, grad=self.kernel.needs_grad),
-        )
-        ctx = StepContext(path=path, t=1.0, t_from=1.0, step=0, generator=gen, needs_grad=self.kernel.needs_grad)
+        state = initial_particles(path, attrs.evolve(cfg, n_particles=1), gen, self.kernel.needs_grad)
+        x = state.x
+        one = torch.ones(cfg.n_replicas, dtype=torch.float64, device=x.device)
+        ctx = StepContext(path=path, t=one, t_from=one, step=0, generator=gen, needs_grad=self.kernel.needs_grad)
         kstate = self.kernel.init(state, ctx)
         tuner = DualAveraging(kstate.step_size, self.kernel.target_acceptance)
         draws = torch.empty(cfg.n_replicas, cfg.n_particles, target.dim, dtype=cfg.dtype, device=x.device)
@@ -77,7 +87,7 @@ class MCMCChains:
                 stats.append(
                     StepStats(
                         step=it + 1,
-                        t=1.0,
+                        t=one,
                         ess=torch.ones_like(acc),
                         log_Z_increment=torch.zeros_like(acc),
                         target_evals=path.counter.target_evals - seen.target_evals,
@@ -122,6 +132,7 @@ class DualAveraging:
         self.m = 0
 
     def update(self, acceptance: torch.Tensor) -> torch.Tensor:
+        """Record one iteration's acceptance ``(R,)``; return the next step sizes ``(R,)``."""
         self.m += 1
         m = self.m
         w = 1.0 / (m + self.t0)
@@ -132,14 +143,15 @@ class DualAveraging:
         return log_eps.exp()
 
     def final(self) -> torch.Tensor:
+        """The averaged step sizes ``(R,)`` to keep after warm-up."""
         return self.log_eps_bar.exp()
 
 
 def build_chains(kernel: str) -> Callable[..., MCMCChains]:
     """A method builder running chains of ``kernel``."""
 
-    def build(n_warmup: int = 1000, thin: int = 1, **kernel_options: Any) -> MCMCChains:
-        return MCMCChains(kernel, n_warmup=n_warmup, thin=thin, **kernel_options)
+    def build(**options: Any) -> MCMCChains:
+        return MCMCChains(kernel, **options)
 
     build.__doc__ = f"{kernel.upper()} chains: R chains x N draws after warm-up (dual-averaging step size)."
     return build

@@ -17,7 +17,11 @@ import torch
 from torch import Tensor
 
 from sampler import Corrector, Particles, PathEvaluation, StepContext, StepOutput
-from sampler.errors import ConfigurationError
+from sampler.errors import ConfigurationError, check_positive_int
+
+
+#: Adapted step sizes stay within these bounds (a stuck acceptance cannot drive them to 0 or inf).
+STEP_SIZE_BOUNDS = (1e-10, 1e10)
 
 
 @attrs.frozen
@@ -61,8 +65,7 @@ class MetropolisCorrector(Corrector):
         adapt: bool = True,
         adapt_rate: float | None = None,
     ):
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise ConfigurationError(f"n_steps must be a positive integer, got {n_steps!r}")
+        check_positive_int("n_steps", n_steps)
         if step_size is not None and not step_size > 0:
             raise ConfigurationError(f"step_size must be positive, got {step_size!r}")
         target_acceptance = self.default_acceptance if target_acceptance is None else target_acceptance
@@ -81,6 +84,7 @@ class MetropolisCorrector(Corrector):
         return scale * dim ** (-1 / 4)
 
     def init(self, particles: Particles, ctx: StepContext) -> KernelState:
+        """One step size per replica: ``step_size`` or :meth:`default_step_size` of the reference."""
         if self.step_size is not None:
             eps = self.step_size
         else:
@@ -93,6 +97,7 @@ class MetropolisCorrector(Corrector):
         """Propose from ``x`` with step sizes ``eps`` ``(R, 1, 1)`` (in ``x``'s dtype)."""
 
     def apply(self, particles: Particles, state: KernelState, ctx: StepContext) -> StepOutput:
+        """``n_steps`` sweeps at pi_t; reports mean ``acceptance`` probability and ``step_size`` per replica."""
         x, ev = particles.x, particles.evaluation
         if self.needs_grad and not ev.has_grad:
             ev = ctx.path.evaluate(x, grad=True)
@@ -112,7 +117,7 @@ class MetropolisCorrector(Corrector):
             rate = log_alpha.exp().mean(-1)
             acceptance = acceptance + rate / self.n_steps
             if self.adapt:
-                eps = eps * torch.exp(self.adapt_rate * (rate - self.target_acceptance))
+                eps = (eps * torch.exp(self.adapt_rate * (rate - self.target_acceptance))).clamp(*STEP_SIZE_BOUNDS)
         new = attrs.evolve(particles, x=x, evaluation=ev)
         return StepOutput(new, KernelState(eps), {"acceptance": acceptance, "step_size": eps})
 
@@ -194,11 +199,17 @@ class HMC(MetropolisCorrector):
     default_acceptance = 0.65
     default_adapt_rate = 0.3
 
-    def __init__(self, n_steps: int = 1, n_leapfrog: int = 5, **kwargs):
-        super().__init__(n_steps=n_steps, **kwargs)
-        if isinstance(n_leapfrog, bool) or not isinstance(n_leapfrog, int) or n_leapfrog < 1:
-            raise ConfigurationError(f"n_leapfrog must be a positive integer, got {n_leapfrog!r}")
-        self.n_leapfrog = n_leapfrog
+    def __init__(
+        self,
+        n_steps: int = 1,
+        n_leapfrog: int = 5,
+        step_size: float | None = None,
+        target_acceptance: float | None = None,
+        adapt: bool = True,
+        adapt_rate: float | None = None,
+    ):
+        super().__init__(n_steps, step_size, target_acceptance, adapt, adapt_rate)
+        self.n_leapfrog = check_positive_int("n_leapfrog", n_leapfrog)
 
     def default_step_size(self, scale: float, dim: int) -> float:
         return scale * dim ** (-1 / 4) / math.sqrt(self.n_leapfrog)

@@ -37,8 +37,8 @@ class Resample(Corrector):
     def apply(self, particles: Particles, state: None, ctx: StepContext) -> StepOutput:
         ess = particles.ess()
         uniform = (particles.log_weights == particles.log_weights[:, :1]).all(-1)
-        threshold = 1.0 if (self.final and ctx.t == 1.0) else self.threshold
-        due = (ess < threshold) & ~uniform
+        at_end = (ctx.t == 1.0) if self.final else torch.zeros_like(uniform)
+        due = ((ess < self.threshold) | at_end) & ~uniform
         if not bool(due.any()):
             return StepOutput(particles, state, {"resampled": due.to(torch.float64)})
         n = particles.n_particles

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sampler.errors import ConfigurationError
 
-__all__ = ["Target", "BoltzmannTarget", "FunctionTarget", "target"]
+__all__ = ["Target", "BoltzmannTarget", "FunctionTarget", "target", "as_target"]
 
 
 class Target(abc.ABC):
@@ -83,6 +83,13 @@ class Target(abc.ABC):
     ) -> Tensor:
         """Exact samples ``(n, dim)``; only targets with a known exact sampler implement it."""
         raise NotImplementedError(f"{self.name} has no exact sampler")
+
+    @staticmethod
+    def sample_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device | str | None:
+        """Where :meth:`sample` draws: ``device`` if given, else the generator's, else torch's default."""
+        if device is not None:
+            return device
+        return generator.device if generator is not None else None
 
     def constant(self, name: str, like: Tensor) -> Tensor:
         """The attribute ``name`` (array or tensor) as a tensor on ``like``'s device and dtype.
@@ -161,6 +168,27 @@ class FunctionTarget(Target):
             return super().log_prob_and_grad(x)
         grad = self._grad(x)
         return self.log_prob(x), -grad if self.is_energy else grad
+
+
+def as_target(obj: object) -> Target:
+    """``obj`` itself if it is a :class:`Target`; else a :class:`FunctionTarget` around any object with
+    ``dim`` and ``log_prob`` (and optionally ``grad_log_prob``, ``name``, ``log_Z``, ``sample``
+    and the reference hints)."""
+    if isinstance(obj, Target):
+        return obj
+    wrapped = FunctionTarget(
+        obj.log_prob,  # type: ignore[attr-defined]
+        obj.dim,  # type: ignore[attr-defined]
+        is_energy=False,
+        grad=getattr(obj, "grad_log_prob", None),
+        name=getattr(obj, "name", None) or type(obj).__name__,
+        log_Z=getattr(obj, "log_Z", None),
+        reference_loc=getattr(obj, "reference_loc", 0.0),
+        reference_scale=getattr(obj, "reference_scale", 1.0),
+    )
+    if callable(getattr(obj, "sample", None)):
+        wrapped.sample = obj.sample  # type: ignore[method-assign,attr-defined]
+    return wrapped
 
 
 def target(

@@ -81,6 +81,6 @@ class Gaussian(Target):
 
     def sample(self, n, generator=None, device=None, dtype=None) -> Tensor:
         """``n`` exact draws ``(n, d)``: ``mean + L z`` with ``cov = L L^T``."""
-        device = device if device is not None else (generator.device if generator is not None else None)
+        device = self.sample_device(generator, device)
         z = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
         return self.constant("mean", z) + z @ self.constant("chol", z).T

@@ -75,7 +75,7 @@ class GaussianMixture(Target):
 
     def sample(self, n, generator=None, device=None, dtype=None) -> Tensor:
         """``n`` exact draws ``(n, d)``: a uniform component, then its Gaussian."""
-        device = device if device is not None else (generator.device if generator is not None else None)
+        device = self.sample_device(generator, device)
         z = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
         k = torch.randint(self.means.shape[0], (n,), generator=generator, device=z.device)
         return self.constant("means", z)[k] + self.std * z
