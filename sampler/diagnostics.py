@@ -122,8 +122,11 @@ def summary(result: Result) -> Summary:
         n_nonfinite=result.n_nonfinite,
         wall_time=result.wall_time,
     )
-    if result.kind == "smc":
-        rows.append(("annealing steps", str(len(result.steps))))
+    if result.kind == "smc" and result.steps:
+        per_replica = (stats["t"] < 1).sum(0) + 1  # each replica's stages up to reaching t = 1
+        lo, hi = int(per_replica.min()), int(per_replica.max())
+        v["annealing_steps"] = hi
+        rows.append(("annealing steps", str(hi) if lo == hi else f"{lo}-{hi} (per replica)"))
     rows.append(("target / gradient evals", f"{result.n_target_evals:,} / {result.n_grad_evals:,}"))
     rows.append(("non-finite log densities", str(result.n_nonfinite)))
     rows.append(("wall time", f"{result.wall_time:.2f} s on {result.device or 'n/a'}"))

@@ -24,7 +24,7 @@ from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath
 from sampler.progress import progress_bar
 from sampler.resampling import get_scheme
 from sampler.result import Result, StepStats
-from sampler.schedules import Adaptive, Schedule
+from sampler.schedules import Adaptive, Schedule, as_times
 from sampler.steps import Corrector, Step, StepContext, Transport
 from sampler.targets.base import Target, as_target
 
@@ -231,7 +231,7 @@ class Pipeline:
         with progress_bar(total=self.schedule.n_steps, enabled=cfg.progress, desc=f"{self.name} on {target.name}") as bar:
             while bool((t < 1.0).any()):
                 seen = attrs.evolve(path.counter)
-                t_next = self.schedule.next_time(k, t, particles, path)
+                t_next = _checked_times(self.schedule, self.schedule.next_time(k, t, particles, path), t, particles)
                 k += 1
                 ctx = StepContext(path=path, t=t_next, t_from=t, step=k, generator=gen, needs_grad=needs_grad)
                 info: dict[str, Tensor] = {}
@@ -287,8 +287,10 @@ class Pipeline:
         """Package the final state; ``weighted`` is the state right after the last reweighting."""
         logw = particles.log_weights
         samples = particles.x
-        if not bool((logw == logw[:, :1]).all()):
-            samples = particles.gather(self.final_scheme(logw, gen)).x
+        uniform = (logw == logw[:, :1]).all(-1)
+        if not bool(uniform.all()):  # resample only the replicas whose weights are still unequal
+            keep = torch.arange(logw.shape[1], device=logw.device).expand_as(logw)
+            samples = particles.gather(torch.where(uniform[:, None], keep, self.final_scheme(logw, gen))).x
         return Result(
             samples=samples,
             log_weights=weighted.log_weights + math.log(weighted.n_particles) + weighted.log_Z[:, None],
@@ -310,6 +312,17 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline(name={self.name!r}, schedule={self.schedule!r}, steps={self.steps!r})"
+
+
+def _checked_times(schedule: Schedule, t_next: Any, t: Tensor, particles: Particles) -> Tensor:
+    """The schedule's next times as ``(R,)`` float64; a float applies to every replica."""
+    try:
+        out = as_times(t_next, particles)
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise RunError(f"schedule {schedule!r} returned {t_next!r}; expected one time per replica: {exc}") from None
+    if bool(((out < t) | (out > 1) | torch.isnan(out)).any()):
+        raise RunError(f"schedule {schedule!r} returned times {out.tolist()} after {t.tolist()}; times must increase to 1")
+    return out
 
 
 def _checked_increment(step: Step, increment: Tensor, like: Tensor) -> Tensor:

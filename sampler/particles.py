@@ -39,6 +39,17 @@ class Particles:
     evaluation: PathEvaluation
     extras: Mapping[str, Tensor] = attrs.field(factory=dict, converter=_extras_converter)
 
+    def __attrs_post_init__(self) -> None:
+        if self.x.ndim != 3:
+            raise ValueError(f"particle positions must have shape (R, N, d), got {tuple(self.x.shape)}")
+        r, n = self.x.shape[:2]
+        if tuple(self.log_weights.shape) != (r, n) or self.log_weights.dtype != torch.float64:
+            raise ValueError(
+                f"log_weights must be float64 of shape {(r, n)}, got {self.log_weights.dtype} {tuple(self.log_weights.shape)}"
+            )
+        if tuple(self.log_Z.shape) != (r,) or self.log_Z.dtype != torch.float64:
+            raise ValueError(f"log_Z must be float64 of shape ({r},), got {self.log_Z.dtype} {tuple(self.log_Z.shape)}")
+
     @property
     def n_replicas(self) -> int:
         """R, the number of independent replicas."""

@@ -18,7 +18,7 @@ from sampler.errors import ConfigurationError, RunError, check_positive_int
 from sampler.particles import Particles
 from sampler.paths import GeometricPath
 
-__all__ = ["Schedule", "Fixed", "Linear", "Geometric", "Power", "Adaptive", "conditional_ess"]
+__all__ = ["Schedule", "Fixed", "Linear", "Geometric", "Power", "Adaptive", "conditional_ess", "as_times"]
 
 
 class Schedule(abc.ABC):
@@ -36,7 +36,7 @@ class Schedule(abc.ABC):
         """The times ``(R,)`` after ``t`` ``(R,)`` (the current times, reached after ``step`` steps)."""
 
 
-def _as_times(t: float | Tensor, particles: Particles) -> Tensor:
+def as_times(t: float | Tensor, particles: Particles) -> Tensor:
     """Per-replica times ``(R,)`` float64 on the particles' device (a float applies to all)."""
     device = particles.log_weights.device
     return torch.as_tensor(t, dtype=torch.float64, device=device).expand(particles.n_replicas)
@@ -57,7 +57,7 @@ class Fixed(Schedule):
         self.n_steps = len(ts) - 1
 
     def next_time(self, step: int, t: Tensor, particles: Particles, path: GeometricPath) -> Tensor:
-        return torch.full_like(_as_times(t, particles), self.times[step + 1])
+        return torch.full_like(as_times(t, particles), self.times[step + 1])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_steps={self.n_steps})"
@@ -130,7 +130,7 @@ class Adaptive(Schedule):
         self.tol = float(tol)
 
     def next_time(self, step: int, t: Tensor, particles: Particles, path: GeometricPath) -> Tensor:
-        t = _as_times(t, particles)
+        t = as_times(t, particles)
         if step >= self.max_steps:
             raise RunError(
                 f"adaptive schedule reached max_steps={self.max_steps} at t={float(t.min()):.3g}; "

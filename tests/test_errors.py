@@ -14,6 +14,7 @@ import sampler
 from sampler.errors import (
     ConfigurationError,
     NonFiniteError,
+    RunError,
     SamplerError,
     TargetError,
     UnknownNameError,
@@ -261,28 +262,41 @@ def test_all_particles_of_one_replica_nonfinite_names_replica():
 _GAUSS = sampler.targets.Gaussian(dim=2)
 
 
+# An unknown name met while a component is built carries where it happened, outermost first.
+_IN_SMC_RESAMPLE = "method 'smc' (plugin 'mcmc'): corrector 'resample' (plugin 'mcmc'): "
+
+
 @pytest.mark.parametrize(
-    "call, kind, name, suggestion",
+    "call, kind, name, suggestion, where",
     [
-        (lambda: sampler.sample(_GAUSS, method="smcc", **SMALL), "method", "smcc", "smc"),
-        (lambda: sampler.method("hcm"), "method", "hcm", "hmc"),
-        (lambda: sampler.corrector("mal"), "corrector", "mal", "mala"),
-        (lambda: sampler.corrector("rwhm"), "corrector", "rwhm", "rwmh"),
-        (lambda: sampler.get_target("gausian"), "target", "gausian", "gaussian"),
-        (lambda: sampler.sample("gmm4", method="smc", **SMALL), "target", "gmm4", "gmm40"),
-        (lambda: sampler.sample(_GAUSS, method="smc", scheme="sytematic", **SMALL), "resampling scheme", "sytematic", "systematic"),
-        (lambda: sampler.unregister_plugin("mcmx"), "plugin", "mcmx", "mcmc"),
+        (lambda: sampler.sample(_GAUSS, method="smcc", **SMALL), "method", "smcc", "smc", ""),
+        (lambda: sampler.method("hcm"), "method", "hcm", "hmc", ""),
+        (lambda: sampler.corrector("mal"), "corrector", "mal", "mala", ""),
+        (lambda: sampler.corrector("rwhm"), "corrector", "rwhm", "rwmh", ""),
+        (lambda: sampler.get_target("gausian"), "target", "gausian", "gaussian", ""),
+        (lambda: sampler.sample("gmm4", method="smc", **SMALL), "target", "gmm4", "gmm40", ""),
+        (
+            lambda: sampler.sample(_GAUSS, method="smc", scheme="sytematic", **SMALL),
+            "resampling scheme", "sytematic", "systematic", _IN_SMC_RESAMPLE,
+        ),
+        (
+            lambda: sampler.corrector("resample", scheme="sytematic"),
+            "resampling scheme", "sytematic", "systematic", "corrector 'resample' (plugin 'mcmc'): ",
+        ),
+        (lambda: sampler.unregister_plugin("mcmx"), "plugin", "mcmx", "mcmc", ""),
     ],
-    ids=["method", "method-builder", "corrector", "corrector-2", "target", "target-by-sample", "scheme", "plugin"],
+    ids=["method", "method-builder", "corrector", "corrector-2", "target", "target-by-sample", "scheme", "scheme-corrector", "plugin"],
 )
-def test_unknown_name_suggests_closest(call, kind, name, suggestion):
+def test_unknown_name_suggests_closest(call, kind, name, suggestion, where):
     with pytest.raises(UnknownNameError) as err:
         call()
     exc = err.value
     assert isinstance(exc, KeyError) and isinstance(exc, SamplerError)
     assert exc.kind == kind and exc.name == name
     msg = str(exc)
-    assert msg.startswith(f"unknown {kind} {name!r}")  # not the quoted repr KeyError would give
+    # Exactly the context (if any), then the message; not the quoted repr KeyError would give.
+    assert msg.startswith(f"{where}unknown {kind} {name!r}"), msg
+    assert msg.count(f"unknown {kind}") == 1  # the context is added once, not per level
     assert f"Did you mean {suggestion!r}" in msg
     assert suggestion in exc.known
 
@@ -344,13 +358,47 @@ BAD_CONFIGS = [
     ("smc", dict(n_steps=0), "n_steps"),
     ("smc", dict(step_size=-0.1), "step_size"),
     ("smc", dict(target_acceptance=1.0), "target_acceptance"),
-    ("ais", dict(n_temps=0), "n_steps"),
+    ("ais", dict(n_temps=0), "n_temps must be a positive integer"),
     ("ais", dict(schedule="cosine"), "schedule"),
     ("ais", dict(schedule=[0.0, 0.5, 1.0]), "schedule"),
     ("mala", dict(n_warmup=-1), "n_warmup"),
     ("hmc", dict(thin=0), "thin"),
     ("hmc", dict(n_leapfrog=0), "n_leapfrog"),
 ]
+
+
+@pytest.mark.parametrize(
+    "method, kwargs, message",
+    [
+        ("smc", dict(step_size=-0.1), "method 'smc' (plugin 'mcmc'): corrector 'mala' (plugin 'mcmc'): step_size must be positive"),
+        ("smc", dict(n_steps=0), "method 'smc' (plugin 'mcmc'): corrector 'mala' (plugin 'mcmc'): n_steps must be a positive integer"),
+        ("smc", dict(resample_threshold=2.0), "method 'smc' (plugin 'mcmc'): corrector 'resample' (plugin 'mcmc'): resampling threshold"),
+        ("smc", dict(target_ess=1.0), "method 'smc' (plugin 'mcmc'): target_ess must lie in (0, 1)"),
+        ("hmc", dict(n_leapfrog=0), "method 'hmc' (plugin 'mcmc'): corrector 'hmc' (plugin 'mcmc'): n_leapfrog must be a positive integer"),
+        ("mala", dict(n_warmup=-1), "method 'mala' (plugin 'mcmc'): n_warmup must be a non-negative integer"),
+    ],
+    ids=["smc-mala-step_size", "smc-mala-n_steps", "smc-resample-threshold", "smc-target_ess", "hmc-n_leapfrog", "mala-n_warmup"],
+)
+def test_configuration_error_names_where_it_happened(method, kwargs, message):
+    """A bad option of a nested component names every component it was built in, once."""
+    tgt = Counting()
+    args = {**SMALL, **METHOD_BUDGET[method], **kwargs}
+    with pytest.raises(ConfigurationError) as err:
+        sampler.sample(tgt, method=method, **args)
+    msg = str(err.value)
+    assert msg.startswith(message), msg
+    assert msg.count("(plugin ") == message.count("(plugin ")
+    assert tgt.calls == 0
+
+
+def test_adaptive_schedule_out_of_steps_is_a_run_error():
+    """A run whose adaptive schedule needs more than ``max_steps`` stages fails with RunError (a
+    run-time failure, after work was done), not a ConfigurationError."""
+    far = sampler.targets.Gaussian(mean=[4.0, -4.0], scale=0.3)  # needs many more than 2 stages
+    with pytest.raises(RunError, match=r"max_steps=2 .*raise max_steps") as err:
+        sampler.sample(far, method="smc", schedule=Adaptive(0.5, max_steps=2), **SMALL)
+    assert isinstance(err.value, SamplerError) and not isinstance(err.value, ConfigurationError)
+    assert issubclass(NonFiniteError, RunError)
 
 
 @pytest.mark.parametrize("method, kwargs, word", BAD_CONFIGS, ids=[f"{m}-{next(iter(k))}={next(iter(k.values()))!r}" for m, k, _ in BAD_CONFIGS])

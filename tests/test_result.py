@@ -32,7 +32,17 @@ def test_result_shapes_and_counts(smc_result):
     assert r.n_target_evals > 0 and r.n_grad_evals > 0
     assert r.n_target_evals == sum(s.target_evals for s in r.steps) + 4 * 500  # + the initial evaluation
     stats = r.stats
-    assert stats["t"][-1] == 1.0 and bool((stats["t"].diff() > 0).all())
+    t = stats["t"]
+    assert t.shape == (len(r.steps), 4) and t.dtype == torch.float64
+    assert all(s.t.shape == (4,) for s in r.steps)
+    torch.testing.assert_close(t, torch.stack([s.t for s in r.steps]), rtol=0, atol=0)
+    # Per replica: strictly increasing up to 1, then 1 (a replica that finished early waits).
+    assert bool((t[-1] == 1.0).all())
+    done = torch.cummax(t == 1.0, dim=0).values
+    assert bool((t[done] == 1.0).all())
+    assert bool((t.diff(dim=0)[~done[:-1]] > 0).all())
+    assert stats["log_Z_increment"].shape == (len(r.steps), 4)
+    assert bool((stats["log_Z_increment"][1:][done[:-1]] == 0).all())  # nothing after reaching 1
     assert stats["ess"].shape == (len(r.steps), 4)
     assert stats["acceptance"].shape == (len(r.steps), 4)
 
@@ -70,6 +80,9 @@ def test_to_arviz_smc_roundtrips_through_summary_and_netcdf(smc_result, tmp_path
     idata = smc_result.to_arviz()
     assert dict(idata.posterior["x"].sizes) == {"chain": 4, "draw": 500, "x_dim_0": 2}
     assert idata.sample_stats["log_weight"].shape == (4, 500)
+    # The weighted particle set: log_weight[c, n] is the weight of weighted_x[c, n].
+    assert dict(idata.sample_stats["weighted_x"].sizes) == {"chain": 4, "draw": 500, "x_dim_0": 2}
+    np.testing.assert_array_equal(idata.sample_stats["weighted_x"].values, smc_result.weighted_samples.numpy())
     assert idata.attrs["log_Z"] == pytest.approx(smc_result.log_Z)
     assert idata.attrs["method"] == "smc" and idata.attrs["target"] == "double-well"
     table = az.summary(idata, kind="diagnostics")
@@ -79,6 +92,7 @@ def test_to_arviz_smc_roundtrips_through_summary_and_netcdf(smc_result, tmp_path
     back = az.from_netcdf(str(path))
     np.testing.assert_array_equal(back.posterior["x"].values, smc_result.samples.numpy())
     np.testing.assert_array_equal(back.sample_stats["log_weight"].values, smc_result.log_weights.numpy())
+    np.testing.assert_array_equal(back.sample_stats["weighted_x"].values, smc_result.weighted_samples.numpy())
     assert back.attrs["log_Z"] == pytest.approx(smc_result.log_Z)
     assert back.attrs["n_grad_evals"] == smc_result.n_grad_evals
 
@@ -88,5 +102,6 @@ def test_to_arviz_mcmc_chains(mcmc_result):
     idata = mcmc_result.to_arviz()
     assert dict(idata.posterior["x"].sizes) == {"chain": 3, "draw": 300, "x_dim_0": 2}
     assert "log_Z" not in idata.attrs and idata.attrs["kind"] == "mcmc"
+    assert "weighted_x" not in idata.sample_stats  # chains carry no weighted particle set
     ess = az.ess(idata)["x"].values
     assert (ess > 10).all()

@@ -37,6 +37,24 @@ def my_conditional_ess(log_w: torch.Tensor, log_g: torch.Tensor) -> torch.Tensor
     return (w * g).sum(-1) ** 2 / (w * g**2).sum(-1)
 
 
+def assert_times_reach_one(t: torch.Tensor) -> None:
+    """Per replica (columns of ``t`` ``(K, R)``): strictly increasing from t_1 > 0 up to 1, then 1.
+
+    Every replica ends at 1; a replica that reached 1 early stays there while the others finish.
+    """
+    assert t.ndim == 2 and t.dtype == torch.float64
+    assert torch.all(t[0] > 0) and torch.all(t[-1] == 1.0), t
+    done = torch.cummax(t == 1.0, dim=0).values  # (K, R): at 1 at this stage or before
+    assert torch.all(t[done] == 1.0)
+    moving = ~done[:-1]  # stages k whose time is below 1: the next time is larger
+    assert torch.all(t[1:][moving] > t[:-1][moving]), t
+
+
+def finishing_stage(t: torch.Tensor) -> torch.Tensor:
+    """Per replica, the index of the stage that took it to t = 1, ``(R,)``."""
+    return (t < 1.0).sum(0)
+
+
 class Recorder(sampler.Corrector):
     """Runs last in each stage and keeps, per stage, the particles the stage started from (the
     state after the previous stage's correctors: what the schedule and the reweighting saw)."""
@@ -44,7 +62,7 @@ class Recorder(sampler.Corrector):
     def __init__(self):
         self.current = None
         self.starts: list[sampler.Particles] = []
-        self.times: list[tuple[float, float]] = []
+        self.times: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def init(self, particles, ctx):
         self.current = particles
@@ -52,20 +70,21 @@ class Recorder(sampler.Corrector):
 
     def apply(self, particles, state, ctx):
         self.starts.append(self.current)
-        self.times.append((ctx.t_from, ctx.t))
+        self.times.append((ctx.t_from.clone(), ctx.t.clone()))
         self.current = particles
         return sampler.StepOutput(particles, state)
 
-    def log_increments(self, k: int, t_to: float | None = None) -> torch.Tensor:
-        """Stage k's incremental log weights ``(t_to - t_from)(log target - log ref)`` (R, N).
+    def log_increments(self, k: int, t_to: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage k's incremental log weights ``(t_to - t_from)(log target - log ref)`` (R, N),
+        with per-replica times ``(R,)``.
 
         No transports: the reweighting happens at the stage's starting positions.
         """
         t_from, t = self.times[k]
         ev = self.starts[k].evaluation
-        return ((t if t_to is None else t_to) - t_from) * (ev.log_target - ev.log_ref)
+        return ((t if t_to is None else t_to) - t_from)[:, None] * (ev.log_target - ev.log_ref)
 
-    def cess(self, k: int, t_to: float | None = None) -> torch.Tensor:
+    def cess(self, k: int, t_to: torch.Tensor | None = None) -> torch.Tensor:
         """Conditional ESS per replica of stage k (moved to ``t_to`` instead of its time if given)."""
         return my_conditional_ess(self.starts[k].log_weights, self.log_increments(k, t_to))
 
@@ -73,6 +92,17 @@ class Recorder(sampler.Corrector):
         """Stage k's log Z increment ``log sum_i W_i g_i`` per replica."""
         log_w = self.starts[k].log_weights
         return torch.logsumexp(log_w + self.log_increments(k), -1) - torch.logsumexp(log_w, -1)
+
+
+class Snapshot(sampler.Corrector):
+    """Runs first in each stage and keeps the particles right after the stage's reweighting."""
+
+    def __init__(self):
+        self.after_reweighting: list[sampler.Particles] = []
+
+    def apply(self, particles, state, ctx):
+        self.after_reweighting.append(particles)
+        return sampler.StepOutput(particles, state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,59 +186,130 @@ def test_z_estimate_is_unbiased_on_fixed_schedule(method, options):
 def test_adaptive_schedule_holds_conditional_ess_via_stats():
     """With resampling at every stage the weights before each reweighting are equal, so the
     Kish ESS the engine records after reweighting IS the conditional ESS: it is >= target_ess
-    at every stage (exactly, up to round-off: the bisection keeps the time whose conditional ESS
-    is >= the goal)."""
+    for every replica at every stage (exactly, up to round-off: the bisection keeps the time
+    whose conditional ESS is >= the goal)."""
     target = sampler.get_target("double-well")
     res = sampler.sample(
         target, method="smc", n_particles=1000, n_replicas=4, seed=5, dtype=DTYPE, target_ess=0.6, resample_threshold=1.0
     )
     stats = res.stats
     t = stats["t"]
-    assert float(t[0]) > 0 and float(t[-1]) == 1.0
-    assert torch.all(t[1:] > t[:-1])
+    assert t.shape == (len(res.steps), 4)
+    assert_times_reach_one(t)
     assert len(res.steps) > 2
+    assert stats["ess"].shape == (len(res.steps), 4)
     assert torch.all(stats["ess"] >= 0.6 - 1e-9), stats["ess"].min()
 
 
-def test_adaptive_schedule_conditional_ess_and_log_z_bookkeeping():
-    """Adaptive schedule with adaptive (ESS < 0.5) resampling, checked stage by stage.
+@pytest.mark.parametrize(
+    "target, n_replicas, mixed_finish",
+    [
+        pytest.param(lambda: sampler.get_target("double-well"), 4, False, id="double-well"),
+        # ~13 stages: with 8 replicas, some reach t = 1 a stage before the others.
+        pytest.param(far_gaussian, 8, True, id="gaussian-d10-mean3"),
+    ],
+)
+def test_adaptive_schedule_conditional_ess_and_log_z_bookkeeping(target, n_replicas, mixed_finish):
+    """Adaptive schedule with adaptive (ESS < 0.5) resampling, checked stage by stage and replica
+    by replica (each replica follows its own times).
 
     * the conditional ESS (recomputed independently from the particles each stage starts from)
       is >= target_ess for every replica and stage;
-    * the step is as long as the bisection's resolution allows: at the next time beyond its
-      bracket, ``t' + max(min_step, tol (t' - t) / (1 - tol))``, the smallest conditional ESS
-      over replicas is already below the goal (the conditional ESS decreases with the step, as
-      ``2 kappa(s) - kappa(2 s)`` for a convex cumulant function kappa);
+    * each replica's step is as long as the bisection's resolution allows: at the next time
+      beyond its bracket, ``t' + max(min_step, tol (t' - t) / (1 - tol))``, that replica's
+      conditional ESS is already below the goal (the conditional ESS decreases with the step,
+      as ``2 kappa(s) - kappa(2 s)`` for a convex cumulant function kappa);
     * the engine's ``log_Z_increment`` equals ``log sum_i W_i g_i`` recomputed here, and its sum
-      over stages equals ``log_Z_per_replica`` (resampling never touches log Z).
+      over stages equals ``log_Z_per_replica`` (resampling never touches log Z);
+    * a replica that reached t = 1 stays there with log Z increment exactly 0 while its MCMC
+      moves continue.
     """
-    target = sampler.get_target("double-well")
+    target = target()
     goal, tol, min_step = 0.5, 1e-3, 1e-6
     recorder = Recorder()
     pipeline = sampler.Pipeline(
         schedule=Adaptive(target_ess=goal, tol=tol, min_step=min_step),
         steps=[sampler.corrector("resample", threshold=0.5), sampler.corrector("mala", n_steps=5), recorder],
     )
-    res = pipeline.run(target, n_particles=1000, n_replicas=4, seed=9, dtype=DTYPE)
+    res = pipeline.run(target, n_particles=1000, n_replicas=n_replicas, seed=9, dtype=DTYPE)
     stats = res.stats
     t = stats["t"]
-    assert float(t[0]) > 0 and float(t[-1]) == 1.0 and torch.all(t[1:] > t[:-1])
+    n_stages = len(res.steps)
+    assert t.shape == (n_stages, n_replicas)
+    assert_times_reach_one(t)
     # Both branches of adaptive resampling occur (before the final stage).
     assert 0 < float(stats["resampled"][:-1].mean()) < 1
+    finish = finishing_stage(t)
+    if mixed_finish:  # the per-replica checks below then cover finished replicas too
+        assert bool((finish < n_stages - 1).any()), t
 
-    n_stages = len(res.steps)
     assert len(recorder.times) == n_stages
     cess = torch.stack([recorder.cess(k) for k in range(n_stages)])  # (K, R)
     assert torch.all(cess >= goal - 1e-9), cess.min()
     for k, (t_from, t_to) in enumerate(recorder.times):
-        assert t_to == float(t[k])
-        if t_to < 1.0:
-            beyond = t_to + max(min_step, tol * (t_to - t_from) / (1 - tol)) + 1e-12
-            assert float(recorder.cess(k, min(beyond, 1.0)).min()) < goal, (k, t_from, t_to)
+        assert torch.equal(t_to, t[k])
+        assert torch.equal(t_from, t[k - 1] if k else torch.zeros(n_replicas, dtype=DTYPE))
+        beyond = t_to + torch.clamp(tol * (t_to - t_from) / (1 - tol), min=min_step) + 1e-12
+        after = recorder.cess(k, torch.clamp(beyond, max=1.0))
+        for r in range(n_replicas):
+            if t_to[r] < 1.0:
+                assert float(after[r]) < goal, (k, r, t_from, t_to)
 
     dlogz = torch.stack([recorder.dlogz(k) for k in range(n_stages)])
     assert torch.allclose(stats["log_Z_increment"], dlogz, rtol=0, atol=1e-10)
     assert torch.allclose(stats["log_Z_increment"].sum(0), res.log_Z_per_replica, rtol=0, atol=1e-10)
+
+    # After a replica's finishing stage: t stays 1, no log Z change at all, and the MCMC
+    # kernel keeps moving its particles.
+    for r in range(n_replicas):
+        for k in range(int(finish[r]) + 1, n_stages):
+            assert float(t[k, r]) == 1.0
+            assert float(stats["log_Z_increment"][k, r]) == 0.0
+            assert float(stats["acceptance"][k, r]) > 0
+            assert not torch.equal(recorder.starts[k].x[r], recorder.current.x[r] if k == n_stages - 1 else recorder.starts[k + 1].x[r])
+
+
+def test_replicas_choose_their_own_times_in_a_run():
+    """In a full SMC run the replicas' adaptive times differ (each follows its own particles),
+    and replicas reach t = 1 at different stages; the run lasts until the last one does."""
+    res = sampler.sample(far_gaussian(), method="smc", n_particles=300, n_replicas=8, seed=0, dtype=DTYPE)
+    t = res.stats["t"]
+    assert t.shape == (len(res.steps), 8)
+    assert_times_reach_one(t)
+    below = t < 1.0
+    assert torch.all(t[0, 1:] != t[0, 0])  # from the first stage on
+    differ = (t != t[:, :1]).any(1)
+    assert torch.all(differ[below.any(1)])  # at every stage where some replica is below 1
+    finish = finishing_stage(t)
+    assert int(finish.max()) == len(res.steps) - 1
+    assert int(finish.min()) < int(finish.max()), t
+
+
+def test_weighted_samples_are_each_replicas_state_after_its_reweighting_to_one():
+    """``weighted_samples`` / ``log_weights`` of a replica are its particles and weights right
+    after the reweighting that took it to t = 1, not after later stages (where only its MCMC
+    moves continue)."""
+    target = far_gaussian()
+    snapshot, recorder = Snapshot(), Recorder()
+    pipeline = sampler.Pipeline(
+        schedule=Adaptive(target_ess=0.5),
+        steps=[snapshot, sampler.corrector("resample", threshold=0.5), sampler.corrector("mala", n_steps=5), recorder],
+    )
+    n = 1000
+    res = pipeline.run(target, n_particles=n, n_replicas=8, seed=9, dtype=DTYPE)
+    t = res.stats["t"]
+    finish = finishing_stage(t)
+    assert bool((finish < len(res.steps) - 1).any()), t  # some replica finished early
+    for r in range(8):
+        at_one = snapshot.after_reweighting[int(finish[r])]
+        assert torch.equal(res.weighted_samples[r], at_one.x[r])
+        normalized = res.log_weights[r] - torch.logsumexp(res.log_weights[r], -1)
+        assert torch.allclose(normalized, at_one.log_weights[r], rtol=0, atol=1e-12)
+        assert torch.allclose(log_mean_exp(res.log_weights[r]), res.log_Z_per_replica[r], rtol=0, atol=1e-10)
+        if int(finish[r]) < len(res.steps) - 1:
+            # Later stages moved its particles: the final state is not the weighted one.
+            assert not torch.equal(res.weighted_samples[r], snapshot.after_reweighting[-1].x[r])
+            assert not torch.equal(res.weighted_samples[r], recorder.current.x[r])
 
 
 # ---------------------------------------------------------------------------------------------

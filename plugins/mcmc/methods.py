@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sampler import Pipeline, corrector
-from sampler.errors import ConfigurationError
+from sampler.errors import ConfigurationError, check_positive_int
 from sampler.schedules import Adaptive, Geometric, Linear, Power, Schedule
 
 _KERNELS = ("mala", "hmc", "rwmh", "ula")
@@ -89,6 +89,7 @@ def build_ais(
         schedule: ``"power"`` (t = (k/K)^4), ``"linear"``, ``"geometric"``, or a Schedule.
         reference_loc, reference_scale: override the target's default Gaussian reference.
     """
+    check_positive_int("n_temps", n_temps)
     if isinstance(schedule, str):
         if schedule not in _FIXED:
             raise ConfigurationError(f"schedule must be one of {', '.join(_FIXED)} or a Schedule, got {schedule!r}")
