@@ -123,6 +123,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from sampler_benchmarks import DEFAULT_TARGETS, run_suite
+    except ImportError as exc:  # pragma: no cover - only without the benchmarks package
+        raise ConfigurationError(f"the benchmark harness (sampler_benchmarks) is not installed: {exc}") from None
+    methods = _split(args.methods) or [m for m in ("smc", "ais", "mala", "hmc") if m in sampler.list_methods()]
+    targets = _split(args.targets) or list(DEFAULT_TARGETS)
+    command = "sampler " + " ".join(args.argv)
+    report = run_suite(
+        methods,
+        targets,
+        seeds=args.seeds,
+        budget=args.budget,
+        options=_parse_options(args.option, "--option"),
+        device=args.device,
+        progress=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+        command=command.strip(),
+    )
+    out = report.write(args.out, plots=not args.no_plots)
+    print(report.markdown())
+    print(f"written: {out / 'results.json'}, {out / 'results.md'}" + ("" if args.no_plots else f", {out / 'plots'}/"))
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     plugins = sampler.list_plugins()
     for p in plugins:
@@ -180,6 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
     run.set_defaults(func=_cmd_run)
 
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark methods on targets with exact ground truth",
+        epilog="examples:\n  sampler bench --methods smc --targets gmm40,funnel --seeds 3\n"
+        "  sampler bench --budget paper --device cuda --out results/paper",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("--methods", default=None, help="comma-separated methods (default: smc, ais, mala, hmc)")
+    bench.add_argument("--targets", default=None, help="comma-separated targets (default: the BENCHMARKS.md suite)")
+    bench.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the budget's)")
+    bench.add_argument("--budget", default="cpu", help="cpu (2 CPU cores), paper (published scale, for a GPU) or smoke (seconds)")
+    bench.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="option for every method")
+    bench.add_argument("--device", default=None, help="torch device (default cpu)")
+    bench.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
+    bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    bench.add_argument("--quiet", "-q", action="store_true", help="no per-run progress lines")
+    bench.set_defaults(func=_cmd_bench)
+
     plugins = sub.add_parser("plugins", help="list plugins, what they registered, and load failures")
     plugins.set_defaults(func=_cmd_plugins)
     targets = sub.add_parser("targets", help="list registered targets")
@@ -192,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sampler`` console script; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()

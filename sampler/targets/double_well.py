@@ -46,6 +46,18 @@ def _marginal_cdf_table(beta: float, n: int = 200_001) -> tuple[np.ndarray, np.n
     return grid, cdf / cdf[-1]
 
 
+def inverse_cdf(u: Tensor, grid: Tensor, cdf: Tensor) -> Tensor:
+    """Invert a tabulated CDF by linear interpolation: ``F^-1(u)`` for ``u`` of any shape.
+
+    ``grid`` and ``cdf`` are 1D (increasing, ``cdf`` from 0 to 1) on ``u``'s device and dtype, e.g.
+    the table of :func:`_marginal_cdf_table` fetched with ``Target.constant``.
+    """
+    i = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.numel() - 1)
+    lo, hi = cdf[i - 1], cdf[i]
+    frac = ((u - lo) / (hi - lo).clamp_min(1e-300)).clamp(0, 1)
+    return grid[i - 1] + frac * (grid[i] - grid[i - 1])
+
+
 class DoubleWell(BoltzmannTarget):
     """``U(x) = x1^4 - 6 x1^2 - 0.5 x1 + 0.5 x2^2`` on R^2, density ``exp(-beta U)`` (unnormalized).
 
@@ -88,11 +100,6 @@ class DoubleWell(BoltzmannTarget):
         device = self.sample_device(generator, device)
         dtype = dtype or torch.get_default_dtype()
         u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-        cdf = self.constant("cdf", u)
-        grid = self.constant("grid", u)
-        i = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.numel() - 1)
-        lo, hi = cdf[i - 1], cdf[i]
-        frac = ((u - lo) / (hi - lo).clamp_min(1e-300)).clamp(0, 1)
-        a = grid[i - 1] + frac * (grid[i] - grid[i - 1])
+        a = inverse_cdf(u, self.constant("grid", u), self.constant("cdf", u))
         b = torch.randn(n, generator=generator, device=device, dtype=torch.float64) / math.sqrt(self.beta)
         return torch.stack([a, b], dim=-1).to(dtype)

@@ -93,3 +93,86 @@ class GMM40(GaussianMixture):
         gen = torch.Generator(device="cpu").manual_seed(seed)
         means = (torch.rand(n_modes, dim, generator=gen, device="cpu", dtype=torch.float32) - 0.5) * 2 * loc_scaling
         super().__init__(means.double().numpy(), FAB_GMM40_STD, name="gmm40")
+
+
+def shifted_circle_means(n_modes: int = 8) -> np.ndarray:
+    """``(cos(2 pi k / K) - 1, sin(2 pi k / K))`` for ``k = 0..K-1``: the unit circle centred at (-1, 0)."""
+    angle = 2 * np.pi * np.arange(n_modes) / n_modes
+    return np.stack([np.cos(angle) - 1.0, np.sin(angle)], axis=-1)
+
+
+class EightModes(GaussianMixture):
+    """8 equal-weight 2D Gaussians on a shifted unit circle, covariance ``0.01 I`` (normalized).
+
+    Means ``(cos(2 pi k / 8) - 1, sin(2 pi k / 8))``, ``k = 0..7`` (the circle centred at
+    ``(-1, 0)``), covariance ``variance * I`` with ``variance = 0.01`` (std 0.1); ``log_Z = 0``.
+    Adjacent means are ``2 sin(pi / 8) ~ 0.765`` apart (7.7 std). ``modes`` gives the means.
+
+    Provenance: "shifted 8 modes" of the importance-corrected neural JKO paper (Vidal et al.).
+
+    Reference hint (the :class:`GaussianMixture` rule, the moment-matched isotropic Gaussian):
+    ``loc = (-1, 0)``, the centre of the circle, and ``scale = hypot(sqrt(1/2), std) ~ 0.714``,
+    the mixture's per-coordinate standard deviation.
+    """
+
+    default_variance = 0.01
+    default_name = "8modes"
+
+    def __init__(self, variance: float | None = None) -> None:
+        variance = self.default_variance if variance is None else float(variance)
+        if not (math.isfinite(variance) and variance > 0):
+            raise ConfigurationError(f"variance must be positive and finite, got {variance!r}")
+        self.variance = variance
+        name = self.default_name if variance == self.default_variance else f"{self.default_name}-var{variance:g}"
+        super().__init__(shifted_circle_means(8), math.sqrt(variance), name=name)
+
+
+class EightPeaky(EightModes):
+    """As ``8modes`` (:class:`EightModes`) with covariance ``0.005 I`` (std ~0.0707); normalized.
+
+    Provenance: "shifted 8 peaky" of the importance-corrected neural JKO paper (Vidal et al.).
+    Reference hint: ``loc = (-1, 0)``, ``scale = hypot(sqrt(1/2), std) ~ 0.711``.
+    """
+
+    default_variance = 0.005
+    default_name = "8peaky"
+
+
+#: Dimensions of the registered ``gmm10-{d}`` targets.
+GMM10_DIMS = (10, 20, 50, 100, 200)
+
+
+def gmm10_means(dim: int, seed: int = 0, n_modes: int = 10) -> np.ndarray:
+    """The ``gmm10-{dim}`` means: uniform on ``[-1, 1]^dim``, reproducibly.
+
+    Exactly ``2 * torch.rand(n_modes, dim, generator=torch.Generator("cpu").manual_seed(seed),
+    dtype=torch.float64) - 1`` (a fresh generator per call, so it does not touch torch's global RNG).
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return (2 * torch.rand(n_modes, dim, generator=gen, device="cpu", dtype=torch.float64) - 1).numpy()
+
+
+class GMM10(GaussianMixture):
+    """10 equal-weight Gaussians in ``dim`` dimensions, covariance ``0.01 I``, normalized.
+
+    Means uniform on ``[-1, 1]^dim`` from :func:`gmm10_means` (CPU ``torch.Generator`` seeded with
+    ``seed``, default 0; float64 ``2 * rand(10, dim) - 1``); std 0.1 per coordinate; ``log_Z = 0``.
+    ``modes`` gives the means. Registered as ``gmm10-10``, ``gmm10-20``, ``gmm10-50``,
+    ``gmm10-100`` and ``gmm10-200``.
+
+    Provenance: "GMM-d" of the importance-corrected neural JKO paper (Vidal et al.). Their
+    repository ships its own means (``data/mixture_means``), which are not available here: the
+    figures of ``BENCHMARKS.md`` were measured on different (equally distributed) means.
+
+    Reference hint (the :class:`GaussianMixture` rule): ``loc`` = the average of the means,
+    ``scale = hypot(max_j std_j(means), 0.1)`` (~0.6-0.8), the largest per-coordinate standard
+    deviation of the mixture, so the isotropic reference is at least as wide as the target in
+    every coordinate.
+    """
+
+    def __init__(self, dim: int = 10, seed: int = 0) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ConfigurationError(f"dim must be a positive integer, got {dim!r}")
+        self.seed = seed
+        name = f"gmm10-{dim}" if seed == 0 else f"gmm10-{dim}-seed{seed}"
+        super().__init__(gmm10_means(dim, seed), 0.1, name=name)

@@ -1,0 +1,60 @@
+"""`sampler bench` and its Python API at the smoke budget: it runs, scores, writes, plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sampler.cli import main
+from sampler_benchmarks import BUDGETS, run_suite
+
+
+def test_run_suite_scores_against_exact_samples(tmp_path):
+    report = run_suite(["smc", "mala"], ["double-well", "8modes"], seeds=2, budget="smoke")
+    assert len(report.records) == 2 * 2 * 2
+    for r in report.records:
+        assert r.error is None
+        assert r.energy_distance is not None and r.energy_distance >= 0
+        assert r.floor is not None and r.floor >= 0
+        assert r.target_evals > 0 and r.wall_time > 0 and r.peak_memory_mb > 0
+    smc = [r for r in report.records if r.method == "smc"]
+    assert all(r.log_Z_error is not None for r in smc)
+    assert all(r.log_Z is None for r in report.records if r.method == "mala")
+    modes = [r for r in report.records if r.target == "8modes"]
+    assert all(r.n_modes == 8 and 0 <= r.modes_covered <= 8 for r in modes)
+    rows = report.summary()
+    assert {(row["method"], row["target"]) for row in rows} == {(m, t) for m in ("smc", "mala") for t in ("double-well", "8modes")}
+    out = report.write(tmp_path / "bench")
+    data = json.loads((out / "results.json").read_text())
+    assert data["budget"]["name"] == "smoke" and len(data["runs"]) == 8
+    table = (out / "results.md").read_text()
+    assert "| double-well | smc |" in table and "energy distance" in table
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert pngs == ["8modes_mala.png", "8modes_smc.png", "double-well_mala.png", "double-well_smc.png"]
+    assert all((out / "plots" / p).stat().st_size > 1000 for p in pngs)
+
+
+def test_high_dimensional_marginal_plot_and_unknown_log_Z(tmp_path):
+    report = run_suite(["smc"], ["funnel"], seeds=1, budget="smoke")
+    out = report.write(tmp_path)
+    assert (out / "plots" / "funnel_smc.png").stat().st_size > 1000
+
+
+def test_bench_cli(tmp_path, capsys):
+    code = main(["bench", "--methods", "smc", "--targets", "gmm40", "--seeds", "1", "--budget", "smoke", "--out", str(tmp_path), "--no-plots", "-q"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| gmm40 | smc | 200 |" in out
+    assert (tmp_path / "results.json").exists() and not (tmp_path / "plots").exists()
+
+
+@pytest.mark.parametrize("argv, message", [(["bench", "--budget", "huge"], "unknown budget"), (["bench", "--targets", "gmm41"], "unknown target")])
+def test_bench_cli_bad_input(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path), "-q"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_budgets_are_documented():
+    assert {"cpu", "paper", "smoke"} <= set(BUDGETS)
+    assert all(b.description for b in BUDGETS.values())
