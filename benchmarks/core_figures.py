@@ -1,6 +1,6 @@
 """Figures of the core issue: ``smc`` on ``gmm40`` and MALA throughput.
 
-Run: ``python -m benchmarks.core_figures [--seeds 5] [--particles 2000] [--out docs/figures/core.json]``
+Run: ``python -m sampler_benchmarks.core_figures [--seeds 5] [--particles 2000] [--out docs/figures/core.json]``
 
 1. ``smc`` (adaptive tempered SMC, 10 MALA sweeps per temperature) on ``gmm40`` with N particles,
    one replica per seed: energy distance to N exact samples (exact O(N^2) V-statistic, the
