@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -58,3 +59,15 @@ def test_bench_cli_bad_input(argv, message, capsys, tmp_path):
 def test_budgets_are_documented():
     assert {"cpu", "paper", "smoke"} <= set(BUDGETS)
     assert all(b.description for b in BUDGETS.values())
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+def test_peak_memory_is_per_run_not_the_process_high_water_mark():
+    import numpy as np
+
+    from sampler_benchmarks.harness import run_one
+
+    big = np.ones(2**27)  # 1 GiB resident before the run
+    del big
+    record, _ = run_one("smc", "double-well", 0, BUDGETS["smoke"])
+    assert record.peak_memory_mb < 1024
