@@ -28,15 +28,18 @@ from sampler.api import (
     list_targets,
     list_transports,
     method,
+    resume,
     sample,
     transport,
 )
 from sampler.diagnostics import Summary, summary
 from sampler.engine import Pipeline, RunSettings, make_reference, reweight
 from sampler.errors import SamplerError
+from sampler.estimators import Estimator, estimate, estimator, list_estimators
 from sampler.hookspecs import hookimpl, hookspec
 from sampler.particles import Particles
 from sampler.paths import GaussianReference, GeometricPath, PathEvaluation
+from sampler.persistence import load_result as load
 from sampler.plugins import block_plugin, register_plugin, reset_plugins, set_strict_plugins, unregister_plugin
 from sampler.result import Result, StepStats
 from sampler.steps import Corrector, Step, StepContext, StepOutput, Transport
@@ -49,6 +52,7 @@ __all__ = [
     "Corrector",
     "DEFAULT_METHOD",
     "DEFAULT_TARGET",
+    "Estimator",
     "GaussianReference",
     "GeometricPath",
     "Particles",
@@ -67,14 +71,18 @@ __all__ = [
     "block_plugin",
     "corrector",
     "errors",
+    "estimate",
+    "estimator",
     "get_target",
     "hookimpl",
     "hookspec",
     "list_correctors",
+    "list_estimators",
     "list_methods",
     "list_plugins",
     "list_targets",
     "list_transports",
+    "load",
     "make_reference",
     "method",
     "paths",
@@ -82,6 +90,7 @@ __all__ = [
     "register_plugin",
     "resampling",
     "reset_plugins",
+    "resume",
     "reweight",
     "sample",
     "schedules",

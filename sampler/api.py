@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
+import attrs
 import torch
 
+from sampler.checkpoint import Checkpoint, build_metadata, read_checkpoint
 from sampler.errors import ConfigurationError, PluginError, SamplerError
 from sampler.plugins import PluginInfo, host
 from sampler.result import Result
@@ -17,6 +20,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "DEFAULT_TARGET",
     "sample",
+    "resume",
     "method",
     "corrector",
     "transport",
@@ -96,6 +100,8 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
     **options: Any,
 ) -> Result:
     """Sample ``target`` with a registered method and return a :class:`~sampler.result.Result`.
@@ -106,15 +112,66 @@ def sample(
         n_particles: N particles per replica (draws per chain for MCMC methods).
         n_replicas: R independent replicas (chains), run as one batch.
         seed: makes the run repeatable (drawn at random and stored in the result if omitted).
-        device, dtype: where and in what precision to run (default: torch's defaults).
+        device: where to run (default: torch's default device).
+        dtype: the precision of positions (default: torch's default dtype).
         progress: progress bar; ``None`` shows it only on a terminal.
+        checkpoint: a file where the run saves its state when interrupted (Ctrl-C raises
+            :class:`~sampler.errors.Interrupted` after saving) and, with ``checkpoint_every=K``,
+            after every K stages; :func:`resume` continues from it.
         **options: passed to the method's builder (e.g. ``n_steps=10`` MCMC moves per stage).
     """
     tgt = get_target(target) if isinstance(target, str) else target
     runner = _build("method", method, options)
+    extra: dict[str, Any] = {}
+    if checkpoint is not None or checkpoint_every is not None:
+        if "checkpoint" not in inspect.signature(runner.run).parameters:
+            raise ConfigurationError(f"method {method!r} does not support checkpoints")
+        ckpt = Checkpoint.create(checkpoint, checkpoint_every)
+        if ckpt is not None:
+            ckpt = attrs.evolve(ckpt, metadata={**ckpt.metadata, **build_metadata(method, options)})
+        extra = {"checkpoint": ckpt}
     return runner.run(
-        tgt, n_particles=n_particles, n_replicas=n_replicas, seed=seed, device=device, dtype=dtype, progress=progress
+        tgt, n_particles=n_particles, n_replicas=n_replicas, seed=seed, device=device, dtype=dtype, progress=progress, **extra
     )
+
+
+def resume(
+    checkpoint: str | os.PathLike,
+    target: Target | None = None,
+    *,
+    progress: bool | None = None,
+    checkpoint_every: int | None = None,
+) -> Result:
+    """Continue a run saved by ``sample(..., checkpoint=...)``; same seed, same result.
+
+    The method is rebuilt by name with the options recorded in the checkpoint, and the target
+    by its registered name unless ``target`` is given (a user-defined target must be passed
+    again: a checkpoint holds data, never code). Settings (N, R, seed, device, dtype) come
+    from the checkpoint.
+    """
+    data = read_checkpoint(checkpoint)
+    run = data.run
+    build = run.get("metadata", {}).get("build")
+    if build is None:
+        raise ConfigurationError(
+            f"{str(checkpoint)!r} was written by a runner called directly (or with options that are not JSON); "
+            "resume it with that runner's .resume(path, target)"
+        )
+    if target is None:
+        if run["target"] not in list_targets():
+            raise ConfigurationError(
+                f"the run sampled {run['target']!r}, which is not a registered target; pass it: resume(path, target=...)"
+            )
+        target = get_target(run["target"])
+        if target.dim != run["dim"]:
+            raise ConfigurationError(
+                f"the run sampled {run['target']!r} in d={run['dim']}, but get_target({run['target']!r}) has d={target.dim}; "
+                "pass the target: resume(path, target=...)"
+            )
+    runner = _build("method", build["method"], dict(build["options"]))
+    if not hasattr(runner, "resume"):
+        raise ConfigurationError(f"method {build['method']!r} cannot resume from a checkpoint")
+    return runner.resume(checkpoint, target, progress=progress, checkpoint_every=checkpoint_every)
 
 
 def list_methods() -> list[str]:

@@ -1,4 +1,4 @@
-"""The ``sampler`` command line: ``run``, ``plugins``, ``targets``, ``methods``.
+"""The ``sampler`` command line: ``run``, ``diagnose``, ``plot``, ``bench``, ``plugins``, ``targets``, ``methods``.
 
 ``sampler run`` with no arguments samples the default target (``gmm40``) with the default
 method (``smc``) and prints the summary table.
@@ -11,6 +11,7 @@ import ast
 import importlib.util
 import inspect
 import logging
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 
 import sampler
 from sampler.api import DEFAULT_METHOD, DEFAULT_TARGET
-from sampler.errors import ConfigurationError, SamplerError, TargetError
+from sampler.checkpoint import Checkpoint, CheckpointData, build_metadata, read_checkpoint
+from sampler.errors import ConfigurationError, Interrupted, SamplerError, TargetError
 from sampler.targets.base import Target
 
 log = logging.getLogger("sampler")
@@ -29,6 +31,10 @@ EXAMPLES = """examples:
   sampler run gaussian --target-option dim=10 --particles 4096 --replicas 8 --seed 1
   sampler run my_model.py:MyTarget --out result.nc
   sampler run my_energy.py:energy --dim 3       # a plain energy function U(x)
+  sampler run funnel --checkpoint run.ckpt --checkpoint-every 10
+  sampler run --resume run.ckpt                 # continue after Ctrl-C or a crash
+  sampler diagnose result.nc
+  sampler plot result.nc --out figures/
 """
 
 
@@ -99,27 +105,119 @@ def load_target(spec: str, options: dict[str, Any], dim: int | None = None) -> T
     raise ConfigurationError(f"{attr!r} is a {type(obj).__name__}; expected a Target, a Target class or a factory")
 
 
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.quiet else (True if args.progress else None)
+
+
+def _resume_target(args: argparse.Namespace, data: CheckpointData) -> Target | None:
+    """The target of a run being resumed: as given on the command line, else as recorded."""
+    if args.target is not None:
+        return load_target(args.target, _parse_options(args.target_option, "--target-option"), args.dim)
+    meta = data.run.get("metadata", {})
+    spec = meta.get("target_spec")
+    if spec is None:
+        return None  # recorded by the Python API: resume() finds a registered target by name
+    if spec.rpartition(":")[0].endswith(".py"):
+        raise ConfigurationError(
+            f"this run sampled {spec}; a checkpoint holds no code, so name the target again: "
+            f"sampler run {spec} --resume {args.resume}"
+        )
+    return load_target(spec, meta.get("target_options", {}), meta.get("dim"))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    target = load_target(args.target, _parse_options(args.target_option, "--target-option"), args.dim)
-    options = _parse_options(args.option, "--option")
-    progress = False if args.quiet else (True if args.progress else None)
-    result = sampler.sample(
-        target,
-        method=args.method,
-        n_particles=args.particles,
-        n_replicas=args.replicas,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-        progress=progress,
-        **options,
-    )
-    print(sampler.summary(result))
+    if args.resume:
+        data = read_checkpoint(args.resume)
+        log.info("resuming %s on %s after stage %d of a previous run", data.run["method"], data.run["target"], data.step)
+        target = _resume_target(args, data)
+        result = sampler.resume(args.resume, target=target, progress=_progress(args), checkpoint_every=args.checkpoint_every)
+    else:
+        spec = args.target or DEFAULT_TARGET
+        target_options = _parse_options(args.target_option, "--target-option")
+        target = load_target(spec, target_options, args.dim)
+        options = _parse_options(args.option, "--option")
+        seed = args.seed if args.seed is not None else secrets.randbits(31)
+        checkpoint = Path(args.checkpoint or f"{_slug(target.name)}-{args.method}-seed{seed}.ckpt")
+        runner = sampler.method(args.method, **options)
+        supports = "checkpoint" in inspect.signature(runner.run).parameters
+        if not supports and (args.checkpoint or args.checkpoint_every):
+            raise ConfigurationError(f"method {args.method!r} does not support checkpoints")
+        extra = (
+            {
+                "checkpoint": Checkpoint(
+                    checkpoint,
+                    args.checkpoint_every,
+                    {"target_spec": spec, "target_options": target_options, "dim": args.dim, **build_metadata(args.method, options)},
+                )
+            }
+            if supports
+            else {}
+        )
+        try:
+            result = runner.run(
+                target,
+                n_particles=args.particles,
+                n_replicas=args.replicas,
+                seed=seed,
+                device=args.device,
+                dtype=args.dtype,
+                progress=_progress(args),
+                **extra,
+            )
+        except Interrupted as exc:
+            again = f"{spec} " if spec.rpartition(":")[0].endswith(".py") else ""
+            print(
+                f"sampler: interrupted after stage {exc.step}; saved to {exc.checkpoint}\n"
+                f"resume with: sampler run {again}--resume {exc.checkpoint}",
+                file=sys.stderr,
+            )
+            return 130
+    print(sampler.summary(result, target=target))
     print(f"{'seed':<24}  {result.seed}  (repeat with --seed {result.seed})")
     if args.out:
-        idata = result.to_arviz()
-        idata.to_netcdf(args.out)
+        result.save(args.out)
         print(f"{'saved':<24}  {args.out}")
+    return 0
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from sampler.plotting import resolve_target
+
+    result = sampler.load(args.file)
+    print(sampler.summary(result, target=resolve_target(result)))
+    if args.steps:
+        stats = result.stats
+        keys = [k for k in ("t", "ess", "acceptance", "step_size") if k in stats]
+        print("\nper step (mean over replicas):")
+        print("  ".join(f"{k:>10}" for k in ["step", *keys]))
+        for i, step in enumerate(stats.get("step", [])):
+            row = [f"{int(step):>10d}"] + [f"{float(stats[k][i].double().nanmean()):>10.4g}" for k in keys]
+            print("  ".join(row))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from sampler.plotting import plot, plot_all
+
+    result = sampler.load(args.file)
+    target = None
+    if args.target is not None:
+        target = load_target(args.target, _parse_options(args.target_option, "--target-option"), args.dim)
+    coords = _split(args.coords)
+    coords = None if coords is None else [int(c) if c.isdigit() else c for c in coords]
+    if args.kind:
+        out = Path(args.out or Path(args.file).with_suffix("").name + f"-{args.kind}.{_split(args.format)[0]}")
+        plot(result, args.kind, target=target, coords=coords, out=out)
+        paths = [out]
+    else:
+        out_dir = Path(args.out or Path(args.file).with_suffix("").name + "-plots")
+        paths = plot_all(result, out_dir, target=target, formats=_split(args.format), coords=coords)
+    for p in paths:
+        print(p)
     return 0
 
 
@@ -187,13 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sampler-engine {sampler.__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log informational and debug messages")
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser(
         "run", help="sample a target and print the summary", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    run.add_argument("target", nargs="?", default=DEFAULT_TARGET, help=f"built-in name or path/to/file.py:Name (default {DEFAULT_TARGET})")
+    run.add_argument("target", nargs="?", default=None, help=f"built-in name or path/to/file.py:Name (default {DEFAULT_TARGET})")
     run.add_argument("--method", "-m", default=DEFAULT_METHOD, help=f"sampling method (default {DEFAULT_METHOD}; see `sampler methods`)")
     run.add_argument("--particles", "-n", type=int, default=2000, help="particles per replica, or draws per chain (default 2000)")
     run.add_argument("--replicas", "-r", type=int, default=4, help="independent replicas or chains (default 4)")
@@ -203,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="method option, e.g. -o n_steps=20 (repeatable)")
     run.add_argument("--target-option", action="append", metavar="KEY=VALUE", help="option for a named target, e.g. dim=10")
     run.add_argument("--dim", type=int, default=None, help="wrap file.py:function as an energy U(x) in this dimension")
-    run.add_argument("--out", default=None, metavar="FILE.nc", help="save the result as ArviZ NetCDF")
+    run.add_argument("--out", default=None, metavar="FILE.nc", help="save the result as ArviZ NetCDF (sampler.load reads it)")
+    run.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint file (default on Ctrl-C: TARGET-METHOD-seedS.ckpt)")
+    run.add_argument("--checkpoint-every", type=int, default=None, metavar="K", help="write the checkpoint every K annealing stages")
+    run.add_argument("--resume", default=None, metavar="FILE", help="continue the run saved in this checkpoint")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     run.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
     run.set_defaults(func=_cmd_run)
@@ -226,11 +327,39 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", "-q", action="store_true", help="no per-run progress lines")
     bench.set_defaults(func=_cmd_bench)
 
-    plugins = sub.add_parser("plugins", help="list plugins, what they registered, and load failures")
+    diagnose = sub.add_parser(
+        "diagnose",
+        help="print the diagnostics of a saved result",
+        epilog="examples:\n  sampler diagnose result.nc\n  sampler diagnose result.nc --steps",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    diagnose.add_argument("file", help="a result saved with --out or Result.save")
+    diagnose.add_argument("--steps", action="store_true", help="also print t, ESS and acceptance per step")
+    diagnose.set_defaults(func=_cmd_diagnose)
+
+    plot = sub.add_parser(
+        "plot",
+        help="draw the plots of a saved result",
+        epilog="examples:\n  sampler plot result.nc                      # every plot that applies, in result-plots/\n"
+        "  sampler plot result.nc --kind schedule --out schedule.svg\n"
+        "  sampler plot result.nc --format png,svg --coords 0,3 --out figures/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plot.add_argument("file", help="a result saved with --out or Result.save")
+    plot.add_argument("--kind", default=None, help="one plot: samples, pair, marginals, trace, schedule, log_Z, weights")
+    plot.add_argument("--out", default=None, help="output file (with --kind) or folder (default next to the working directory)")
+    plot.add_argument("--format", default="png", help="comma-separated file formats: png, svg (default png)")
+    plot.add_argument("--coords", default=None, help="comma-separated coordinates for pair/marginal plots")
+    plot.add_argument("--target", default=None, help="target for density contours if not built-in (name or file.py:Name)")
+    plot.add_argument("--target-option", action="append", metavar="KEY=VALUE", help="option for a named target")
+    plot.add_argument("--dim", type=int, default=None, help="with --target file.py:function: energy in this dimension")
+    plot.set_defaults(func=_cmd_plot)
+
+    plugins = sub.add_parser("plugins", help="list plugins, what they registered, and load failures", epilog="example:\n  sampler plugins", formatter_class=argparse.RawDescriptionHelpFormatter)
     plugins.set_defaults(func=_cmd_plugins)
-    targets = sub.add_parser("targets", help="list registered targets")
+    targets = sub.add_parser("targets", help="list registered targets", epilog="example:\n  sampler targets", formatter_class=argparse.RawDescriptionHelpFormatter)
     targets.set_defaults(func=lambda a: _cmd_list("target"))
-    methods = sub.add_parser("methods", help="list registered methods and correctors")
+    methods = sub.add_parser("methods", help="list registered methods and correctors", epilog="example:\n  sampler methods", formatter_class=argparse.RawDescriptionHelpFormatter)
     methods.set_defaults(func=lambda a: _cmd_list("method", "corrector", "transport"))
     return parser
 

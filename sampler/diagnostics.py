@@ -71,12 +71,18 @@ def _fmt(x: float, spec: str = ".4g") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def summary(result: Result) -> Summary:
+def summary(result: Result, target: Any = None) -> Summary:
     """Diagnostics of ``result``: log Z ± se, weight ESS, Pareto k, R-hat and bulk ESS, costs.
 
     R-hat and bulk ESS compare the replicas (or MCMC chains) coordinate by coordinate; the
     table shows the worst coordinate. Weight ESS and Pareto k describe the importance weights
     of the particles before the final resampling.
+
+    Pass the ``target`` that was sampled to add, when it exposes ``modes`` ``(K, d)`` and the
+    result has at least 2 replicas, the mode-weight concentration: a Dirichlet fitted (by the
+    registered estimator ``dirichlet-vbmm``, if a plugin provides it) to the replicas' mode
+    fractions; ``alpha_0`` near N means the replicas reproduce the weights as well as
+    independent exact draws would.
     """
     r, n, d = result.samples.shape
     v: dict[str, Any] = {"method": result.method, "target": result.target, "replicas": r, "particles": n, "dim": d}
@@ -127,10 +133,46 @@ def summary(result: Result) -> Summary:
         lo, hi = int(per_replica.min()), int(per_replica.max())
         v["annealing_steps"] = hi
         rows.append(("annealing steps", str(hi) if lo == hi else f"{lo}-{hi} (per replica)"))
+    _mode_weight_row(result, target, rows, v)
     rows.append(("target / gradient evals", f"{result.n_target_evals:,} / {result.n_grad_evals:,}"))
     rows.append(("non-finite log densities", str(result.n_nonfinite)))
     rows.append(("wall time", f"{result.wall_time:.2f} s on {result.device or 'n/a'}"))
     return Summary(rows=tuple(rows), values=v)
+
+
+#: The estimator the summary's mode-weight row uses (registered by the ``vbmm`` plugin).
+MODE_WEIGHT_ESTIMATOR = "dirichlet-vbmm"
+#: Its options: mode fractions are highly concentrated (alpha_0 ~ N), where majorization-
+#: minimization needs thousands of iterations and Newton's method a handful.
+MODE_WEIGHT_OPTIONS: dict[str, Any] = {"solver": "newton"}
+
+
+def _mode_weight_row(result: Result, target: Any, rows: list[tuple[str, str]], v: dict[str, Any]) -> None:
+    """Add the mode-weight Dirichlet concentration when the target has modes and R >= 2."""
+    modes = getattr(target, "modes", None)
+    r, n, _ = result.samples.shape
+    if modes is None or r < 2 or len(modes) < 2:
+        return
+    from sampler.estimators import estimate, list_estimators  # late: estimators imports the plugin host
+
+    if MODE_WEIGHT_ESTIMATOR not in list_estimators():
+        return
+    from sampler.metrics import nearest_mode
+
+    k = len(modes)
+    idx = nearest_mode(result.samples.detach(), modes)  # (R, N)
+    counts = torch.zeros(r, k, dtype=torch.float64, device=idx.device).scatter_add_(
+        1, idx, torch.ones_like(idx, dtype=torch.float64)
+    )
+    fractions = (counts + 0.5) / (n + 0.5 * k)  # Jeffreys pseudocount keeps missed modes finite
+    try:
+        fit = estimate(MODE_WEIGHT_ESTIMATOR, fractions, **MODE_WEIGHT_OPTIONS)
+        a0 = float(fit.concentration)
+    except Exception as exc:  # a diagnostic row must never break the summary
+        rows.append(("mode weights (Dirichlet a0)", f"n/a ({type(exc).__name__}: {exc})"))
+        return
+    v["mode_weight_concentration"] = a0
+    rows.append(("mode weights (Dirichlet a0)", f"{a0:.4g} over {r} replicas, {k} modes (independent draws: ~{n})"))
 
 
 def _k_verdict(k: float) -> str:

@@ -9,18 +9,39 @@ which stays exact under adaptive resampling (resampling changes weights, never l
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError, NonFiniteError, RunError, TargetError, check_positive_int
+from sampler.checkpoint import (
+    Checkpoint,
+    CheckpointData,
+    check_resumable,
+    read_checkpoint,
+    restore_counter,
+    run_record,
+    state_to_tree,
+    stats_from_tree,
+    tree_to_state,
+    write_checkpoint,
+)
+from sampler.errors import (
+    ConfigurationError,
+    Interrupted,
+    NonFiniteError,
+    PersistenceError,
+    RunError,
+    TargetError,
+    check_positive_int,
+)
 from sampler.particles import Particles
-from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath
+from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation
 from sampler.progress import progress_bar
 from sampler.resampling import get_scheme
 from sampler.result import Result, StepStats
@@ -157,7 +178,8 @@ class Pipeline:
         steps: transports and correctors. Transports run first in each stage, then the engine
             reweights, then correctors run in the order given.
         reference: the path's start; default ``N(target.reference_loc, target.reference_scale^2 I)``.
-        reference_loc, reference_scale: override the target's hints for the default reference.
+        reference_loc: overrides the target's ``reference_loc`` hint for the default reference.
+        reference_scale: overrides the target's ``reference_scale`` hint for the default reference.
         final_resampling: scheme that turns the final weighted particles into equally weighted
             ``Result.samples`` (skipped when the weights are already equal).
         name: recorded as the method name in results.
@@ -207,10 +229,44 @@ class Pipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         progress: bool | None = None,
+        checkpoint: Checkpoint | str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
     ) -> Result:
-        """Run the pipeline on ``target`` with R replicas of N particles; return a :class:`Result`."""
+        """Run the pipeline on ``target`` with R replicas of N particles; return a :class:`Result`.
+
+        With ``checkpoint`` (a file path) the run saves its state there every
+        ``checkpoint_every`` stages and when interrupted by Ctrl-C (raising
+        :class:`~sampler.errors.Interrupted`); :meth:`resume` continues from that file.
+        """
         cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
+        ckpt = Checkpoint.create(checkpoint, checkpoint_every)
+        return self._run(as_target(target), cfg, ckpt, None)
+
+    def resume(
+        self,
+        checkpoint: CheckpointData | str | os.PathLike,
+        target: Target,
+        *,
+        progress: bool | None = None,
+        checkpoint_every: int | None = None,
+    ) -> Result:
+        """Continue a run from its checkpoint; the result equals that of an uninterrupted run.
+
+        ``target`` and this pipeline must be the ones the run started with (checked by name,
+        dimension and step types). The resumed run keeps writing to the same checkpoint file,
+        every ``checkpoint_every`` stages (default: as before).
+        """
+        data = checkpoint if isinstance(checkpoint, CheckpointData) else read_checkpoint(checkpoint)
+        run = data.run
         target = as_target(target)
+        check_resumable(data, target, [type(s).__name__ for s in self.steps])
+        cfg = RunSettings.create(target, run["n_particles"], run["n_replicas"], run["seed"], run["device"], run["dtype"], progress)
+        every = run.get("every") if checkpoint_every is None else checkpoint_every
+        path = checkpoint if not isinstance(checkpoint, CheckpointData) else run["path"]
+        ckpt = Checkpoint(path, every, run.get("metadata", {}))
+        return self._run(target, cfg, ckpt, data)
+
+    def _run(self, target: Target, cfg: RunSettings, ckpt: Checkpoint | None, resume: CheckpointData | None) -> Result:
         reference = self.reference or make_reference(target, self.reference_loc, self.reference_scale)
         if reference.dim != target.dim:
             raise ConfigurationError(f"reference has dim {reference.dim} but the target has dim {target.dim}")
@@ -219,59 +275,124 @@ class Pipeline:
         needs_grad = any(s.needs_grad for s in self.steps)
         start = time.perf_counter()
 
-        particles = initial_particles(path, cfg, gen, needs_grad)
-        t = torch.zeros(cfg.n_replicas, dtype=torch.float64, device=particles.x.device)
-        ctx = StepContext(path=path, t=t, t_from=t, step=0, generator=gen, needs_grad=needs_grad)
-        transport_states = [s.init(particles, ctx) for s in self.transports]
-        corrector_states = [s.init(particles, ctx) for s in self.correctors]
-        weighted = particles  # per replica: the state right after its reweighting to t = 1
+        if resume is None:
+            particles = initial_particles(path, cfg, gen, needs_grad)
+            t = torch.zeros(cfg.n_replicas, dtype=torch.float64, device=particles.x.device)
+            ctx = StepContext(path=path, t=t, t_from=t, step=0, generator=gen, needs_grad=needs_grad)
+            transport_states = [s.init(particles, ctx) for s in self.transports]
+            corrector_states = [s.init(particles, ctx) for s in self.correctors]
+            weighted = particles  # per replica: the state right after its reweighting to t = 1
+            stats: list[StepStats] = []
+            k, elapsed = 0, 0.0
+        else:
+            k, t, particles, weighted, transport_states, corrector_states, stats, elapsed = self._restore(
+                resume, path, gen, cfg, needs_grad
+            )
+        steps = [type(s).__name__ for s in self.steps]
+        record = run_record(self.name, target, cfg, ckpt, steps) if ckpt is not None else {}
+        def capture(elapsed_now: float) -> _Snapshot | None:
+            if ckpt is None:
+                return None
+            return _Snapshot.capture(k, t, particles, weighted, transport_states, corrector_states, len(stats), path.counter, gen, elapsed_now)
 
-        stats: list[StepStats] = []
-        k = 0
+        snapshot = capture(elapsed)
+
         with progress_bar(total=self.schedule.n_steps, enabled=cfg.progress, desc=f"{self.name} on {target.name}") as bar:
-            while bool((t < 1.0).any()):
-                seen = attrs.evolve(path.counter)
-                t_next = _checked_times(self.schedule, self.schedule.next_time(k, t, particles, path), t, particles)
-                k += 1
-                ctx = StepContext(path=path, t=t_next, t_from=t, step=k, generator=gen, needs_grad=needs_grad)
-                info: dict[str, Tensor] = {}
+            if k:
+                bar.advance(k if self.schedule.n_steps is not None else float(t.min()), step=k, t=float(t.min()))
+            try:
+                while bool((t < 1.0).any()):
+                    seen = attrs.evolve(path.counter)
+                    t_next = _checked_times(self.schedule, self.schedule.next_time(k, t, particles, path), t, particles)
+                    k += 1
+                    ctx = StepContext(path=path, t=t_next, t_from=t, step=k, generator=gen, needs_grad=needs_grad)
+                    info: dict[str, Tensor] = {}
 
-                moved, extra = particles, torch.zeros_like(particles.log_weights)
-                for i, step in enumerate(self.transports):
-                    out = step.apply(moved, transport_states[i], ctx)
-                    transport_states[i] = out.state
-                    moved = out.particles
-                    if out.log_weight_increment is not None:
-                        extra = extra + _checked_increment(step, out.log_weight_increment, extra)
-                    _merge(info, out.info, t)
-                inc = path.log_weight_increment(particles.evaluation, t, moved.evaluation, t_next) + extra
-                particles, dlogz = reweight(moved, inc, k, t_next)
-                weighted = _keep_where((t < 1.0) & (t_next == 1.0), particles, weighted)
-                ess = particles.ess()
+                    moved, extra = particles, torch.zeros_like(particles.log_weights)
+                    for i, step in enumerate(self.transports):
+                        out = step.apply(moved, transport_states[i], ctx)
+                        transport_states[i] = out.state
+                        moved = out.particles
+                        if out.log_weight_increment is not None:
+                            extra = extra + _checked_increment(step, out.log_weight_increment, extra)
+                        _merge(info, out.info, t)
+                    inc = path.log_weight_increment(particles.evaluation, t, moved.evaluation, t_next) + extra
+                    particles, dlogz = reweight(moved, inc, k, t_next)
+                    weighted = _keep_where((t < 1.0) & (t_next == 1.0), particles, weighted)
+                    ess = particles.ess()
 
-                for i, step in enumerate(self.correctors):
-                    out = step.apply(particles, corrector_states[i], ctx)
-                    corrector_states[i] = out.state
-                    particles = out.particles
-                    _merge(info, out.info, t)
+                    for i, step in enumerate(self.correctors):
+                        out = step.apply(particles, corrector_states[i], ctx)
+                        corrector_states[i] = out.state
+                        particles = out.particles
+                        _merge(info, out.info, t)
 
-                stats.append(
-                    StepStats(
-                        step=k,
-                        t=t_next,
-                        ess=ess,
-                        log_Z_increment=dlogz,
-                        target_evals=path.counter.target_evals - seen.target_evals,
-                        grad_evals=path.counter.grad_evals - seen.grad_evals,
-                        nonfinite=path.counter.nonfinite - seen.nonfinite,
-                        info=info,
+                    stats.append(
+                        StepStats(
+                            step=k,
+                            t=t_next,
+                            ess=ess,
+                            log_Z_increment=dlogz,
+                            target_evals=path.counter.target_evals - seen.target_evals,
+                            grad_evals=path.counter.grad_evals - seen.grad_evals,
+                            nonfinite=path.counter.nonfinite - seen.nonfinite,
+                            info=info,
+                        )
                     )
-                )
-                advance = float(t_next.min() - t.min()) if self.schedule.n_steps is None else 1
-                bar.advance(advance, step=k, t=float(t_next.min()), ess=ess, info=info)
-                t = t_next
+                    advance = float(t_next.min() - t.min()) if self.schedule.n_steps is None else 1
+                    bar.advance(advance, step=k, t=float(t_next.min()), ess=ess, info=info)
+                    t = t_next
+                    snapshot = capture(elapsed + time.perf_counter() - start)
+                    if snapshot is not None and ckpt.every is not None and k % ckpt.every == 0 and bool((t < 1.0).any()):
+                        write_checkpoint(ckpt.path, record, snapshot.tree(stats))
+            except KeyboardInterrupt:
+                if snapshot is None:
+                    raise
+                write_checkpoint(ckpt.path, record, snapshot.tree(stats))
+                raise Interrupted(
+                    f"interrupted after stage {snapshot.k}; the state was saved to {str(ckpt.path)!r} "
+                    f"(resume with sampler.resume({str(ckpt.path)!r}))",
+                    str(ckpt.path),
+                    snapshot.k,
+                ) from None
 
-        return self._result(target, cfg, path, particles, weighted, stats, gen, time.perf_counter() - start)
+        return self._result(target, cfg, path, particles, weighted, stats, gen, elapsed + time.perf_counter() - start)
+
+    def _restore(self, data: CheckpointData, path: GeometricPath, gen: torch.Generator, cfg: RunSettings, needs_grad: bool):
+        """The loop state saved in ``data``, on the run's device, with fresh-typed step states."""
+        st, dev = data.state, cfg.device
+
+        def particles_from(tree: Mapping[str, Any]) -> Particles:
+            ev = PathEvaluation(**{f: (None if v is None else v.to(dev)) for f, v in tree["evaluation"].items()})
+            return Particles(
+                x=tree["x"].to(dev),
+                log_weights=tree["log_weights"].to(dev),
+                log_Z=tree["log_Z"].to(dev),
+                evaluation=ev,
+                extras={k: v.to(dev) for k, v in tree["extras"].items()},
+            )
+
+        particles, weighted = particles_from(st["particles"]), particles_from(st["weighted"])
+        t = st["t"].to(dev)
+        # Fresh states of the right types from each step's init, on a scratch path and generator,
+        # so that neither the evaluation counts nor the random stream see them.
+        scratch = StepContext(
+            path=GeometricPath(path.reference, path.target, EvaluationCounter()),
+            t=t,
+            t_from=t,
+            step=int(st["k"]),
+            generator=torch.Generator(device=dev).manual_seed(0),
+            needs_grad=needs_grad,
+        )
+        try:
+            transport_states = [tree_to_state(tr, s.init(particles, scratch), dev) for s, tr in zip(self.transports, st["transport_states"])]
+            corrector_states = [tree_to_state(tr, s.init(particles, scratch), dev) for s, tr in zip(self.correctors, st["corrector_states"])]
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise PersistenceError(f"the checkpoint's step states do not fit this pipeline's steps: {exc}") from None
+        stats = stats_from_tree(st["stats"], dev)
+        restore_counter(path.counter, st["counter"])
+        gen.set_state(st["generator"])
+        return int(st["k"]), t, particles, weighted, transport_states, corrector_states, stats, float(st["elapsed"])
 
     def _result(
         self,
@@ -308,10 +429,52 @@ class Pipeline:
             device=str(cfg.device),
             options=self.options,
             exact_log_Z=getattr(target, "log_Z", None),
+            dim_names=getattr(target, "dim_names", None),
         )
 
     def __repr__(self) -> str:
         return f"Pipeline(name={self.name!r}, schedule={self.schedule!r}, steps={self.steps!r})"
+
+
+@attrs.frozen
+class _Snapshot:
+    """References to the loop state at the end of a stage (tensors are never modified in place)."""
+
+    k: int
+    t: Tensor
+    particles: Particles
+    weighted: Particles
+    transport_states: list[Any]
+    corrector_states: list[Any]
+    n_stats: int
+    target_evals: int
+    grad_evals: int
+    nonfinite: Tensor | int
+    generator_state: Tensor
+    elapsed: float
+
+    @classmethod
+    def capture(cls, k, t, particles, weighted, transport_states, corrector_states, n_stats, counter, gen, elapsed) -> _Snapshot:
+        """The state now; copies only the small things that change in place (counts, generator)."""
+        return cls(
+            k, t, particles, weighted, list(transport_states), list(corrector_states), n_stats,
+            counter.target_evals, counter.grad_evals, counter._nonfinite, gen.get_state(), elapsed,
+        )
+
+    def tree(self, stats: list[StepStats]) -> dict[str, Any]:
+        """The checkpoint's ``state``: plain data and CPU tensors."""
+        return {
+            "k": self.k,
+            "t": self.t.detach().cpu(),
+            "particles": state_to_tree(self.particles, "particles"),
+            "weighted": state_to_tree(self.weighted, "weighted"),
+            "transport_states": [state_to_tree(s, f"transport state {i}") for i, s in enumerate(self.transport_states)],
+            "corrector_states": [state_to_tree(s, f"corrector state {i}") for i, s in enumerate(self.corrector_states)],
+            "stats": [state_to_tree(s, "stats") for s in stats[: self.n_stats]],
+            "counter": {"target_evals": self.target_evals, "grad_evals": self.grad_evals, "nonfinite": int(self.nonfinite)},
+            "generator": self.generator_state,
+            "elapsed": self.elapsed,
+        }
 
 
 def _checked_times(schedule: Schedule, t_next: Any, t: Tensor, particles: Particles) -> Tensor:

@@ -31,6 +31,22 @@ class NonFiniteError(RunError):
     """Every particle of a replica has a NaN/+inf (or zero) density, so no weight is left."""
 
 
+class PersistenceError(SamplerError):
+    """A saved result, model or checkpoint cannot be written or read (corrupt, unsafe, wrong version)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C after saving a checkpoint; ``checkpoint`` says where, ``step`` how far.
+
+    A subclass of :class:`KeyboardInterrupt`, so code that lets Ctrl-C through keeps doing so.
+    """
+
+    def __init__(self, message: str, checkpoint: str, step: int):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.step = step
+
+
 class UnknownNameError(SamplerError, KeyError):
     """A method, corrector, transport, target or plugin name is not registered.
 

@@ -40,8 +40,9 @@ def sampler_register(registry: Registrar) -> None:
     """Register the plugin's components by name.
 
     ``registry`` offers ``add_method(name, builder)``, ``add_corrector(name, factory)``,
-    ``add_transport(name, factory)``, ``add_target(name, factory)`` and
-    ``add_estimator(name, factory)``; each factory is called with the user's keyword options.
+    ``add_transport(name, factory)``, ``add_target(name, factory)``,
+    ``add_estimator(name, factory)`` and ``add_model(name, factory)`` (trainable models that
+    saved results rebuild); each factory is called with the user's keyword options.
     A method's builder returns a runner with ``run(target, *, n_particles, n_replicas, seed,
     device, dtype, progress) -> Result`` (a :class:`sampler.Pipeline`, for instance).
 

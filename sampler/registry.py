@@ -1,4 +1,4 @@
-"""The registry of named components (methods, correctors, transports, targets, estimators).
+"""The registry of named components (methods, correctors, transports, targets, estimators, models).
 
 Plugins add to it through a :class:`Registrar` handed to their ``sampler_register`` hook; the
 registrar records what each plugin added, so ``sampler plugins`` can say who registered what
@@ -17,7 +17,7 @@ from sampler.errors import ConfigurationError, DuplicateNameError, UnknownNameEr
 __all__ = ["KINDS", "Entry", "Registrar", "Registry"]
 
 #: The kinds of component a plugin can register.
-KINDS = ("method", "corrector", "transport", "target", "estimator")
+KINDS = ("method", "corrector", "transport", "target", "estimator", "model")
 
 
 @attrs.frozen
@@ -79,6 +79,15 @@ class Registrar:
     def add_estimator(self, name: str, factory: Callable[..., Any], description: str | None = None) -> None:
         """Register an estimator: ``factory(**options)`` returns an object with ``fit(data)``."""
         self._add("estimator", name, factory, description)
+
+    def add_model(self, name: str, factory: Callable[..., Any], description: str | None = None) -> None:
+        """Register a trainable model type, so saved results can rebuild it.
+
+        ``factory(**config)`` returns an untrained model from the JSON config the model reports
+        through ``model_config()``; its weights are then loaded with ``load_state_dict``
+        (see :mod:`sampler.persistence`).
+        """
+        self._add("model", name, factory, description)
 
 
 class Registry:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -82,6 +84,9 @@ class Result:
         kind: ``"smc"`` (weighted particles, replicas) or ``"mcmc"`` (chains x draws).
         seed, wall_time (seconds), device, options: how it was run.
         exact_log_Z: the target's exact log Z when it is known.
+        dim_names: the target's coordinate names (``Target.dim_names``), if it has them.
+        models: trained models the method produced (flows, JKO stacks, TT fields), by name;
+            :meth:`save` stores them beside the result and ``sampler.load`` rebuilds them.
     """
 
     samples: Tensor
@@ -100,6 +105,8 @@ class Result:
     device: str = ""
     options: Mapping[str, Any] = attrs.field(factory=dict)
     exact_log_Z: float | None = None
+    dim_names: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+    models: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def n_replicas(self) -> int:
@@ -162,44 +169,36 @@ class Result:
     def to_arviz(self) -> Any:
         """Export to :class:`arviz.InferenceData`.
 
-        ``posterior.x`` has dims ``(chain=R, draw=N, x_dim_0=d)``: the equally weighted
-        :attr:`samples`, for every ArviZ diagnostic. For SMC-type results ``sample_stats`` holds
-        the weighted particle set as pairs: ``weighted_x[c, n]`` (:attr:`weighted_samples`) has
-        the importance log weight ``log_weight[c, n]`` (:attr:`log_weights`); the pairing is
-        with ``weighted_x``, not with ``posterior.x``. ``attrs`` carry the method, target, log Z
-        and its standard error, and the evaluation counts.
+        ``posterior.x`` ``(chain=R, draw=N, x_dim_0=d)`` holds the equally weighted
+        :attr:`samples`, for every ArviZ diagnostic and plot. ``sample_stats`` holds the
+        weighted set (``weighted_x`` with ``log_weight``, paired by index; the weights do not
+        belong to ``posterior.x``), log Z per replica, and the per-stage statistics on a
+        ``step`` axis; ``attrs`` carry method, options, seed, log Z ± se, costs and versions.
+        The layout is described in :mod:`sampler.persistence`.
         """
-        from sampler._arviz import arviz
+        from sampler.persistence import to_inference_data
 
-        az = arviz()
-        attrs_: dict[str, Any] = {
-            "method": self.method,
-            "target": self.target,
-            "kind": self.kind,
-            "n_target_evals": int(self.n_target_evals),
-            "n_grad_evals": int(self.n_grad_evals),
-            "n_nonfinite": int(self.n_nonfinite),
-            "wall_time_s": float(self.wall_time),
-            "device": self.device,
-            "inference_library": "sampler-engine",
-        }
-        if self.seed is not None:
-            attrs_["seed"] = int(self.seed)
-        if self.log_Z is not None:
-            attrs_["log_Z"] = float(self.log_Z)
-            attrs_["log_Z_stderr"] = float(self.log_Z_stderr)
-            attrs_["log_Z_per_replica"] = _numpy(self.log_Z_per_replica)
-        if self.exact_log_Z is not None:
-            attrs_["exact_log_Z"] = float(self.exact_log_Z)
-        sample_stats = {"log_weight": _numpy(self.log_weights)}
-        if self.kind == "smc":
-            sample_stats["weighted_x"] = _numpy(self.weighted_samples)
-        return az.from_dict(
-            posterior={"x": _numpy(self.samples)},
-            sample_stats=sample_stats,
-            dims={"weighted_x": ["x_dim_0"]},
-            attrs=attrs_,
-        )
+        return to_inference_data(self)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to ``path`` (ArviZ NetCDF) and its :attr:`models` to ``<stem>.models/``.
+
+        ``sampler.load(path)`` reads it back: tensors bit for bit, per-step statistics and
+        metadata included.
+        """
+        from sampler.persistence import save_result
+
+        return save_result(self, path)
+
+    def with_models(self, models: Mapping[str, Any]) -> Result:
+        """A copy of this result carrying ``models``."""
+        return attrs.evolve(self, models=dict(models))
+
+    def plot(self, kind: str = "auto", **options: Any) -> Any:
+        """Draw the result (see :func:`sampler.plotting.plot` for kinds and options); returns the figure."""
+        from sampler.plotting import plot
+
+        return plot(self, kind, **options)
 
     def __repr__(self) -> str:
         lz = "n/a" if self.log_Z is None else f"{self.log_Z:.4f} ± {self.log_Z_stderr:.2g}"

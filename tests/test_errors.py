@@ -311,8 +311,10 @@ def test_unknown_name_lists_registered_names():
 
 
 def test_unknown_name_when_nothing_registered():
+    from sampler.registry import Registry
+
     with pytest.raises(UnknownNameError, match="No transports are registered"):
-        sampler.transport("flow")
+        Registry().get("transport", "flow")
 
 
 def test_unknown_name_caught_as_key_error():

@@ -449,7 +449,7 @@ def test_block_plugin_function_removes_loaded_plugin(fresh_plugins):
     sampler.block_plugin("mcmc")
     info = _plugins()["mcmc"]
     assert info.blocked and not info.ok
-    assert sampler.list_methods() == []
+    assert not {"smc", "ais", "mala", "hmc"} & set(sampler.list_methods())
     assert "rwmh" not in sampler.list_correctors()
     assert sampler.plugins.host().pm.get_plugin("mcmc") is None
     with pytest.raises(UnknownNameError):

@@ -11,9 +11,22 @@ import attrs
 import torch
 
 from sampler import Result, RunSettings, StepContext, StepStats, corrector, make_reference
+from sampler.checkpoint import (
+    Checkpoint,
+    CheckpointData,
+    check_resumable,
+    counter_tree,
+    read_checkpoint,
+    restore_counter,
+    run_record,
+    state_to_tree,
+    stats_from_tree,
+    tree_to_state,
+    write_checkpoint,
+)
 from sampler.engine import initial_particles
 from sampler.targets.base import as_target
-from sampler.errors import ConfigurationError, check_positive_int
+from sampler.errors import ConfigurationError, Interrupted, check_positive_int
 from sampler.paths import EvaluationCounter, GeometricPath
 from sampler.progress import progress_bar
 
@@ -56,10 +69,39 @@ class MCMCChains:
         self.reference_scale = reference_scale
         self.options = dict(kernel=kernel, n_warmup=n_warmup, thin=thin, **kernel_options)
 
-    def run(self, target, *, n_particles: int, n_replicas: int = 4, seed=None, device=None, dtype=None, progress=None) -> Result:
-        """Run the chains; ``n_particles`` is the number of kept draws per chain."""
+    def run(
+        self,
+        target,
+        *,
+        n_particles: int,
+        n_replicas: int = 4,
+        seed=None,
+        device=None,
+        dtype=None,
+        progress=None,
+        checkpoint=None,
+        checkpoint_every: int | None = None,
+    ) -> Result:
+        """Run the chains; ``n_particles`` is the number of kept draws per chain.
+
+        With ``checkpoint`` (a file) the chains save their state every ``checkpoint_every``
+        iterations and on Ctrl-C; :meth:`resume` continues to the uninterrupted result.
+        """
         cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
+        return self._run(as_target(target), cfg, Checkpoint.create(checkpoint, checkpoint_every), None)
+
+    def resume(self, checkpoint, target, *, progress=None, checkpoint_every: int | None = None) -> Result:
+        """Continue chains from their checkpoint (same kernel, options and target)."""
+        data = checkpoint if isinstance(checkpoint, CheckpointData) else read_checkpoint(checkpoint)
+        run = data.run
         target = as_target(target)
+        check_resumable(data, target, [type(self.kernel).__name__])
+        cfg = RunSettings.create(target, run["n_particles"], run["n_replicas"], run["seed"], run["device"], run["dtype"], progress)
+        path = run["path"] if isinstance(checkpoint, CheckpointData) else checkpoint
+        every = run.get("every") if checkpoint_every is None else checkpoint_every
+        return self._run(target, cfg, Checkpoint(path, every, run.get("metadata", {})), data)
+
+    def _run(self, target, cfg: RunSettings, ckpt: Checkpoint | None, resume: CheckpointData | None) -> Result:
         gen = cfg.generator()
         path = GeometricPath(make_reference(target, self.reference_loc, self.reference_scale), target, EvaluationCounter())
         start = time.perf_counter()
@@ -71,32 +113,80 @@ class MCMCChains:
         tuner = DualAveraging(kstate.step_size, self.kernel.target_acceptance)
         draws = torch.empty(cfg.n_replicas, cfg.n_particles, target.dim, dtype=cfg.dtype, device=x.device)
         stats: list[StepStats] = []
+        done, elapsed = 0, 0.0
+        if resume is not None:  # the initial draw above is replaced by the saved state, counts and all
+            st, dev = resume.state, x.device
+            state = tree_to_state(st["chain"], state, dev)
+            kstate = tree_to_state(st["kernel"], kstate, dev)
+            tuner.load(tree_to_state(st["tuner"], tuner.state(), dev))
+            draws = st["draws"].to(dev)
+            stats = stats_from_tree(st["stats"], dev)
+            path.counter = EvaluationCounter()
+            restore_counter(path.counter, st["counter"])
+            gen.set_state(st["generator"])
+            done, elapsed = int(st["k"]), float(st["elapsed"])
+        record = run_record(self.kernel_name, target, cfg, ckpt, [type(self.kernel).__name__]) if ckpt else {}
+
+        def snapshot(it: int, generator_state: torch.Tensor, counter: EvaluationCounter) -> dict[str, Any]:
+            return {
+                "k": it,
+                "chain": state_to_tree(state),
+                "kernel": state_to_tree(kstate),
+                "tuner": state_to_tree(tuner.state()),
+                "draws": draws.detach().cpu().clone(),
+                "stats": [state_to_tree(s) for s in stats],
+                "counter": counter_tree(counter),
+                "generator": generator_state,
+                "elapsed": elapsed + time.perf_counter() - start,
+            }
+
         total = self.n_warmup + cfg.n_particles * self.thin
+        begin = (gen.get_state(), attrs.evolve(path.counter))  # the state the next iteration starts from
         with progress_bar(total=total, enabled=cfg.progress, desc=f"{self.kernel_name} chains on {target.name}") as bar:
-            for it in range(total):
-                seen = attrs.evolve(path.counter)
-                ctx = attrs.evolve(ctx, step=it + 1)
-                out = self.kernel.apply(state, kstate, ctx)
-                state = out.particles
-                acc = out.info["acceptance"]
-                if it < self.n_warmup:
-                    kstate = KernelState(tuner.update(acc) if it < self.n_warmup - 1 else tuner.final())
-                kept = it - self.n_warmup
-                if kept >= 0 and (kept + 1) % self.thin == 0:
-                    draws[:, kept // self.thin] = state.x[:, 0]
-                stats.append(
-                    StepStats(
-                        step=it + 1,
-                        t=one,
-                        ess=torch.ones_like(acc),
-                        log_Z_increment=torch.zeros_like(acc),
-                        target_evals=path.counter.target_evals - seen.target_evals,
-                        grad_evals=path.counter.grad_evals - seen.grad_evals,
-                        nonfinite=path.counter.nonfinite - seen.nonfinite,
-                        info={"acceptance": acc, "step_size": kstate.step_size, "warmup": torch.full_like(acc, float(it < self.n_warmup))},
+            if done:
+                bar.advance(done, step=done)
+            try:
+                for it in range(done, total):
+                    seen = attrs.evolve(path.counter)
+                    if ckpt:
+                        begin = (gen.get_state(), seen)
+                    ctx = attrs.evolve(ctx, step=it + 1)
+                    out = self.kernel.apply(state, kstate, ctx)
+                    state = out.particles
+                    acc = out.info["acceptance"]
+                    if it < self.n_warmup:
+                        kstate = KernelState(tuner.update(acc) if it < self.n_warmup - 1 else tuner.final())
+                    kept = it - self.n_warmup
+                    if kept >= 0 and (kept + 1) % self.thin == 0:
+                        draws[:, kept // self.thin] = state.x[:, 0]
+                    stats.append(
+                        StepStats(
+                            step=it + 1,
+                            t=one,
+                            ess=torch.ones_like(acc),
+                            log_Z_increment=torch.zeros_like(acc),
+                            target_evals=path.counter.target_evals - seen.target_evals,
+                            grad_evals=path.counter.grad_evals - seen.grad_evals,
+                            nonfinite=path.counter.nonfinite - seen.nonfinite,
+                            info={"acceptance": acc, "step_size": kstate.step_size, "warmup": torch.full_like(acc, float(it < self.n_warmup))},
+                        )
                     )
-                )
-                bar.advance(1, step=it + 1, info={"acceptance": acc})
+                    bar.advance(1, step=it + 1, info={"acceptance": acc})
+                    if ckpt and ckpt.every is not None and (it + 1) % ckpt.every == 0 and it + 1 < total:
+                        write_checkpoint(ckpt.path, record, snapshot(it + 1, gen.get_state(), path.counter))
+            except KeyboardInterrupt:
+                if not ckpt:
+                    raise
+                # Every completed iteration leaves a consistent state: save the last one, with the
+                # generator and counts as they were when the interrupted iteration began.
+                saved = snapshot(len(stats), *begin)
+                write_checkpoint(ckpt.path, record, saved)
+                raise Interrupted(
+                    f"interrupted after iteration {saved['k']}; the state was saved to {str(ckpt.path)!r} "
+                    f"(resume with sampler.resume({str(ckpt.path)!r}))",
+                    str(ckpt.path),
+                    int(saved["k"]),
+                ) from None
         return Result(
             samples=draws,
             log_weights=torch.zeros(cfg.n_replicas, cfg.n_particles, dtype=torch.float64, device=x.device),
@@ -110,10 +200,11 @@ class MCMCChains:
             target=target.name,
             kind="mcmc",
             seed=cfg.seed,
-            wall_time=time.perf_counter() - start,
+            wall_time=elapsed + time.perf_counter() - start,
             device=str(cfg.device),
             options=self.options,
             exact_log_Z=getattr(target, "log_Z", None),
+            dim_names=getattr(target, "dim_names", None),
         )
 
 
@@ -145,6 +236,14 @@ class DualAveraging:
     def final(self) -> torch.Tensor:
         """The averaged step sizes ``(R,)`` to keep after warm-up."""
         return self.log_eps_bar.exp()
+
+    def state(self) -> dict[str, Any]:
+        """The adapted quantities (for checkpoints)."""
+        return {"mu": self.mu, "h_bar": self.h_bar, "log_eps_bar": self.log_eps_bar, "m": self.m}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+        self.mu, self.h_bar, self.log_eps_bar, self.m = state["mu"], state["h_bar"], state["log_eps_bar"], int(state["m"])
 
 
 def build_chains(kernel: str) -> Callable[..., MCMCChains]:

@@ -44,6 +44,8 @@ class Target(abc.ABC):
     reference_loc: float | Tensor = 0.0
     #: Standard deviation of the default Gaussian reference (scalar or ``(dim,)``).
     reference_scale: float | Tensor = 1.0
+    #: Names of the ``dim`` coordinates (ArviZ coordinates and plot labels); ``None``: numbered.
+    dim_names: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
