@@ -89,7 +89,7 @@ def summary(result: Result, target: Any = None) -> Summary:
     rows: list[tuple[str, str]] = [
         ("method", result.method),
         ("target", f"{result.target} (d={d})"),
-        ("replicas x particles" if result.kind == "smc" else "chains x draws", f"{r} x {n}"),
+        ("chains x draws" if result.kind == "mcmc" else "replicas x particles", f"{r} x {n}"),
     ]
     if result.log_Z is None:
         rows.append(("log Z", "n/a (the method gives no density)"))

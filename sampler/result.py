@@ -81,7 +81,8 @@ class Result:
         n_nonfinite: NaN/+inf log densities met (those points got zero weight or were rejected).
         steps: per-stage statistics.
         method: method name; ``target``: target name.
-        kind: ``"smc"`` (weighted particles, replicas) or ``"mcmc"`` (chains x draws).
+        kind: ``"smc"`` (weighted particles, replicas), ``"mcmc"`` (chains x draws) or
+            ``"flow"`` (equally weighted transported particles, replicas; no weights).
         seed, wall_time (seconds), device, options: how it was run.
         exact_log_Z: the target's exact log Z when it is known.
         dim_names: the target's coordinate names (``Target.dim_names``), if it has them.
