@@ -1,0 +1,58 @@
+"""A geometric path whose evaluations keep the autograd graph (for training SNF layers)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from sampler import GeometricPath, PathEvaluation
+
+__all__ = ["DifferentiablePath"]
+
+
+class DifferentiablePath(GeometricPath):
+    """:class:`sampler.GeometricPath` whose :meth:`evaluate` is differentiable in ``x``.
+
+    Where ``x`` carries a graph (it depends on trainable parameters), the target's log density
+    and its gradient ``grad log target(x)`` stay functions of ``x`` (the gradient through
+    ``torch.autograd.grad(..., create_graph=True)``), so a loss built from path weights can be
+    differentiated through Langevin drifts and through the final energy. Counting, shape checks
+    and the treatment of non-finite values are those of the engine's path. Layers recognize it
+    by ``differentiable = True`` and build graphs only then.
+    """
+
+    differentiable = True
+
+    def evaluate(self, x: Tensor, grad: bool = False) -> PathEvaluation:
+        """Evaluate reference and target at ``x`` ``(..., d)``, keeping the graph of ``x``."""
+        if not x.requires_grad:
+            ev = super().evaluate(x, grad=grad)
+            return ev
+        n_points = x.numel() // max(x.shape[-1], 1)
+        with torch.enable_grad():
+            lp = self._check(self.target.log_prob(x), x, "log_prob")
+            g = None
+            if grad:
+                if lp.requires_grad:
+                    (g,) = torch.autograd.grad(lp.sum(), x, create_graph=True)
+                else:  # a log density that does not depend on x
+                    g = torch.zeros_like(x)
+                g = self._check(g, x, "grad_log_prob")
+                self.counter.grad_evals += n_points
+        self.counter.target_evals += n_points
+        lp = lp.to(torch.float64)
+        bad = torch.isnan(lp) | (lp == math.inf)
+        if g is not None:
+            bad = bad | (~torch.isfinite(g).all(-1) & (lp != -math.inf))
+        self.counter.add_nonfinite(bad.detach().sum())
+        lp = lp.masked_fill(bad, -math.inf)
+        if g is not None:
+            g = g.masked_fill((lp == -math.inf)[..., None], 0.0)
+        return PathEvaluation(
+            log_ref=self.reference.log_prob(x),
+            log_target=lp,
+            grad_ref=self.reference.grad_log_prob(x) if grad else None,
+            grad_target=g,
+        )
