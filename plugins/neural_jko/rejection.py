@@ -1,0 +1,104 @@
+"""The importance rejection/resampling layer (Hertrich & Gruhlke, Thm 4.2).
+
+Input: ``X ~ mu`` (density ``p``, known ``e = -log p``). With ``lq(x) = e(x) + log q(x)`` (``q``
+the unnormalized target) the layer keeps ``X`` with probability
+``alpha(x) = min(1, exp(lq(x) - log c))`` and otherwise replaces it by *one* fresh draw ``X'``
+from ``mu`` (the model truncated before this layer; never a repeat-until-accept loop). The
+output density is
+
+    p_new(x) = p(x) (alpha(x) + r_bar),     r_bar = E_mu[1 - alpha],
+
+so ``e_new(x) = e(x) - log(alpha(x) + r_bar) = e(x) - log(1 - r(x) + r_bar)``, and
+``KL(p_new | target) <= KL(p | target)``. ``r_bar`` is estimated once, on the layer's training
+set, and stored; ``log c`` is chosen by bisection so that the rejection rate on that set is
+``rate`` (0.2 by default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from sampler.errors import ConfigurationError
+
+__all__ = ["RejectionLayer", "fit_log_c", "rejection_rate"]
+
+
+def rejection_rate(lq: Tensor, log_c: float) -> Tensor:
+    """Mean of ``1 - min(1, exp(lq - log_c))`` over ``lq`` ``(n,)`` (float64 scalar)."""
+    return (1.0 - torch.exp(torch.clamp(lq - log_c, max=0.0))).mean()
+
+
+def fit_log_c(lq: Tensor, rate: float, tol: float = 1e-4, max_iter: int = 200) -> float:
+    """``log c`` such that the mean rejection rate over ``lq`` ``(n,)`` is ``rate``, by bisection.
+
+    The rate increases with ``log c`` (0 at ``min lq``, -> 1 as ``log c -> inf``). The bracket
+    starts at ``mean(lq)`` and widens by ``log(2) * it`` until it contains the goal; bisection
+    stops when the rate is within ``tol`` of it (the paper's procedure).
+    """
+    if not 0.0 < rate < 1.0:
+        raise ConfigurationError(f"rejection rate must be in (0, 1), got {rate!r}")
+    lq = lq.detach().to(torch.float64)
+    finite = lq[torch.isfinite(lq)]
+    if finite.numel() == 0:
+        raise ConfigurationError("rejection layer: every training point has zero target density (log q = -inf)")
+    # -inf entries (zero target density) are always rejected; they enter the rate as 1.
+    start = float(finite.mean())
+    lo = hi = start
+    it = 1
+    while float(rejection_rate(lq, lo)) > rate and it < max_iter:
+        lo -= math.log(2.0) * it
+        it += 1
+    it = 1
+    while float(rejection_rate(lq, hi)) < rate and it < max_iter:
+        hi += math.log(2.0) * it
+        it += 1
+    mid = 0.5 * (lo + hi)
+    for _ in range(max_iter):
+        mid = 0.5 * (lo + hi)
+        r = float(rejection_rate(lq, mid))
+        if abs(r - rate) < tol:
+            break
+        if r < rate:
+            lo = mid
+        else:
+            hi = mid
+    return mid
+
+
+class RejectionLayer(nn.Module):
+    """One importance rejection layer: buffers ``log_c`` and ``r_bar`` (set by :meth:`fit`).
+
+    Args:
+        rate: the rejection rate ``log c`` is tuned to on the training set.
+    """
+
+    kind = "rejection"
+
+    def __init__(self, rate: float = 0.2):
+        super().__init__()
+        self.rate = float(rate)
+        self.register_buffer("log_c", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("r_bar", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("n_fit", torch.tensor(0, dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}, log_c={float(self.log_c):.4g}, r_bar={float(self.r_bar):.4f}, n_fit={int(self.n_fit)}"
+
+    @torch.no_grad()
+    def fit(self, lq: Tensor) -> None:
+        """Choose ``log c`` for the training set's ``lq = e + log q`` ``(n,)`` and store ``r_bar``."""
+        log_c = fit_log_c(lq, self.rate)
+        self.log_c.fill_(log_c)
+        self.r_bar.fill_(float(rejection_rate(lq.to(torch.float64), log_c)))
+        self.n_fit.fill_(lq.numel())
+
+    def log_alpha(self, lq: Tensor) -> Tensor:
+        """``log alpha = min(0, lq - log c)`` (float64, same shape as ``lq``)."""
+        return torch.clamp(lq.to(torch.float64) - self.log_c, max=0.0)
+
+    def log_density_factor(self, lq: Tensor) -> Tensor:
+        """``log(alpha(x) + r_bar)``: ``e_new = e - log_density_factor(lq(x))`` (float64)."""
+        return torch.log(torch.exp(self.log_alpha(lq)) + self.r_bar)
