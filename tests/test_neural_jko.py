@@ -381,6 +381,32 @@ def test_save_load_reproduces_samples_and_densities(trained, mixture_target, tmp
     assert loaded.history == trained.history and len(loaded.layers) == len(trained.layers)
 
 
+def test_result_save_stores_the_model_and_load_rebuilds_it(trained, mixture_target, tmp_path):
+    res = sampler.sample(mixture_target, "neural-jko", model=trained, n_particles=200, n_replicas=2, seed=29)
+    assert res.models["neural-jko"] is trained
+    res.save(tmp_path / "run.nc")
+    loaded = sampler.load(tmp_path / "run.nc")
+    torch.testing.assert_close(loaded.samples, res.samples, rtol=0, atol=0)
+    model = loaded.models["neural-jko"]
+    assert isinstance(model, NeuralJKOModel) and model.spec() == trained.spec()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in trained.state_dict().items())
+    model.attach(mixture_target)
+    assert torch.equal(model.sample(300, gen(30)).x, trained.sample(300, gen(30)).x)
+
+
+def test_loading_a_crafted_pickle_is_refused(tmp_path):
+    """NeuralJKOModel.load reads with weights_only=True: a pickle that would run code is refused."""
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    file = tmp_path / "evil.pt"
+    torch.save({"spec": {}, "state_dict": {}, "history": [Payload()]}, file)
+    with pytest.raises(sampler.errors.PersistenceError, match="cannot read"):
+        NeuralJKOModel.load(file)
+
+
 def test_bad_options_are_configuration_errors():
     with pytest.raises(sampler.errors.ConfigurationError, match="unknown neural-jko option"):
         sampler.method("neural-jko", n_flows=3)

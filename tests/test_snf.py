@@ -359,6 +359,19 @@ def test_save_load_roundtrip_gives_identical_samples(tmp_path):
         SNF.load(tmp_path / "bad.pt")
 
 
+def test_result_save_stores_the_trained_flow_and_load_rebuilds_it(tmp_path):
+    target = sampler.get_target("double-well")
+    res = sampler.sample(target, "snf", n_stages=2, hidden=(8,), iterations=3, batch_size=32, n_particles=100, n_replicas=1, seed=4, dtype=DTYPE)
+    flow = res.models["snf"]
+    res.save(tmp_path / "run.nc")
+    loaded = sampler.load(tmp_path / "run.nc").models["snf"]
+    assert isinstance(loaded, SNF) and loaded.dtype == DTYPE and loaded.config == flow.config
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in flow.state_dict().items())
+    x1, w1 = flow.sample(target, 50, seed=5)
+    x2, w2 = loaded.sample(target, 50, seed=5)
+    assert torch.equal(x1, x2) and torch.equal(w1, w2)
+
+
 def test_bad_options_raise_configuration_errors():
     with pytest.raises(ConfigurationError):
         sampler.method("snf", loss="forward")

@@ -16,7 +16,7 @@ import sampler
 
 from sampler_plugins.neural_jko.cnf import CNFLayer
 from sampler_plugins.neural_jko.method import NeuralJKO, NeuralJKOResult, build_neural_jko
-from sampler_plugins.neural_jko.model import ModelSample, NeuralJKOModel
+from sampler_plugins.neural_jko.model import ModelSample, NeuralJKOModel, neural_jko_from_config
 from sampler_plugins.neural_jko.rejection import RejectionLayer, fit_log_c
 from sampler_plugins.neural_jko.train import PRESETS, NeuralJKOConfig, resolve_config, train_model
 from sampler_plugins.neural_jko.transports import LayerTransport, ModelTransport, layer_transports
@@ -37,6 +37,7 @@ __all__ = [
     "build_neural_jko",
     "fit_log_c",
     "layer_transports",
+    "neural_jko_from_config",
     "resolve_config",
     "train_model",
 ]
@@ -44,5 +45,6 @@ __all__ = [
 
 @sampler.hookimpl
 def sampler_register(registry) -> None:
-    """Register the ``neural-jko`` method."""
+    """Register the ``neural-jko`` method and its model (for saved results)."""
     registry.add_method("neural-jko", build_neural_jko)
+    registry.add_model("neural-jko", neural_jko_from_config, "trained neural JKO model (spec + weights and buffers)")

@@ -38,6 +38,10 @@ __all__ = ["NeuralJKO", "NeuralJKOResult", "build_neural_jko"]
 class NeuralJKOResult(Result):
     """A :class:`sampler.Result` that also carries the trained model.
 
+    The model is also in ``models["neural-jko"]``: ``result.save(path)`` stores it beside the
+    samples and ``sampler.load(path).models["neural-jko"]`` rebuilds it (``attach`` a target
+    before sampling from it).
+
     Attributes:
         model: the :class:`NeuralJKOModel` (attached to the target).
         config: the :class:`NeuralJKOConfig` it was trained with (``None`` for a given model).
@@ -151,6 +155,7 @@ class NeuralJKO:
                 "n_nonfinite": res.n_nonfinite + counter.nonfinite,
                 "seed": cfg.seed,
                 "wall_time": res.wall_time + training_time,
+                "models": {"neural-jko": model},
             },
             model=model,
             config=config,

@@ -22,14 +22,14 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from sampler.errors import ConfigurationError
+from sampler.errors import ConfigurationError, PersistenceError
 from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath
 from sampler.targets.base import Target
 
 from sampler_plugins.neural_jko.cnf import CNFLayer
 from sampler_plugins.neural_jko.rejection import RejectionLayer
 
-__all__ = ["NeuralJKOModel", "ModelSample", "Batch"]
+__all__ = ["NeuralJKOModel", "ModelSample", "Batch", "neural_jko_from_config"]
 
 _FORMAT = "sampler-neural-jko/1"
 
@@ -342,14 +342,30 @@ class NeuralJKOModel(nn.Module):
                 model.layers.append(RejectionLayer(rate=layer["rate"]))
         return model
 
+    #: Name of the registered model factory (``Result.save`` / ``sampler.load``).
+    model_name = "neural-jko"
+
+    def model_config(self) -> dict[str, Any]:
+        """JSON config that rebuilds the model's structure (:meth:`spec`)."""
+        return self.spec()
+
     def save(self, file: str | Path) -> None:
         """Save structure, weights and buffers (and the training history) to ``file``."""
         torch.save({"spec": self.spec(), "state_dict": self.state_dict(), "history": self.history}, file)
 
     @classmethod
     def load(cls, file: str | Path, target: Target | None = None, map_location: str | torch.device | None = None) -> NeuralJKOModel:
-        """Load a model saved with :meth:`save` (attach ``target`` for sampling)."""
-        blob = torch.load(file, map_location=map_location, weights_only=False)
+        """Load a model saved with :meth:`save` (attach ``target`` for sampling).
+
+        The file is read with ``torch.load(..., weights_only=True)``: tensors and plain
+        containers only, so a file never runs code; anything else raises ``PersistenceError``.
+        """
+        try:
+            blob = torch.load(file, map_location=map_location, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 -- unreadable, truncated or foreign files alike
+            raise PersistenceError(f"cannot read a neural JKO model from {file}: {exc}") from None
+        if not isinstance(blob, dict) or not isinstance(blob.get("spec"), dict) or "state_dict" not in blob:
+            raise PersistenceError(f"{file} is not a neural JKO model written by NeuralJKOModel.save")
         model = cls.from_spec(blob["spec"])
         model.load_state_dict(blob["state_dict"])
         model.history = list(blob.get("history", []))
@@ -361,6 +377,18 @@ class NeuralJKOModel(nn.Module):
 
     def __iter__(self) -> Iterator[nn.Module]:
         return iter(self.layers)
+
+
+def neural_jko_from_config(**spec: Any) -> NeuralJKOModel:
+    """An untrained :class:`NeuralJKOModel` of the structure ``spec`` (``model_config()``).
+
+    ``sampler.load`` uses it to rebuild the model saved with a result, then loads the weights;
+    call ``model.attach(target)`` before sampling (rejection layers evaluate the target).
+    """
+    try:
+        return NeuralJKOModel.from_spec(spec)
+    except (ConfigurationError, KeyError, TypeError) as exc:
+        raise PersistenceError(f"not a valid neural JKO model config: {exc}") from None
 
 
 class _NoTarget(Target):

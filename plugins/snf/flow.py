@@ -37,7 +37,7 @@ from sampler.targets.base import Target, as_target
 from sampler_plugins.snf.layers import CouplingBlock, LangevinLayer, MetropolisLayer
 from sampler_plugins.snf.paths import DifferentiablePath
 
-__all__ = ["Stage", "SNF", "SNFTransport", "SNFCorrector", "PathSample"]
+__all__ = ["Stage", "SNF", "SNFTransport", "SNFCorrector", "PathSample", "snf_from_config"]
 
 
 class Stage(nn.Module):
@@ -315,6 +315,13 @@ class SNF(nn.Module):
             raise ConfigurationError(f"this SNF has dim {self.dim}, the target has dim {dim}")
 
     # -- persistence -------------------------------------------------------------------------
+    #: Name of the registered model factory (``Result.save`` / ``sampler.load``).
+    model_name = "snf"
+
+    def model_config(self) -> dict[str, Any]:
+        """JSON config that rebuilds this flow (with its dtype) through :func:`snf_from_config`."""
+        return {**self.config, "dtype": str(self.dtype).removeprefix("torch.")}
+
     def save(self, file: str | Path) -> None:
         """Write the configuration and parameters (``torch.save``) to ``file``."""
         torch.save({"format": "sampler-snf-1", "config": self.config, "state": self.state_dict()}, file)
@@ -394,3 +401,13 @@ def _stage(model: SNF, ctx: StepContext) -> Stage:
     if bool((ctx.t != stage.t).any()):
         raise sampler.errors.RunError(f"SNF stage {k} is at t = {stage.t}, the schedule is at {ctx.t.tolist()}")
     return stage
+
+
+def snf_from_config(dtype: str = "float32", **config: Any) -> SNF:
+    """An untrained :class:`SNF` of the structure and dtype in ``config`` (see ``SNF.model_config``).
+
+    ``sampler.load`` uses it to rebuild the flow saved with a result, then loads the weights.
+    """
+    if dtype not in ("float32", "float64", "float16", "bfloat16"):
+        raise PersistenceError(f"unknown SNF dtype {dtype!r} in a saved config")
+    return SNF(**config).to(dtype=getattr(torch, dtype))

@@ -32,7 +32,8 @@ class SNFMethod:
     ``n_target_evals`` / ``n_grad_evals`` and ``wall_time`` include training;
     ``options["training"]`` breaks the training part down (so the per-stage statistics sum to
     the totals minus R x N minus the training evaluations). The trained flow is kept as
-    :attr:`model` (``save``/``load``, ``sample``).
+    :attr:`model` (``save``/``load``, ``sample``) and in the Result's ``models["snf"]``, so
+    ``result.save(path)`` stores it beside the samples and ``sampler.load(path)`` rebuilds it.
 
     Args:
         n_stages, n_couplings, hidden, langevin_steps, mh_steps, mh_kernel, langevin_step_size,
@@ -138,6 +139,7 @@ class SNFMethod:
             n_nonfinite=res.n_nonfinite + log.nonfinite,
             wall_time=time.perf_counter() - start,
             device=str(cfg.device),
+            models={"snf": model},
         )
 
 
