@@ -36,6 +36,17 @@ def test_run_suite_scores_against_exact_samples(tmp_path):
     assert all((out / "plots" / p).stat().st_size > 1000 for p in pngs)
 
 
+def test_built_in_plugin_methods_run_in_the_harness():
+    """Every built-in plugin method runs through the same harness (smoke budget options) and is scored."""
+    methods = ["tt-smc", "snf", "interpolant-langevin", "mmd-flow"]
+    report = run_suite(methods, ["8modes"], seeds=1, budget="smoke")
+    assert [r.method for r in report.records] == methods
+    for r in report.records:
+        assert r.error is None and r.energy_distance is not None and r.grad_evals > 0
+    no_density = {r.method: r.log_Z for r in report.records}
+    assert no_density["interpolant-langevin"] is None and no_density["tt-smc"] is not None
+
+
 def test_high_dimensional_marginal_plot_and_unknown_log_Z(tmp_path):
     report = run_suite(["smc"], ["funnel"], seeds=1, budget="smoke")
     out = report.write(tmp_path)

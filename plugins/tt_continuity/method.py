@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from sampler import Pipeline, corrector
@@ -12,25 +13,10 @@ from sampler_plugins.tt_continuity.transport import TTFlow
 
 __all__ = ["build_tt_smc", "TT_OPTIONS"]
 
-#: Options of :class:`TTFlow` that ``tt-smc`` passes through.
-TT_OPTIONS = (
-    "basis",
-    "n_basis",
-    "rank",
-    "adaptive_rank",
-    "target_residual",
-    "round_eps",
-    "ema",
-    "n_sweeps",
-    "ridge",
-    "fit_constant",
-    "box_width",
-    "window",
-    "flow_scale",
-    "flow_until",
-    "min_jacobian",
-    "warm_start",
-)
+#: Options of :class:`TTFlow` that ``tt-smc`` passes through, with their defaults.
+TT_OPTIONS: dict[str, Any] = {
+    name: p.default for name, p in inspect.signature(TTFlow.__init__).parameters.items() if name != "self"
+}
 
 _KERNELS = ("mala", "hmc", "rwmh", "ula")
 
@@ -44,23 +30,7 @@ def build_tt_smc(
     schedule: Schedule | None = None,
     reference_loc=None,
     reference_scale=None,
-    basis: str = "legendre",
-    n_basis: int = 6,
-    rank: int = 4,
-    adaptive_rank: bool = True,
-    target_residual: float = 0.05,
-    round_eps: float = 1e-3,
-    ema: float = 0.5,
-    n_sweeps: int = 2,
-    ridge: float = 1e-6,
-    fit_constant: bool = True,
-    box_width: float = 4.0,
-    window: float = 0.25,
-    flow_scale: float = 1.0,
-    flow_until: float = 1.0,
-    min_jacobian: float = 0.5,
-    warm_start: bool = False,
-    **kernel_options: Any,
+    **options: Any,
 ) -> Pipeline:
     """Adaptive tempered SMC whose stages start with a TT flow step (Hagemann et al. 2024).
 
@@ -80,33 +50,19 @@ def build_tt_smc(
         scheme: resampling scheme.
         schedule: a fixed :mod:`sampler.schedules` schedule instead of the adaptive one.
         reference_loc, reference_scale: override the target's default Gaussian reference.
-        basis, n_basis, rank, adaptive_rank, target_residual, round_eps, ema, n_sweeps,
-            ridge, fit_constant, box_width, window, flow_scale, flow_until, min_jacobian, warm_start: the TT
-            flow's options (see :class:`~sampler_plugins.tt_continuity.TTFlow`).
-        **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``, ...).
+        **options: the TT flow's options (:data:`TT_OPTIONS`: ``basis``, ``n_basis``, ``rank``,
+            ``adaptive_rank``, ``target_residual``, ``round_eps``, ``ema``, ``n_sweeps``,
+            ``ridge``, ``fit_constant``, ``box_width``, ``window``, ``flow_scale``,
+            ``flow_until``, ``min_jacobian``, ``warm_start``, ``cross_fit``; see
+            :class:`~sampler_plugins.tt_continuity.TTFlow`); the others go to the kernel
+            (``step_size``, ``target_acceptance``, ...).
     """
     if kernel not in _KERNELS:
         raise ConfigurationError(f"kernel must be one of {', '.join(_KERNELS)}, got {kernel!r}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ConfigurationError(f"n_steps must be a non-negative integer, got {n_steps!r}")
-    tt = dict(
-        basis=basis,
-        n_basis=n_basis,
-        rank=rank,
-        adaptive_rank=adaptive_rank,
-        target_residual=target_residual,
-        round_eps=round_eps,
-        ema=ema,
-        n_sweeps=n_sweeps,
-        ridge=ridge,
-        fit_constant=fit_constant,
-        box_width=box_width,
-        window=window,
-        flow_scale=flow_scale,
-        flow_until=flow_until,
-        min_jacobian=min_jacobian,
-        warm_start=warm_start,
-    )
+    tt = {**TT_OPTIONS, **{k: options.pop(k) for k in list(options) if k in TT_OPTIONS}}
+    kernel_options = options
     steps = [TTFlow(**tt), corrector("resample", scheme=scheme, threshold=resample_threshold)]
     if n_steps > 0:
         steps.append(corrector(kernel, n_steps=n_steps, **kernel_options))
