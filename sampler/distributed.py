@@ -47,6 +47,7 @@ __all__ = [
     "rank",
     "world_size",
     "is_main_process",
+    "agree",
     "default_timeout",
     "Shard",
     "ParticleStreams",
@@ -134,6 +135,21 @@ def init_from_env(backend: str | None = None, timeout: float | datetime.timedelt
     dist.init_process_group(backend, timeout=timeout)
     log.debug("initialized %s process group: rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
     return True
+
+
+def _comm_device(group=None) -> torch.device:
+    """Where the group's collectives take tensors: CUDA for NCCL, else the CPU."""
+    nccl = _dist().get_backend(group) == "nccl"
+    return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+
+def agree(value: int) -> int:
+    """Rank 0's ``value`` on every rank of the default group (``value`` itself without a group)."""
+    if world_size() == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=_comm_device())
+    _dist().broadcast(t, src=0)
+    return int(t.item())
 
 
 # -- the particle axis ------------------------------------------------------------------------------
@@ -252,8 +268,7 @@ class Shard:
         self.bounds = shard_bounds(self.n_particles, self.world_size)
         self.start, self.stop = self.bounds[self.rank], self.bounds[self.rank + 1]
         self.sizes = [b - a for a, b in zip(self.bounds, self.bounds[1:])]
-        backend = dist.get_backend(group) if use_group else None
-        self.comm_device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        self.comm_device = _comm_device(group) if use_group else torch.device("cpu")
         self._cache: list[tuple[Tensor, Tensor]] = []
 
     @property
@@ -318,6 +333,15 @@ class Shard:
         t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=self.comm_device)
         self._collective("all_reduce of evaluation counts", _dist().all_reduce, t)
         return [int(v) for v in t.tolist()]
+
+    def agree(self, value: int) -> int:
+        """Rank 0's ``value`` (an int, e.g. a seed drawn at random) on every rank."""
+        if self.world_size == 1:
+            return int(value)
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.comm_device)
+        src = 0 if self.group is None else _dist().get_global_rank(self.group, 0)
+        self._collective("broadcast of the seed", _dist().broadcast, t, src=src)
+        return int(t.item())
 
     def mean_probability(self, values: Tensor) -> Tensor:
         """Mean over all N particles of probabilities ``(R, N_local)`` in [0, 1] -> ``(R,)`` float64.

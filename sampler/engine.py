@@ -284,7 +284,10 @@ class Pipeline:
         """
         cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
         ckpt = Checkpoint.create(checkpoint, checkpoint_every)
-        return self._run(as_target(target), cfg, ckpt, None, self._shard(distributed, cfg))
+        shard = self._shard(distributed, cfg)
+        if shard is not None:  # one seed for all ranks (each may have drawn its own at random)
+            cfg = attrs.evolve(cfg, seed=shard.agree(cfg.seed))
+        return self._run(as_target(target), cfg, ckpt, None, shard)
 
     def _shard(self, distributed: bool | None, cfg: RunSettings) -> Shard | None:
         """The shard of a sharded run (``None`` for an ordinary one); see :meth:`run`."""
