@@ -30,7 +30,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -192,7 +192,8 @@ class ParticleStreams:
     Args:
         seed: the run's seed.
         n_particles: N, the global number of particles per replica.
-        start, stop: this rank's global index range.
+        start: first global index of this rank's particles.
+        stop: one past the last global index of this rank's particles.
         device: where the numbers are generated.
     """
 
@@ -253,7 +254,7 @@ class Shard:
         group: a process group (default: the default group when one is initialized, else none).
     """
 
-    def __init__(self, n_particles: int, device: torch.device | str, group=None):
+    def __init__(self, n_particles: int, device: torch.device | str, group: Any = None):
         self.device = torch.device(device)
         self.group = group
         use_group = group is not None or is_initialized()
