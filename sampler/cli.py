@@ -130,7 +130,18 @@ def _resume_target(args: argparse.Namespace, data: CheckpointData) -> Target | N
 def _cmd_run(args: argparse.Namespace) -> int:
     # Under torchrun (RANK, WORLD_SIZE, MASTER_ADDR set) join the process group: the particles of
     # a method that supports it are sharded over the ranks; rank 0 alone prints and writes files.
-    distributed.init_from_env()
+    started = not distributed.is_initialized() and distributed.init_from_env()
+    ok = False
+    try:
+        status = _run_command(args)
+        ok = True
+        return status
+    finally:
+        if started:  # every rank waits for rank 0's output, then leaves the group it joined
+            distributed.shutdown(wait=ok)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     main = distributed.is_main_process()
     if args.resume:
         data = read_checkpoint(args.resume)
@@ -162,6 +173,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if supports
             else {}
         )
+        if not main and "distributed" not in parameters:
+            extra = {}  # a runner that does not shard runs whole on every rank: only rank 0 saves it
         if args.distributed:
             if "distributed" not in parameters:
                 raise ConfigurationError(f"method {args.method!r} cannot shard its particles (--distributed)")

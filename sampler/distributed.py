@@ -48,6 +48,7 @@ __all__ = [
     "world_size",
     "is_main_process",
     "agree",
+    "shutdown",
     "default_timeout",
     "Shard",
     "ParticleStreams",
@@ -150,6 +151,22 @@ def agree(value: int) -> int:
     t = torch.tensor([int(value)], dtype=torch.int64, device=_comm_device())
     _dist().broadcast(t, src=0)
     return int(t.item())
+
+
+def shutdown(wait: bool = True) -> None:
+    """Destroy the default process group (after a barrier if ``wait``); nothing without one.
+
+    A process that exits with its group still alive may abort at exit ("terminate called
+    without an active exception"); the command line calls this for the group it started.
+    """
+    if not is_initialized():
+        return
+    dist = _dist()
+    try:
+        if wait:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 # -- the particle axis ------------------------------------------------------------------------------
@@ -297,11 +314,13 @@ class Shard:
         if self.world_size > 1:
             self._cache = [(local, full), *self._cache[:3]]
 
-    def gather(self, values: Tensor, what: str = "per-particle values") -> Tensor:
+    def gather(self, values: Tensor, what: str = "per-particle values", keep: bool = False) -> Tensor:
         """All ranks' shards along the particle axis: ``(R, N_local, ...)`` -> ``(R, N, ...)``.
 
         One ``all_gather`` of ``R * ceil(N / K) * prod(...)`` elements per rank (shards are
-        padded to equal size).
+        padded to equal size), unless ``values`` was gathered (with ``keep``) or
+        :meth:`remember` ed before: log weights are gathered once and reused by the schedule,
+        the reweighting and the resampling of a stage.
         """
         if self.world_size == 1:
             return values
@@ -318,7 +337,8 @@ class Shard:
         out = [torch.empty_like(buf) for _ in range(self.world_size)]
         self._collective(f"all_gather of {what}", _dist().all_gather, out, buf)
         full = torch.cat([o[:, :n] for o, n in zip(out, self.sizes)], 1).to(values.device)
-        self.remember(values, full)
+        if keep:
+            self.remember(values, full)
         return full
 
     def local(self, full: Tensor) -> Tensor:

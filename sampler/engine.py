@@ -32,7 +32,7 @@ from sampler.checkpoint import (
     tree_to_state,
     write_checkpoint,
 )
-from sampler.distributed import ParticleStreams, Shard, is_initialized
+from sampler.distributed import ParticleStreams, Shard, agree, is_initialized, is_main_process
 from sampler.errors import (
     ConfigurationError,
     Interrupted,
@@ -194,7 +194,7 @@ def _reweight_sharded(particles: Particles, log_increment: Tensor, step: int, t:
     Every rank computes the same full-length log-sum-exp as one process would, so log Z and
     the weights are the same bits for any number of ranks.
     """
-    full_w = shard.gather(particles.log_weights, "log weights")
+    full_w = shard.gather(particles.log_weights, "log weights", keep=True)
     full_inc = shard.gather(log_increment.to(torch.float64), "log-weight increments")
     log_weights, log_Z, lse = _reweighted(full_w, full_inc, particles.log_Z, step, t)
     local = shard.local(log_weights)
@@ -285,9 +285,10 @@ class Pipeline:
         cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
         ckpt = Checkpoint.create(checkpoint, checkpoint_every)
         shard = self._shard(distributed, cfg)
-        if shard is not None:  # one seed for all ranks (each may have drawn its own at random)
-            cfg = attrs.evolve(cfg, seed=shard.agree(cfg.seed))
-        return self._run(as_target(target), cfg, ckpt, None, shard)
+        replicated = shard is None and distributed is None and is_initialized()
+        if shard is not None or replicated:  # one seed for all ranks (each may have drawn its own at random)
+            cfg = attrs.evolve(cfg, seed=shard.agree(cfg.seed) if shard is not None else agree(cfg.seed))
+        return self._run(as_target(target), cfg, ckpt, None, shard, main=not replicated or is_main_process())
 
     def _shard(self, distributed: bool | None, cfg: RunSettings) -> Shard | None:
         """The shard of a sharded run (``None`` for an ordinary one); see :meth:`run`."""
@@ -334,12 +335,21 @@ class Pipeline:
         every = run.get("every") if checkpoint_every is None else checkpoint_every
         path = checkpoint if not isinstance(checkpoint, CheckpointData) else run["path"]
         ckpt = Checkpoint(path, every, run.get("metadata", {}))
-        # A sharded run resumes sharded, over however many ranks there are now; an ordinary one as before.
-        return self._run(target, cfg, ckpt, data, self._shard(True, cfg) if run.get("sharded") else None)
+        # A sharded run resumes sharded, over however many ranks there are now; an ordinary one as
+        # before (under a process group: the same run on every rank, rank 0 writing).
+        shard = self._shard(True, cfg) if run.get("sharded") else None
+        return self._run(target, cfg, ckpt, data, shard, main=shard is not None or is_main_process())
 
     def _run(
-        self, target: Target, cfg: RunSettings, ckpt: Checkpoint | None, resume: CheckpointData | None, shard: Shard | None = None
+        self,
+        target: Target,
+        cfg: RunSettings,
+        ckpt: Checkpoint | None,
+        resume: CheckpointData | None,
+        shard: Shard | None = None,
+        main: bool = True,
     ) -> Result:
+        """The run; ``shard`` for a sharded one; ``main`` False on ranks that neither write nor show progress."""
         reference = self.reference or make_reference(target, self.reference_loc, self.reference_scale)
         if reference.dim != target.dim:
             raise ConfigurationError(f"reference has dim {reference.dim} but the target has dim {target.dim}")
@@ -347,7 +357,7 @@ class Pipeline:
         path = GeometricPath(reference, target, EvaluationCounter())
         needs_grad = any(s.needs_grad for s in self.steps)
         streams = None if shard is None else ParticleStreams(cfg.seed, cfg.n_particles, shard.start, shard.stop, cfg.device)
-        main = shard is None or shard.rank == 0
+        main = main and (shard is None or shard.rank == 0)
         start = time.perf_counter()
 
         if resume is None:
@@ -642,7 +652,7 @@ def _global_view(particles: Particles, shard: Shard, uses_particles: bool) -> Pa
         return particles
     ev = particles.evaluation
     full = shard.gather(torch.stack([ev.log_ref, ev.log_target], -1), "log densities")
-    log_w = shard.gather(particles.log_weights, "log weights")
+    log_w = shard.gather(particles.log_weights, "log weights", keep=True)
     r, n = log_w.shape
     x = particles.x.new_zeros(()).expand(r, n, particles.dim)
     return Particles(x=x, log_weights=log_w, log_Z=particles.log_Z, evaluation=PathEvaluation(full[..., 0], full[..., 1]))

@@ -88,7 +88,7 @@ class StepContext:
     def global_log_weights(self, particles: Particles) -> Tensor:
         """The normalized log weights of all N particles, ``(R, N)`` float64."""
         if self.shard is not None:
-            return self.shard.gather(particles.log_weights, "log weights")
+            return self.shard.gather(particles.log_weights, "log weights", keep=True)
         return particles.log_weights
 
     def select(self, particles: Particles, ancestors: Tensor, log_weights: Tensor) -> Particles:
