@@ -194,10 +194,15 @@ def _worker_faulty(rank: int, world: int, rendezvous: str, workdir: str, mode: s
 
 
 def test_a_rank_that_raises_fails_the_run(tmp_path):
+    """The job ends with the error, well before the 60 s timeout. spawn reports the first rank
+    it sees fail: rank 1 with its own error, or rank 0, whose collective broke when rank 1's
+    process ended, with a DistributedError that says so."""
     start = time.perf_counter()
-    with pytest.raises(mp.ProcessRaisedException, match="rank 1 target exploded"):
+    with pytest.raises(mp.ProcessRaisedException) as info:
         _spawn(_worker_faulty, 2, tmp_path, "raise", 60.0)
-    assert time.perf_counter() - start < 40  # not the 60 s timeout: the failing process ends the job
+    message = str(info.value)
+    assert "rank 1 target exploded" in message or ("DistributedError: rank 0 of 2" in message and "Another rank probably raised" in message), message
+    assert time.perf_counter() - start < 40
 
 
 def test_a_stalled_rank_times_out_with_a_clear_error(tmp_path):
