@@ -102,6 +102,7 @@ def sample(
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    distributed: bool | None = None,
     **options: Any,
 ) -> Result:
     """Sample ``target`` with a registered method and return a :class:`~sampler.result.Result`.
@@ -118,6 +119,9 @@ def sample(
         checkpoint: a file where the run saves its state when interrupted (Ctrl-C raises
             :class:`~sampler.errors.Interrupted` after saving) and, with ``checkpoint_every=K``,
             after every K stages; :func:`resume` continues from it.
+        distributed: shard the particles across the ranks of the ``torch.distributed`` process
+            group (see :meth:`sampler.Pipeline.run` and :mod:`sampler.distributed`); ``None``
+            lets a method that supports it decide (sharded when a group is initialized).
         **options: passed to the method's builder (e.g. ``n_steps=10`` MCMC moves per stage).
     """
     tgt = get_target(target) if isinstance(target, str) else target
@@ -130,6 +134,12 @@ def sample(
         if ckpt is not None:
             ckpt = attrs.evolve(ckpt, metadata={**ckpt.metadata, **build_metadata(method, options)})
         extra = {"checkpoint": ckpt}
+    if distributed is not None:
+        if "distributed" not in inspect.signature(runner.run).parameters:
+            if distributed:
+                raise ConfigurationError(f"method {method!r} cannot shard its particles across processes (distributed=True)")
+        else:
+            extra["distributed"] = distributed
     return runner.run(
         tgt, n_particles=n_particles, n_replicas=n_replicas, seed=seed, device=device, dtype=dtype, progress=progress, **extra
     )

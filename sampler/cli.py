@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import sampler
+from sampler import distributed
 from sampler.api import DEFAULT_METHOD, DEFAULT_TARGET
 from sampler.checkpoint import Checkpoint, CheckpointData, build_metadata, read_checkpoint
 from sampler.errors import ConfigurationError, Interrupted, SamplerError, TargetError
@@ -33,6 +34,7 @@ EXAMPLES = """examples:
   sampler run my_energy.py:energy --dim 3       # a plain energy function U(x)
   sampler run funnel --checkpoint run.ckpt --checkpoint-every 10
   sampler run --resume run.ckpt                 # continue after Ctrl-C or a crash
+  torchrun --nproc-per-node=4 -m sampler run funnel --particles 100000   # particles sharded over 4 processes
   sampler diagnose result.nc
   sampler plot result.nc --out figures/
 """
@@ -126,20 +128,38 @@ def _resume_target(args: argparse.Namespace, data: CheckpointData) -> Target | N
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # Under torchrun (RANK, WORLD_SIZE, MASTER_ADDR set) join the process group: the particles of
+    # a method that supports it are sharded over the ranks; rank 0 alone prints and writes files.
+    started = not distributed.is_initialized() and distributed.init_from_env()
+    ok = False
+    try:
+        status = _run_command(args)
+        ok = True
+        return status
+    finally:
+        if started:  # every rank waits for rank 0's output, then leaves the group it joined
+            distributed.shutdown(wait=ok)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    main = distributed.is_main_process()
     if args.resume:
         data = read_checkpoint(args.resume)
         log.info("resuming %s on %s after stage %d of a previous run", data.run["method"], data.run["target"], data.step)
         target = _resume_target(args, data)
-        result = sampler.resume(args.resume, target=target, progress=_progress(args), checkpoint_every=args.checkpoint_every)
+        result = sampler.resume(args.resume, target=target, progress=_progress(args) if main else False, checkpoint_every=args.checkpoint_every)
     else:
         spec = args.target or DEFAULT_TARGET
         target_options = _parse_options(args.target_option, "--target-option")
         target = load_target(spec, target_options, args.dim)
         options = _parse_options(args.option, "--option")
         seed = args.seed if args.seed is not None else secrets.randbits(31)
+        if distributed.world_size() > 1:  # the seed printed (and in the checkpoint name) is rank 0's
+            seed = distributed.agree(seed)
         checkpoint = Path(args.checkpoint or f"{_slug(target.name)}-{args.method}-seed{seed}.ckpt")
         runner = sampler.method(args.method, **options)
-        supports = "checkpoint" in inspect.signature(runner.run).parameters
+        parameters = inspect.signature(runner.run).parameters
+        supports = "checkpoint" in parameters
         if not supports and (args.checkpoint or args.checkpoint_every):
             raise ConfigurationError(f"method {args.method!r} does not support checkpoints")
         extra = (
@@ -153,6 +173,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if supports
             else {}
         )
+        if not main and "distributed" not in parameters:
+            extra = {}  # a runner that does not shard runs whole on every rank: only rank 0 saves it
+        if args.distributed:
+            if "distributed" not in parameters:
+                raise ConfigurationError(f"method {args.method!r} cannot shard its particles (--distributed)")
+            extra["distributed"] = True
         try:
             result = runner.run(
                 target,
@@ -161,7 +187,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 seed=seed,
                 device=args.device,
                 dtype=args.dtype,
-                progress=_progress(args),
+                progress=_progress(args) if main else False,
                 **extra,
             )
         except Interrupted as exc:
@@ -172,6 +198,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130
+    if not main:
+        return 0
     print(sampler.summary(result, target=target))
     print(f"{'seed':<24}  {result.seed}  (repeat with --seed {result.seed})")
     if args.out:
@@ -305,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint file (default on Ctrl-C: TARGET-METHOD-seedS.ckpt)")
     run.add_argument("--checkpoint-every", type=int, default=None, metavar="K", help="write the checkpoint every K annealing stages")
     run.add_argument("--resume", default=None, metavar="FILE", help="continue the run saved in this checkpoint")
+    run.add_argument(
+        "--distributed",
+        action="store_true",
+        help="per-particle random streams, as under torchrun: the same result for 1 or K processes",
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     run.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
     run.set_defaults(func=_cmd_run)
@@ -377,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except SamplerError as exc:
-        print(f"sampler: error: {exc}", file=sys.stderr)
+        where = f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
+        print(f"sampler: error{where}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sampler: interrupted", file=sys.stderr)

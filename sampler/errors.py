@@ -31,6 +31,11 @@ class NonFiniteError(RunError):
     """Every particle of a replica has a NaN/+inf (or zero) density, so no weight is left."""
 
 
+class DistributedError(RunError):
+    """A sharded run lost its peers: a collective failed or timed out (another rank raised,
+    stopped or fell behind by more than the process group's timeout), or the ranks disagree."""
+
+
 class PersistenceError(SamplerError):
     """A saved result, model or checkpoint cannot be written or read (corrupt, unsafe, wrong version)."""
 

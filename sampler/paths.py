@@ -65,7 +65,10 @@ class GaussianReference:
     def sample(self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> Tensor:
         """Draw ``shape + (dim,)`` samples on the generator's device."""
         device = generator.device
-        z = torch.randn(*shape, self.dim, generator=generator, device=device, dtype=dtype)
+        return self.from_standard(torch.randn(*shape, self.dim, generator=generator, device=device, dtype=dtype))
+
+    def from_standard(self, z: Tensor) -> Tensor:
+        """``loc + scale * z``: reference draws from standard normal ``z`` ``(..., dim)``."""
         loc, scale = self._params(z)
         return loc + scale * z
 

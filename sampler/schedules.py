@@ -30,6 +30,12 @@ class Schedule(abc.ABC):
 
     #: Number of steps when known in advance (``None`` for adaptive schedules).
     n_steps: int | None = None
+    #: Whether a sharded run (:mod:`sampler.distributed`) may use it. There the schedule gets
+    #: the log weights and cached log densities of all N particles (``Particles.x`` is then a
+    #: zero placeholder of shape ``(R, N, d)``: positions are not gathered).
+    shardable: bool = False
+    #: Whether :meth:`next_time` looks at the particles (if not, a sharded run gathers nothing).
+    uses_particles: bool = True
 
     @abc.abstractmethod
     def next_time(self, step: int, t: Tensor, particles: Particles, path: GeometricPath) -> Tensor:
@@ -44,6 +50,9 @@ def as_times(t: float | Tensor, particles: Particles) -> Tensor:
 
 class Fixed(Schedule):
     """An explicit, strictly increasing list of times from 0 to 1."""
+
+    shardable = True
+    uses_particles = False
 
     def __init__(self, times: Sequence[float]):
         ts = [float(t) for t in times]
@@ -118,6 +127,8 @@ class Adaptive(Schedule):
     ``min_step`` bounds the number of steps; ``max_steps`` stops a run that makes no progress
     with :class:`~sampler.errors.RunError`.
     """
+
+    shardable = True
 
     def __init__(self, target_ess: float = 0.5, min_step: float = 1e-6, max_steps: int = 10_000, tol: float = 1e-3):
         if not 0 < target_ess < 1:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -25,6 +26,9 @@ from torch import Tensor
 
 from sampler.particles import Particles
 from sampler.paths import GeometricPath
+
+if TYPE_CHECKING:
+    from sampler.distributed import ParticleStreams, Shard
 
 __all__ = ["StepContext", "StepOutput", "Step", "Transport", "Corrector"]
 
@@ -42,6 +46,16 @@ class StepContext:
         generator: the run's random generator (on the particles' device).
         needs_grad: whether cached evaluations must carry gradients (some step uses them); a
             transport that moves particles returns evaluations with gradients when it is true.
+        shard: in a sharded run (:mod:`sampler.distributed`), this rank's share of the particle
+            axis: particles have shape ``(R, N_local, ...)`` and anything over all N particles
+            goes through the helpers below. ``None`` in an ordinary run.
+        streams: in a sharded run, the per-particle random streams (keyed by the global particle
+            index, so the result does not depend on the number of ranks).
+
+    A step that declares ``shardable = True`` draws per-particle noise with :meth:`randn` and
+    :meth:`rand`, averages over particles with :meth:`mean_probability`, reads global weights
+    with :meth:`global_log_weights` and resamples with :meth:`select`; in an ordinary run these
+    are exactly the plain torch calls on ``generator`` and the local tensors.
     """
 
     path: GeometricPath
@@ -50,6 +64,43 @@ class StepContext:
     step: int
     generator: torch.Generator
     needs_grad: bool = False
+    shard: Shard | None = None
+    streams: ParticleStreams | None = None
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+        """Standard normal draws of ``shape = (R, N_local, *tail)``, one row per particle."""
+        if self.streams is not None:
+            return self.streams.randn(shape, dtype)
+        return torch.randn(tuple(shape), generator=self.generator, device=device or self.generator.device, dtype=dtype)
+
+    def rand(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+        """Uniform draws on [0, 1) of ``shape = (R, N_local, *tail)``, one row per particle."""
+        if self.streams is not None:
+            return self.streams.rand(shape, dtype)
+        return torch.rand(tuple(shape), generator=self.generator, device=device or self.generator.device, dtype=dtype)
+
+    def mean_probability(self, values: Tensor) -> Tensor:
+        """Mean over the particle axis of probabilities ``(R, N_local)`` -> ``(R,)`` (over all N when sharded)."""
+        if self.shard is not None:
+            return self.shard.mean_probability(values)
+        return values.mean(-1)
+
+    def global_log_weights(self, particles: Particles) -> Tensor:
+        """The normalized log weights of all N particles, ``(R, N)`` float64."""
+        if self.shard is not None:
+            return self.shard.gather(particles.log_weights, "log weights", keep=True)
+        return particles.log_weights
+
+    def select(self, particles: Particles, ancestors: Tensor, log_weights: Tensor) -> Particles:
+        """Particles after resampling: global ``ancestors`` ``(R, N)``, new global ``log_weights`` ``(R, N)``.
+
+        Returns this rank's share (all particles in an ordinary run).
+        """
+        if self.shard is None:
+            return attrs.evolve(particles.gather(ancestors), log_weights=log_weights)
+        local = self.shard.local(log_weights)
+        self.shard.remember(local, log_weights)
+        return attrs.evolve(self.shard.select(particles, ancestors), log_weights=local)
 
 
 @attrs.frozen
@@ -74,6 +125,9 @@ class Step(abc.ABC):
 
     #: Whether the step needs cached gradients of the path at the particles.
     needs_grad: bool = False
+    #: Whether the step works on a shard of the particles (see :class:`StepContext`): a sharded
+    #: run refuses steps that leave this False.
+    shardable: bool = False
 
     def init(self, particles: Particles, ctx: StepContext) -> Any:
         """Initial adapted state (``None`` by default)."""

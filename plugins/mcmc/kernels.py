@@ -54,6 +54,7 @@ class MetropolisCorrector(Corrector):
 
     default_acceptance: float = 0.5
     default_adapt_rate: float = 1.0
+    shardable = True
     #: Subclasses that always move (ULA) set this to False.
     metropolis: bool = True
 
@@ -108,13 +109,13 @@ class MetropolisCorrector(Corrector):
             log_alpha = prop.log_alpha.to(torch.float64)
             log_alpha = log_alpha.masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
             if self.metropolis:
-                u = torch.rand(log_alpha.shape, generator=ctx.generator, device=x.device, dtype=torch.float64)
+                u = ctx.rand(log_alpha.shape, torch.float64, x.device)
                 accept = torch.log(u) < log_alpha
                 x = torch.where(accept[..., None], prop.x, x)
                 ev = prop.evaluation.where(accept, ev)
             else:
                 x, ev = prop.x, prop.evaluation
-            rate = log_alpha.exp().mean(-1)
+            rate = ctx.mean_probability(log_alpha.exp())
             acceptance = acceptance + rate / self.n_steps
             if self.adapt:
                 eps = (eps * torch.exp(self.adapt_rate * (rate - self.target_acceptance))).clamp(*STEP_SIZE_BOUNDS)
@@ -128,7 +129,7 @@ class MetropolisCorrector(Corrector):
 
     @staticmethod
     def _noise(x: Tensor, ctx: StepContext) -> Tensor:
-        return torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
+        return ctx.randn(x.shape, x.dtype, x.device)
 
 
 def _langevin_mean(x: Tensor, grad: Tensor, eps: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 
 from sampler import Corrector, Particles, StepContext, StepOutput
 from sampler.errors import ConfigurationError
+from sampler.particles import ess as _ess
 from sampler.resampling import get_scheme
 
 
@@ -34,16 +35,18 @@ class Resample(Corrector):
         self.final = final
         self._resample = get_scheme(scheme)
 
+    shardable = True
+
     def apply(self, particles: Particles, state: None, ctx: StepContext) -> StepOutput:
-        ess = particles.ess()
-        uniform = (particles.log_weights == particles.log_weights[:, :1]).all(-1)
+        log_w = ctx.global_log_weights(particles)  # (R, N): the same on every rank of a sharded run
+        ess = _ess(log_w)
+        uniform = (log_w == log_w[:, :1]).all(-1)
         at_end = (ctx.t == 1.0) if self.final else torch.zeros_like(uniform)
         due = ((ess < self.threshold) | at_end) & ~uniform
         if not bool(due.any()):
             return StepOutput(particles, state, {"resampled": due.to(torch.float64)})
-        n = particles.n_particles
+        n = log_w.shape[1]
         keep = torch.arange(n, device=due.device).expand(particles.n_replicas, n)
-        idx = torch.where(due[:, None], self._resample(particles.log_weights, ctx.generator), keep)
-        new = particles.gather(idx)
-        log_w = torch.where(due[:, None], torch.full_like(particles.log_weights, -math.log(n)), particles.log_weights)
-        return StepOutput(attrs.evolve(new, log_weights=log_w), state, {"resampled": due.to(torch.float64)})
+        idx = torch.where(due[:, None], self._resample(log_w, ctx.generator), keep)
+        log_w = torch.where(due[:, None], torch.full_like(log_w, -math.log(n)), log_w)
+        return StepOutput(ctx.select(particles, idx, log_w), state, {"resampled": due.to(torch.float64)})
