@@ -124,6 +124,7 @@ def plot(summary: list[dict], floors: dict[str, float], file: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     targets = list(dict.fromkeys(r["target"] for r in summary))
     fig, axes = plt.subplots(2, len(targets), figsize=(3.4 * len(targets), 6.2), squeeze=False)
@@ -146,12 +147,13 @@ def plot(summary: list[dict], floors: dict[str, float], file: Path) -> None:
             ax = axes[i, j]
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.grid(alpha=0.3, which="both")
-            ax.set_xlabel("gradient evaluations (medians over seeds)")
+            ax.set_xlabel("gradient evaluations")
             if j == 0:
                 ax.set_ylabel(label)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("tt-smc vs smc: accuracy against gradient evaluations (labels: MALA sweeps per stage)")
+    fig.suptitle("tt-smc vs smc: accuracy against gradient evaluations (medians over seeds; labels: MALA sweeps per stage)")
     fig.tight_layout()
     fig.savefig(file, dpi=110)
     plt.close(fig)
