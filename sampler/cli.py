@@ -200,11 +200,13 @@ def _run_command(args: argparse.Namespace) -> int:
             return 130
     if not main:
         return 0
-    print(sampler.summary(result, target=target))
-    print(f"{'seed':<24}  {result.seed}  (repeat with --seed {result.seed})")
+    report = sampler.summary(result, target=target)
+    width = max(len(key) for key, _ in report.rows)  # line up with the summary's columns
+    print(report)
+    print(f"{'seed':<{width}}  {result.seed}  (repeat with --seed {result.seed})")
     if args.out:
         result.save(args.out)
-        print(f"{'saved':<24}  {args.out}")
+        print(f"{'saved':<{width}}  {args.out}")
     return 0
 
 
