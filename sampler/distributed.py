@@ -18,6 +18,14 @@ depend on ``K``:
 * **random numbers** per particle come from :class:`ParticleStreams`: counter-based streams
   keyed by (seed, draw, block of global indices), never by rank.
 
+Trainable transports train **data-parallel** (DDP-style) with the helpers at the end of this
+module: every rank draws its share (:func:`local_batch`) of each training batch from its own
+stream (:func:`rank_seed`), computes the loss on it, and the gradients are summed or averaged
+over the ranks (:func:`sum_gradients`, :func:`average_gradients`: one ``all_reduce`` per dtype of
+``number of parameters x itemsize`` bytes) before every rank takes the same optimizer step;
+other training statistics are summed with :func:`all_reduce_sum`, and a freshly initialized
+model is copied from rank 0 with :func:`broadcast_parameters`.
+
 :func:`init_from_env` starts the default process group from ``torchrun``'s environment; a
 :class:`Shard` with ``world_size == 1`` (no process group) runs the same scheme in one process
 and gives the same result as any number of ranks.
@@ -25,11 +33,13 @@ and gives the same result as any number of ranks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
+import warnings
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -54,6 +64,13 @@ __all__ = [
     "ParticleStreams",
     "shard_bounds",
     "block_size",
+    "local_batch",
+    "rank_seed",
+    "all_reduce_sum",
+    "sum_gradients",
+    "average_gradients",
+    "broadcast_parameters",
+    "replicated_sampling",
 ]
 
 log = logging.getLogger("sampler.distributed")
@@ -142,6 +159,33 @@ def _comm_device(group=None) -> torch.device:
     """Where the group's collectives take tensors: CUDA for NCCL, else the CPU."""
     nccl = _dist().get_backend(group) == "nccl"
     return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+
+def _collective_error(what: str, rank_: int, world: int, exc: BaseException) -> DistributedError:
+    """The error a failed collective raises: which rank, which collective, and what to look for."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DistributedError(
+        f"rank {rank_} of {world}: {what} failed. Another rank probably raised, stopped, or fell "
+        f"behind by more than the process group's timeout (set it with init_from_env(timeout=...) or "
+        f"SAMPLER_DIST_TIMEOUT); look for the first error in the other ranks' output. Cause: {first}"
+    )
+
+
+def _group_info(group: Any = None) -> tuple[int, int]:
+    """``(rank, world size)`` in ``group`` (the default group; ``(0, 1)`` without one)."""
+    if group is None and not is_initialized():
+        return 0, 1
+    dist = _dist()
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _collective(what: str, fn, *args, group: Any = None, **kwargs) -> None:
+    """Run the collective ``fn(*args, group=group, **kwargs)``; a failure raises :class:`DistributedError`."""
+    try:
+        fn(*args, group=group, **kwargs)
+    except RuntimeError as exc:  # DistBackendError and gloo/NCCL timeouts are RuntimeErrors
+        rank_, world = _group_info(group)
+        raise _collective_error(what, rank_, world, exc) from exc
 
 
 def agree(value: int) -> int:
@@ -302,12 +346,7 @@ class Shard:
         try:
             fn(*args, group=self.group, **kwargs)
         except RuntimeError as exc:  # DistBackendError and gloo/NCCL timeouts are RuntimeErrors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DistributedError(
-                f"rank {self.rank} of {self.world_size}: {what} failed. Another rank probably raised, stopped, or fell "
-                f"behind by more than the process group's timeout (set it with init_from_env(timeout=...) or "
-                f"SAMPLER_DIST_TIMEOUT); look for the first error in the other ranks' output. Cause: {first}"
-            ) from exc
+            raise _collective_error(what, self.rank, self.world_size, exc) from exc
 
     def remember(self, local: Tensor, full: Tensor) -> None:
         """Record that :meth:`gather` of ``local`` is ``full`` (tensors are never modified in place)."""
@@ -462,3 +501,157 @@ class Shard:
         )
         extras = {k: moved[f"extra:{k}"] for k in particles.extras}
         return attrs.evolve(particles, x=moved["x"], evaluation=evaluation, extras=extras)
+
+
+# -- data-parallel training -------------------------------------------------------------------------
+def local_batch(batch_size: int, group: Any = None) -> int:
+    """This rank's share of a training batch of ``batch_size`` items (``batch_size`` without a group).
+
+    Rank ``k`` of ``K`` gets ``floor((k + 1) B / K) - floor(k B / K)`` items (:func:`shard_bounds`),
+    so the shares differ by at most one and sum to ``B``. Raises :class:`ConfigurationError`
+    when ``B < K`` (a rank would get an empty batch).
+    """
+    rank_, world = _group_info(group)
+    batch_size = int(batch_size)
+    if batch_size < world:
+        raise ConfigurationError(
+            f"a training batch of {batch_size} cannot be split over {world} ranks (at least one item per rank); use a larger batch"
+        )
+    bounds = shard_bounds(batch_size, world)
+    return bounds[rank_ + 1] - bounds[rank_]
+
+
+_RANK_SALT = 0xD1B54A32D192ED03
+
+
+def rank_seed(seed: int, group: Any = None) -> int:
+    """The seed of this rank's own training stream, derived from the run's ``seed``.
+
+    ``seed`` itself without a group or with one rank (so single-process training is unchanged),
+    otherwise a 63-bit splitmix64 hash of ``(seed, rank)``: the ranks draw different training
+    batches, and the same ranks with the same seed draw the same ones.
+    """
+    rank_, world = _group_info(group)
+    if world == 1:
+        return int(seed)
+    return _splitmix64(_splitmix64(int(seed) & _MASK64) ^ ((_RANK_SALT * (rank_ + 1)) & _MASK64)) >> 1
+
+
+def all_reduce_sum(values: Tensor, what: str = "training statistics", group: Any = None) -> Tensor:
+    """``values`` summed over the ranks (a new tensor, same shape, dtype and device; ``values`` itself without a group).
+
+    One ``all_reduce`` of ``values.numel()`` elements. Every rank receives the same sums, so
+    decisions taken from them (a bisection, a step-size update, a stopping rule) agree.
+    Sum float statistics in float64 and counts in int64.
+    """
+    rank_, world = _group_info(group)
+    if world == 1:
+        return values
+    buf = values.detach().to(device=_comm_device(group), copy=True).contiguous()
+    _collective(f"all_reduce of {what}", _dist().all_reduce, buf, group=group)
+    return buf.to(values.device)
+
+
+def _reduce_gradients(parameters: Iterable[Tensor], average: bool, group: Any) -> int:
+    params = [p for p in parameters if p.requires_grad]
+    rank_, world = _group_info(group)
+    if world == 1 or not params:
+        return 0
+    dev = _comm_device(group)
+    sent = 0
+    for dtype in dict.fromkeys(p.dtype for p in params):
+        members = [p for p in params if p.dtype == dtype]
+        for p in members:
+            if p.grad is not None and p.grad.is_sparse:
+                raise ConfigurationError("data-parallel training does not support sparse gradients")
+        # A flag per parameter says which ranks have a gradient: a parameter with none on some
+        # rank counts as zero there, and one with none on every rank keeps grad None everywhere.
+        flags = torch.tensor([p.grad is not None for p in members], dtype=dtype, device=dev)
+        parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dev) for p in members]
+        buf = torch.cat([*parts, flags])
+        _collective(f"all_reduce of {dtype} gradients", _dist().all_reduce, buf, group=group)
+        sent += buf.numel() * buf.element_size()
+        m = len(members)
+        grads, have = buf[:-m], buf[-m:] > 0
+        if average:
+            grads = grads / world
+        for p, g, h in zip(members, grads.split([p.numel() for p in members]), have.tolist()):
+            if not h:
+                continue
+            g = g.view_as(p).to(p.device)
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+    return sent
+
+
+def sum_gradients(parameters: Iterable[Tensor], group: Any = None) -> int:
+    """Replace the ``.grad`` of every parameter by its sum over the ranks; return bytes reduced.
+
+    For a loss that each rank scales by its share of the batch (``loss_local * n_local / B``,
+    :func:`local_batch`), the sum is the gradient of the full batch's loss, also for unequal
+    shares. All ranks must pass the same parameters in the same order (the same model). The
+    gradients are flattened into one buffer per dtype, with one flag per parameter, and reduced
+    with one ``all_reduce`` each (``(number of parameters + number of tensors) x itemsize``
+    bytes). A parameter without a gradient on some rank counts as zero there; one without a
+    gradient on every rank is skipped on all of them. Parameters with ``requires_grad=False``
+    are ignored. Without a group nothing happens (returns 0).
+    """
+    return _reduce_gradients(parameters, False, group)
+
+
+def average_gradients(parameters: Iterable[Tensor], group: Any = None) -> int:
+    """Replace the ``.grad`` of every parameter by its mean over the ranks (sum / world size); return bytes reduced.
+
+    The DDP convention for equal per-rank batches with a per-rank mean loss; see
+    :func:`sum_gradients` for unequal shares and the details. Nothing happens without a group.
+    """
+    return _reduce_gradients(parameters, True, group)
+
+
+def broadcast_parameters(tensors: Iterable[Tensor], src: int = 0, group: Any = None) -> None:
+    """Overwrite ``tensors`` (e.g. ``list(module.parameters()) + list(module.buffers())``) in place
+    with rank ``src``'s values, so a model initialized from each rank's own random state starts
+    the same everywhere. One ``broadcast`` per dtype; nothing without a group.
+    """
+    tensors = list(tensors)
+    rank_, world = _group_info(group)
+    if world == 1 or not tensors:
+        return
+    dist = _dist()
+    root = src if group is None else dist.get_global_rank(group, src)
+    dev = _comm_device(group)
+    for dtype in dict.fromkeys(t.dtype for t in tensors):
+        members = [t for t in tensors if t.dtype == dtype]
+        buf = torch.cat([t.detach().reshape(-1).to(dev) for t in members])
+        _collective(f"broadcast of {dtype} parameters", dist.broadcast, buf, src=root, group=group)
+        with torch.no_grad():
+            for t, v in zip(members, buf.split([t.numel() for t in members])):
+                t.copy_(v.view_as(t).to(t.device))
+
+
+@contextlib.contextmanager
+def replicated_sampling(method: str, unsharded: Sequence[str], trained: bool = True, stacklevel: int = 3) -> Iterator[None]:
+    """Context for the sampling run of a method that trained data-parallel but cannot shard its sampling.
+
+    Under a process group with ``unsharded`` steps (``Pipeline.unshardable(short=True)``), warns once
+    that every rank runs the same sampling run from the same trained model (rank 0 writes;
+    ``trained``: the model was trained in this run, data-parallel), and
+    silences the engine's generic "every rank runs the whole run" warning inside the block.
+    Without a group, or when nothing blocks sharding, it does nothing.
+    """
+    if not is_initialized() or not unsharded:
+        yield
+        return
+    what = f"trained data-parallel over {world_size()} rank(s), but its sampling run" if trained else "its sampling run"
+    warnings.warn(
+        f"{method!r} {what} cannot be sharded "
+        f"({', '.join(unsharded)} do(es) not support sharded runs): every rank draws the same samples from the "
+        "same trained model, and rank 0 writes",
+        stacklevel=stacklevel,
+    )
+    with warnings.catch_warnings():
+        # the engine's message names the steps by repr, which may span lines
+        warnings.filterwarnings("ignore", message=r"(?s).*every rank runs the whole run instead", category=UserWarning)
+        yield

@@ -290,6 +290,17 @@ class Pipeline:
             cfg = attrs.evolve(cfg, seed=shard.agree(cfg.seed) if shard is not None else agree(cfg.seed))
         return self._run(as_target(target), cfg, ckpt, None, shard, main=not replicated or is_main_process())
 
+    def unshardable(self, short: bool = False) -> list[str]:
+        """The steps (and schedule) that keep this pipeline from a sharded run (empty: it shards).
+
+        Each is named by its ``repr``, or by its class name with ``short``.
+        """
+        name = (lambda obj: type(obj).__name__) if short else repr
+        unsupported = [name(s) for s in self.steps if not getattr(s, "shardable", False)]
+        if not getattr(self.schedule, "shardable", False):
+            unsupported.append(f"schedule {name(self.schedule)}")
+        return unsupported
+
     def _shard(self, distributed: bool | None, cfg: RunSettings) -> Shard | None:
         """The shard of a sharded run (``None`` for an ordinary one); see :meth:`run`."""
         if distributed is None:
@@ -299,9 +310,7 @@ class Pipeline:
             explicit = True
         if not distributed:
             return None
-        unsupported = [repr(s) for s in self.steps if not getattr(s, "shardable", False)]
-        if not getattr(self.schedule, "shardable", False):
-            unsupported.append(f"schedule {self.schedule!r}")
+        unsupported = self.unshardable()
         if unsupported:
             message = (
                 f"{self.name!r} cannot shard its particles across processes: {', '.join(unsupported)} "

@@ -4,6 +4,8 @@ The contract: with a given seed a sharded run gives the same bits (samples, weig
 schedule, counts) for 1, 2 or 4 ranks; a rank that raises or stalls makes the whole run fail
 with an error, not hang; the Z estimate stays unbiased; ``sampler run`` works under torchrun
 and writes once; a checkpoint of a 2-rank run resumes in one process to the same result.
+Trainable methods (``neural-jko``, ``snf``) train data-parallel: the ranks end with the same
+parameters, and the summed gradient of the split batch is that of the whole batch.
 
 Ranks are started with ``torch.multiprocessing.spawn`` (file rendezvous, no ports) and write
 their results to files the test reads back.
@@ -17,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ import torch.multiprocessing as mp
 
 import sampler
 from sampler.checkpoint import read_checkpoint
+from sampler import distributed as sdist
 from sampler.distributed import ParticleStreams, Shard, block_size, shard_bounds
 from sampler.errors import ConfigurationError
 from sampler.schedules import Linear
@@ -275,3 +279,157 @@ def test_cli_under_torchrun_prints_and_writes_once(tmp_path):
     single = sampler.sample("gmm40", "smc", n_particles=200, n_replicas=2, seed=4, progress=False, n_steps=2, distributed=True)
     np.testing.assert_array_equal(res.log_Z_per_replica.numpy(), single.log_Z_per_replica.numpy())
     np.testing.assert_array_equal(res.samples.numpy(), single.samples.numpy())
+
+
+# -- data-parallel training -------------------------------------------------------------------------
+JKO_DDP = dict(preset="tiny", n_iters=8, n_train=300, batch_size=101)  # batches of 101 split 50 / 51
+SNF_DDP = dict(n_stages=2, hidden=(16, 16), iterations=8, batch_size=33, warmup=2)  # 16 / 17 paths
+
+
+def _dp_gradients(rank: int, world: int) -> dict:
+    """One CNF step on a batch of 63 points: the summed gradient of the split batch (each rank's
+    loss scaled by its share) and the gradient of the whole batch on this rank; plus the helpers."""
+    from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath
+    from sampler_plugins.neural_jko.cnf import CNFLayer
+    from sampler_plugins.neural_jko.train import cnf_surrogate
+
+    torch.manual_seed(5)  # the same initialization on both ranks
+    layer = CNFLayer(2, width=16, n_steps=3).to(torch.float64)
+    params = list(layer.parameters())
+    x = torch.randn(63, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    path = GeometricPath(GaussianReference(2), sampler.get_target("double-well"), EvaluationCounter())
+    gen = torch.Generator()
+    whole = torch.autograd.grad(cnf_surrogate(layer, x, path, 0.5, True, gen)[0], params)
+    bounds = shard_bounds(63, world)
+    n_local = sdist.local_batch(63)
+    assert n_local == bounds[rank + 1] - bounds[rank]
+    part, *_ = cnf_surrogate(layer, x[bounds[rank] : bounds[rank + 1]], path, 0.5, True, gen)
+    (part * (n_local / 63)).backward()
+    sent = sdist.sum_gradients(params)
+    # average_gradients, with a parameter that has a gradient on rank 0 only and one with none anywhere
+    a, b, c = (torch.zeros(3, requires_grad=True) for _ in range(3))
+    a.grad = torch.full((3,), float(rank + 1))
+    if rank == 0:
+        b.grad = torch.ones(3)
+    sdist.average_gradients([a, b, c])
+    stat = sdist.all_reduce_sum(torch.tensor([float(rank + 1)], dtype=torch.float64))
+    return {
+        "whole": [g.clone() for g in whole],
+        "summed": [p.grad.clone() for p in params],
+        "bytes": sent,
+        "n_params": sum(p.numel() for p in params) + len(params),
+        "a": a.grad.clone(),
+        "b": b.grad.clone(),
+        "c_is_none": c.grad is None,
+        "stat": stat,
+        "seed": sdist.rank_seed(9),
+    }
+
+
+def _worker_ddp(rank: int, world: int, rendezvous: str, workdir: str) -> None:
+    _init(rank, world, rendezvous)
+    out: dict = {"grads": _dp_gradients(rank, world)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jko = sampler.sample("double-well", "neural-jko", n_particles=64, n_replicas=1, seed=3, progress=False, **JKO_DDP)
+        snf = sampler.sample("double-well", "snf", n_particles=64, n_replicas=1, seed=3, progress=False, **SNF_DDP)
+    out["warnings"] = [str(w.message) for w in caught]
+    out["jko"] = {
+        "state": {k: v.clone() for k, v in jko.model.state_dict().items()},
+        "history": [{k: v for k, v in h.items() if k != "wall_time"} for h in jko.model.history],
+        "samples": jko.samples,
+        "training_evals": (jko.training_target_evals, jko.training_grad_evals),
+    }
+    out["snf"] = {
+        "state": {k: v.clone() for k, v in snf.models["snf"].state_dict().items()},
+        "training": {k: v for k, v in snf.options["training"].items() if k != "wall_time"},
+        "samples": snf.samples,
+        "log_Z": snf.log_Z_per_replica,
+    }
+    torch.save(out, Path(workdir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    _spawn(_worker_ddp, 2, tmp)
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+
+
+def test_data_parallel_gradient_is_the_whole_batch_gradient(ddp_ranks):
+    """Split 31 / 32 over 2 ranks, losses scaled by their shares, gradients summed: the gradient
+    of the whole batch's loss (to rounding), the same on both ranks; one all_reduce of
+    (parameters + flags) x 8 bytes."""
+    for out in ddp_ranks:
+        g = out["grads"]
+        for summed, whole in zip(g["summed"], g["whole"]):
+            torch.testing.assert_close(summed, whole, rtol=1e-10, atol=1e-12)
+        assert g["bytes"] == 8 * g["n_params"]
+        assert torch.equal(g["a"], torch.full((3,), 1.5))  # the mean over the ranks
+        assert torch.equal(g["b"], torch.full((3,), 0.5))  # no gradient on rank 1 counts as zero
+        assert g["c_is_none"]  # no gradient anywhere: left alone
+        assert float(g["stat"]) == 3.0
+    a, b = (out["grads"] for out in ddp_ranks)
+    for x, y in zip(a["summed"], b["summed"]):
+        assert torch.equal(x, y)
+    assert a["seed"] != b["seed"]  # each rank its own training stream
+
+
+def test_data_parallel_training_ends_with_identical_models(ddp_ranks):
+    """neural-jko (CNF and rejection layers) and snf (couplings and adapted step sizes) trained
+    over 2 ranks: bit-identical parameters and buffers, records and counts on both ranks."""
+    a, b = ddp_ranks
+    for method in ("jko", "snf"):
+        sa, sb = a[method]["state"], b[method]["state"]
+        assert sa.keys() == sb.keys() and len(sa) > 0
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), f"{method}: {key} differs between the ranks"
+        assert torch.equal(a[method]["samples"], b[method]["samples"])  # the replicated sampling run
+    assert a["jko"]["history"] == b["jko"]["history"]
+    assert a["snf"]["training"] == b["snf"]["training"]
+    rejections = [h for h in a["jko"]["history"] if h["kind"] == "rejection"]
+    assert rejections and all(abs(h["r_bar"] - 0.2) < 1e-3 for h in rejections)  # log c from the rates of both shares
+    assert any(k.endswith("log_c") for k in a["jko"]["state"])
+    assert a["jko"]["training_evals"] == b["jko"]["training_evals"] and a["jko"]["training_evals"][1] > 0
+    assert a["snf"]["training"]["iterations"] == SNF_DDP["iterations"]
+    assert all(math.isfinite(v) for v in a["snf"]["training"]["loss_trace"])
+
+
+def test_data_parallel_methods_say_that_sampling_is_replicated(ddp_ranks):
+    for out in ddp_ranks:
+        said = " ".join(out["warnings"])
+        assert "'neural-jko' trained data-parallel over 2 rank(s), but its sampling run cannot be sharded" in said
+        assert "'snf' trained data-parallel over 2 rank(s)" in said
+        assert "every rank runs the whole run instead" not in said
+
+
+def _worker_faulty_training(rank: int, world: int, rendezvous: str, workdir: str) -> None:
+    _init(rank, world, rendezvous, 60.0)
+    sampler.sample(_Faulty("raise"), "neural-jko", n_particles=32, n_replicas=1, seed=0, progress=False, **JKO_DDP)
+
+
+def test_a_rank_that_raises_during_training_fails_the_run(tmp_path):
+    """Rank 1's target raises in the middle of the first CNF layer's training: the job ends with
+    that error (or rank 0's DistributedError from the broken gradient all-reduce), not a hang."""
+    start = time.perf_counter()
+    with pytest.raises(mp.ProcessRaisedException) as info:
+        _spawn(_worker_faulty_training, 2, tmp_path)
+    message = str(info.value)
+    assert "rank 1 target exploded" in message or ("DistributedError: rank 0 of 2" in message and "Another rank probably raised" in message), message
+    assert time.perf_counter() - start < 40
+
+
+def test_data_parallel_helpers_without_a_group():
+    """No process group: the whole batch, the run's own seed, no-op reductions."""
+    assert sdist.local_batch(7) == 7
+    assert sdist.rank_seed(123) == 123
+    p = torch.zeros(2, requires_grad=True)
+    p.grad = torch.ones(2)
+    assert sdist.sum_gradients([p]) == 0 and sdist.average_gradients([p]) == 0
+    assert torch.equal(p.grad, torch.ones(2))
+    t = torch.arange(3.0)
+    assert sdist.all_reduce_sum(t) is t
+    sdist.broadcast_parameters([p])
+    assert torch.equal(p, torch.zeros(2))
+    assert shard_bounds(101, 2) == [0, 50, 101]

@@ -8,6 +8,13 @@ importance-sampling estimate per replica, with the ELBO ``mean(log w)`` alongsid
 ``samples`` are the model's iid draws (or their importance resampling, ``importance_resample``),
 and it carries the model (``result.model``) for later sampling, ``save`` and ``log_prob``.
 Training costs (target and gradient evaluations, wall time) are added to the result's counts.
+
+Under a ``torch.distributed`` process group of K > 1 ranks the training is data-parallel
+(:func:`~sampler_plugins.neural_jko.train.train_model`): every rank trains the same model on
+its share of each training batch. The sampling run is not sharded (the model transport draws
+from the model as a whole): every rank draws the same samples from the same model, with a
+warning that says so. Training counts in the result are totals over the ranks; sampling counts
+are those of one (each) rank's identical sampling run.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 import attrs
 import torch
 
+from sampler.distributed import agree, all_reduce_sum, is_main_process, rank_seed, replicated_sampling, world_size
 from sampler.engine import Pipeline, RunSettings
 from sampler.errors import ConfigurationError
 from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath
@@ -47,7 +55,8 @@ class NeuralJKOResult(Result):
         config: the :class:`NeuralJKOConfig` it was trained with (``None`` for a given model).
         elbo_per_replica: ``(R,)`` float64 ``mean_i log w_i``, a lower bound on log Z in expectation.
         training_target_evals, training_grad_evals, training_time: cost of training alone
-            (already included in ``n_target_evals``, ``n_grad_evals`` and ``wall_time``).
+            (already included in ``n_target_evals``, ``n_grad_evals`` and ``wall_time``);
+            with data-parallel training, evaluations summed over the ranks.
     """
 
     model: NeuralJKOModel | None = None
@@ -112,14 +121,22 @@ class NeuralJKO:
         """Train (unless a model was given) and draw ``n_replicas`` x ``n_particles`` samples."""
         cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
         target = as_target(target)
+        parallel = world_size() > 1
+        if parallel:  # one seed for all ranks (each may have drawn its own at random)
+            cfg = attrs.evolve(cfg, seed=agree(cfg.seed))
         start = time.perf_counter()
         config = None
         counter = EvaluationCounter()
         if self.model is None:
             config = resolve_config(self.preset, target.name, self.options)
-            gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+            # each rank its own training stream (the run's seed itself in a single process)
+            gen = torch.Generator(device=cfg.device).manual_seed(rank_seed(cfg.seed))
             path = GeometricPath(GaussianReference(target.dim), target, counter)  # counts training evaluations
-            model = train_model(target, config, path, gen, device=cfg.device, dtype=cfg.dtype, progress=cfg.progress)
+            progress = cfg.progress if is_main_process() else False
+            model = train_model(target, config, path, gen, device=cfg.device, dtype=cfg.dtype, progress=progress, data_parallel=parallel)
+            if parallel:  # the training work of all ranks
+                totals = all_reduce_sum(torch.tensor([counter.target_evals, counter.grad_evals, counter.nonfinite], dtype=torch.int64), "evaluation counts")
+                counter = EvaluationCounter(*(int(v) for v in totals.tolist()))
         else:
             model = self.model
             if model.dim != target.dim:
@@ -134,15 +151,16 @@ class NeuralJKO:
             name="neural-jko",
             options=options,
         )
-        res = pipe.run(
-            target,
-            n_particles=cfg.n_particles,
-            n_replicas=cfg.n_replicas,
-            seed=(cfg.seed + self.training_seed_offset) % 2**62,
-            device=cfg.device,
-            dtype=model.dtype,
-            progress=cfg.progress,
-        )
+        with replicated_sampling("neural-jko", pipe.unshardable(short=True), trained=parallel and self.model is None):
+            res = pipe.run(
+                target,
+                n_particles=cfg.n_particles,
+                n_replicas=cfg.n_replicas,
+                seed=(cfg.seed + self.training_seed_offset) % 2**62,
+                device=cfg.device,
+                dtype=model.dtype,
+                progress=cfg.progress,
+            )
         samples = res.samples
         if not self.importance_resample and not self.correctors:
             samples = res.weighted_samples

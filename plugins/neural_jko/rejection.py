@@ -17,6 +17,7 @@ set, and stored; ``log c`` is chosen by bisection so that the rejection rate on 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -25,40 +26,69 @@ from sampler.errors import ConfigurationError
 
 __all__ = ["RejectionLayer", "fit_log_c", "rejection_rate"]
 
+#: Sums a float64 or int64 tensor over the ranks of a data-parallel run (``sampler.distributed.all_reduce_sum``).
+Reduce = Callable[[Tensor], Tensor]
+
 
 def rejection_rate(lq: Tensor, log_c: float) -> Tensor:
     """Mean of ``1 - min(1, exp(lq - log_c))`` over ``lq`` ``(n,)`` (float64 scalar)."""
     return (1.0 - torch.exp(torch.clamp(lq - log_c, max=0.0))).mean()
 
 
-def fit_log_c(lq: Tensor, rate: float, tol: float = 1e-4, max_iter: int = 200) -> float:
+def _sharded_rate(lq: Tensor, log_c: float, n_total: float, reduce: Reduce) -> Tensor:
+    """:func:`rejection_rate` over the ``lq`` of all ranks (one ``all_reduce`` of a float64)."""
+    return reduce((1.0 - torch.exp(torch.clamp(lq - log_c, max=0.0))).sum()) / n_total
+
+
+def fit_log_c(lq: Tensor, rate: float, tol: float = 1e-4, max_iter: int = 200, reduce: Reduce | None = None) -> float:
     """``log c`` such that the mean rejection rate over ``lq`` ``(n,)`` is ``rate``, by bisection.
 
     The rate increases with ``log c`` (0 at ``min lq``, -> 1 as ``log c -> inf``). The bracket
     starts at ``mean(lq)`` and widens by ``log(2) * it`` until it contains the goal; bisection
     stops when the rate is within ``tol`` of it (the paper's procedure).
+
+    With ``reduce`` (data-parallel training: ``lq`` is this rank's share of the training set),
+    the mean and every rate are computed from sums over all ranks, so each rank takes the same
+    bisection steps and returns the same ``log c`` (one ``all_reduce`` per evaluated rate).
     """
     if not 0.0 < rate < 1.0:
         raise ConfigurationError(f"rejection rate must be in (0, 1), got {rate!r}")
     lq = lq.detach().to(torch.float64)
     finite = lq[torch.isfinite(lq)]
+    if reduce is not None:
+        counts = torch.tensor([finite.numel(), lq.numel()], dtype=torch.float64, device=lq.device)
+        sums = reduce(torch.cat([finite.sum().reshape(1), counts]))  # (3,): sum of finite lq, their count, all
+        n_finite, n_total = float(sums[1]), float(sums[2])
+        if n_finite == 0:
+            raise ConfigurationError("rejection layer: every training point has zero target density (log q = -inf)")
+        start = float(sums[0]) / n_finite
+
+        def rate_at(log_c: float) -> float:
+            return float(_sharded_rate(lq, log_c, n_total, reduce))
+
+        return _bisect(rate_at, start, rate, tol, max_iter)
     if finite.numel() == 0:
         raise ConfigurationError("rejection layer: every training point has zero target density (log q = -inf)")
     # -inf entries (zero target density) are always rejected; they enter the rate as 1.
     start = float(finite.mean())
+    return _bisect(lambda log_c: float(rejection_rate(lq, log_c)), start, rate, tol, max_iter)
+
+
+def _bisect(rate_at: Callable[[float], float], start: float, rate: float, tol: float, max_iter: int) -> float:
+    """Widen a bracket around ``start`` until it holds ``rate``, then bisect (see :func:`fit_log_c`)."""
     lo = hi = start
     it = 1
-    while float(rejection_rate(lq, lo)) > rate and it < max_iter:
+    while rate_at(lo) > rate and it < max_iter:
         lo -= math.log(2.0) * it
         it += 1
     it = 1
-    while float(rejection_rate(lq, hi)) < rate and it < max_iter:
+    while rate_at(hi) < rate and it < max_iter:
         hi += math.log(2.0) * it
         it += 1
     mid = 0.5 * (lo + hi)
     for _ in range(max_iter):
         mid = 0.5 * (lo + hi)
-        r = float(rejection_rate(lq, mid))
+        r = rate_at(mid)
         if abs(r - rate) < tol:
             break
         if r < rate:
@@ -88,12 +118,24 @@ class RejectionLayer(nn.Module):
         return f"rate={self.rate}, log_c={float(self.log_c):.4g}, r_bar={float(self.r_bar):.4f}, n_fit={int(self.n_fit)}"
 
     @torch.no_grad()
-    def fit(self, lq: Tensor) -> None:
-        """Choose ``log c`` for the training set's ``lq = e + log q`` ``(n,)`` and store ``r_bar``."""
-        log_c = fit_log_c(lq, self.rate)
+    def fit(self, lq: Tensor, reduce: Reduce | None = None) -> None:
+        """Choose ``log c`` for the training set's ``lq = e + log q`` ``(n,)`` and store ``r_bar``.
+
+        With ``reduce`` (data-parallel training, ``lq`` this rank's share), ``log c``, ``r_bar``
+        and ``n_fit`` are those of the union of all ranks' shares, the same on every rank.
+        """
+        if reduce is None:
+            log_c = fit_log_c(lq, self.rate)
+            self.log_c.fill_(log_c)
+            self.r_bar.fill_(float(rejection_rate(lq.to(torch.float64), log_c)))
+            self.n_fit.fill_(lq.numel())
+            return
+        lq64 = lq.detach().to(torch.float64)
+        log_c = fit_log_c(lq64, self.rate, reduce=reduce)
+        n_total = int(reduce(torch.tensor(lq.numel(), dtype=torch.int64, device=lq.device)))
         self.log_c.fill_(log_c)
-        self.r_bar.fill_(float(rejection_rate(lq.to(torch.float64), log_c)))
-        self.n_fit.fill_(lq.numel())
+        self.r_bar.fill_(float(_sharded_rate(lq64, log_c, float(n_total), reduce)))
+        self.n_fit.fill_(n_total)
 
     def log_alpha(self, lq: Tensor) -> Tensor:
         """``log alpha = min(0, lq - log c)`` (float64, same shape as ``lq``)."""

@@ -13,6 +13,15 @@ Benamou-Brenier ``W2^2 / tau``; in the textbook JKO convention ``KL + W2^2 / (2h
 ``h = tau / 2``). The target's gradient enters through the surrogate ``-(grad log q . z)``, so
 any target with ``log_prob_and_grad`` works; every target and gradient evaluation goes through a
 counting :class:`~sampler.GeometricPath`.
+
+**Data-parallel training** (``data_parallel=True``, the default under a ``torch.distributed``
+group of more than one rank): every rank draws its share (:func:`sampler.distributed.local_batch`)
+of each layer's training set and of every mini-batch from its own generator, scales its loss by
+its share of the batch, and the gradients are summed over the ranks before every rank takes the
+same Adam step, so all ranks hold the same model. A new CNF layer starts from rank 0's
+initialization; a rejection layer's ``log c`` (the bisection) and ``r_bar`` come from rates
+summed over all ranks' training draws; the recorded losses, ELBOs and evaluation counts are
+totals over the ranks.
 """
 
 from __future__ import annotations
@@ -26,15 +35,16 @@ import attrs
 import torch
 from torch import Tensor
 
+from sampler.distributed import all_reduce_sum, broadcast_parameters, local_batch, sum_gradients, world_size
 from sampler.errors import ConfigurationError
-from sampler.paths import GeometricPath
+from sampler.paths import GeometricPath, PathEvaluation
 from sampler.progress import progress_bar
 
-from sampler_plugins.neural_jko.cnf import CNFLayer
+from sampler_plugins.neural_jko.cnf import CNFLayer, Flow
 from sampler_plugins.neural_jko.model import NeuralJKOModel, _Draw
 from sampler_plugins.neural_jko.rejection import RejectionLayer
 
-__all__ = ["NeuralJKOConfig", "PRESETS", "PRESET_OVERRIDES", "resolve_config", "train_model", "fit_cnf"]
+__all__ = ["NeuralJKOConfig", "PRESETS", "PRESET_OVERRIDES", "resolve_config", "train_model", "fit_cnf", "cnf_surrogate"]
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -165,27 +175,67 @@ def _latent(value: Any, hint: Any, dim: int) -> Tensor:
 
 
 
-def fit_cnf(layer: CNFLayer, x_train: Tensor, path: GeometricPath, config: NeuralJKOConfig, tau: float, exact: bool, generator: torch.Generator) -> dict[str, Any]:
+def cnf_surrogate(layer: CNFLayer, x: Tensor, path: GeometricPath, tau: float, exact: bool, generator: torch.Generator) -> tuple[Tensor, Tensor, Flow, PathEvaluation]:
+    """The training loss of ``layer`` on the batch ``x`` ``(B, d)``.
+
+    Returns the surrogate (a scalar whose gradient is that of the batch mean of
+    ``-log q(z) - l + w / tau``), the mean kinetic energy ``E[w]`` (scalar), the layer's
+    :class:`~sampler_plugins.neural_jko.cnf.Flow` and the target evaluation at its end points
+    (``(B,)`` log densities and ``(B, d)`` gradients, counted by ``path``).
+    """
+    flow = layer.integrate(x, exact=exact, n_probes=1, generator=generator)
+    ev = path.evaluate(flow.z.detach(), grad=True)
+    grad = ev.grad_target.to(flow.z.dtype)
+    kin = flow.kinetic.mean()
+    surrogate = -(grad * flow.z).sum(-1).mean() - flow.ell.mean() + kin / tau
+    return surrogate, kin, flow, ev
+
+
+def fit_cnf(
+    layer: CNFLayer,
+    x_train: Tensor,
+    path: GeometricPath,
+    config: NeuralJKOConfig,
+    tau: float,
+    exact: bool,
+    generator: torch.Generator,
+    data_parallel: bool = False,
+) -> dict[str, Any]:
     """Train ``layer`` on the fixed draws ``x_train`` ``(n, d)``; return a training record.
 
     The record has the mean loss (``E[-log q(z) - l + w / tau]``) over the first and last 10% of
     the iterations, the mean kinetic energy ``E[w]`` at the end, and the wall time.
+
+    With ``data_parallel`` (all ranks of the default process group call this together, with
+    the same ``layer`` and their own ``x_train`` share and ``generator``): each mini-batch of
+    ``B = min(batch_size, total n)`` draws is split over the ranks (:func:`local_batch`), each
+    rank's loss is scaled by ``B_local / B`` and the gradients are summed (one ``all_reduce`` of
+    the layer's parameters per step), so every rank takes the same step. The losses in the
+    record are over the whole batch (one ``all_reduce`` at the end).
     """
     opt = torch.optim.Adam(layer.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=100, gamma=config.lr_decay)
     n = x_train.shape[0]
-    bs = min(config.batch_size, n)
     losses, kins = [], []
+    if data_parallel:
+        n_all = int(all_reduce_sum(torch.tensor(n, dtype=torch.int64, device=x_train.device), "training-set sizes"))
+        bs_all = min(config.batch_size, n_all)
+        bs = local_batch(bs_all)
+        params = list(layer.parameters())
+        # per iteration: sum of the finite loss terms, their count, sum of the kinetic energies
+        stats = torch.zeros(config.n_iters, 3, dtype=torch.float64, device=x_train.device)
+    else:
+        bs = min(config.batch_size, n)
     start = time.perf_counter()
-    for _ in range(config.n_iters):
+    for it in range(config.n_iters):
         idx = torch.randint(n, (bs,), generator=generator, device=x_train.device)
-        flow = layer.integrate(x_train[idx], exact=exact, n_probes=1, generator=generator)
-        ev = path.evaluate(flow.z.detach(), grad=True)
-        grad = ev.grad_target.to(flow.z.dtype)
-        kin = flow.kinetic.mean()
-        surrogate = -(grad * flow.z).sum(-1).mean() - flow.ell.mean() + kin / tau
+        surrogate, kin, flow, ev = cnf_surrogate(layer, x_train[idx], path, tau, exact, generator)
         opt.zero_grad(set_to_none=True)
-        surrogate.backward()
+        if data_parallel:
+            (surrogate * (bs / bs_all)).backward()
+            sum_gradients(params)
+        else:
+            surrogate.backward()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(layer.parameters(), config.grad_clip)
         opt.step()
@@ -193,9 +243,16 @@ def fit_cnf(layer: CNFLayer, x_train: Tensor, path: GeometricPath, config: Neura
         with torch.no_grad():
             lt = ev.log_target
             ok = torch.isfinite(lt)
-            value = (-lt[ok] - flow.ell.detach().double()[ok] + flow.kinetic.detach().double()[ok] / tau).mean()
-        losses.append(float(value))
-        kins.append(float(kin.detach()))
+            terms = -lt[ok] - flow.ell.detach().double()[ok] + flow.kinetic.detach().double()[ok] / tau
+            if data_parallel:
+                stats[it, 0], stats[it, 1], stats[it, 2] = terms.sum(), ok.sum(), flow.kinetic.detach().double().sum()
+            else:
+                losses.append(float(terms.mean()))
+                kins.append(float(kin.detach()))
+    if data_parallel and config.n_iters:
+        stats = all_reduce_sum(stats, "training losses")
+        losses = (stats[:, 0] / stats[:, 1]).tolist()
+        kins = (stats[:, 2] / bs_all).tolist()
     for p in layer.parameters():
         p.requires_grad_(False)
     k = max(1, len(losses) // 10)
@@ -217,13 +274,25 @@ def train_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool | None = None,
+    data_parallel: bool | None = None,
 ) -> NeuralJKOModel:
     """Build and train a model for ``target``; evaluations are counted by ``path.counter``.
 
     ``path`` evaluates the target (its reference is not used). Each layer's record (kind, tau,
     losses, ``r_bar``, ``log c``, the ELBO of the training draws, wall time) goes to
     ``model.history``.
+
+    ``data_parallel`` (default: when a process group of more than one rank is initialized)
+    trains on all ranks together (see the module docstring): every rank must call this with the
+    same ``config`` and its **own** ``generator`` (e.g. seeded with
+    :func:`sampler.distributed.rank_seed`); the returned models are identical. ``path.counter``
+    then counts this rank's evaluations only, while the records' ``target_evals`` and
+    ``grad_evals`` are totals over the ranks.
     """
+    if data_parallel is None:
+        data_parallel = world_size() > 1
+    reduce = all_reduce_sum if data_parallel else None
+    n_draw = local_batch(config.n_train) if data_parallel else config.n_train
     d = target.dim
     loc = _latent(config.latent_loc, getattr(target, "reference_loc", 0.0), d)
     scale = _latent(config.latent_scale, getattr(target, "reference_scale", 1.0), d)
@@ -238,30 +307,51 @@ def train_model(
             start = time.perf_counter()
             seen = path.counter.target_evals, path.counter.grad_evals
             with torch.no_grad():
-                batch = model.draw(config.n_train, generator, path)
+                batch = model.draw(n_draw, generator, path)
             if kind == "cnf":
                 tau = config.tau0 * config.tau_growth**k_cnf
                 layer = CNFLayer(d, width=config.width, tau=tau, n_steps=config.n_rk4_steps).to(device=model.device, dtype=dtype)
-                record = fit_cnf(layer, batch.x.to(dtype), path, config, tau, train_exact, generator)
+                if data_parallel:  # every rank starts from rank 0's initialization
+                    broadcast_parameters([*layer.parameters(), *layer.buffers()])
+                record = fit_cnf(layer, batch.x.to(dtype), path, config, tau, train_exact, generator, data_parallel=data_parallel)
                 k_cnf += 1
             else:
                 with torch.no_grad():
                     batch = model._evaluate(batch, _draw_state(generator, path))
                 layer = RejectionLayer(rate=config.rejection_rate).to(model.device)
-                layer.fit(batch.e + batch.log_target)
+                layer.fit(batch.e + batch.log_target, reduce=reduce)
                 record = {"kind": "rejection", "log_c": float(layer.log_c), "r_bar": float(layer.r_bar)}
-            lw = batch.log_target - (-batch.e) if not bool(torch.isnan(batch.log_target).any()) else None
+            counts = torch.tensor([path.counter.target_evals - seen[0], path.counter.grad_evals - seen[1]], dtype=torch.int64)
+            if data_parallel:
+                elbo = _elbo_sharded(batch)
+                counts = all_reduce_sum(counts.to(model.device), "evaluation counts").cpu()
+            else:
+                lw = batch.log_target - (-batch.e) if not bool(torch.isnan(batch.log_target).any()) else None
+                elbo = None if lw is None else float(lw[torch.isfinite(lw)].mean())
             record.update(
                 layer=i,
-                elbo_before=None if lw is None else float(lw[torch.isfinite(lw)].mean()),
-                target_evals=path.counter.target_evals - seen[0],
-                grad_evals=path.counter.grad_evals - seen[1],
+                elbo_before=elbo,
+                target_evals=int(counts[0]),
+                grad_evals=int(counts[1]),
                 wall_time=time.perf_counter() - start,
             )
             model.layers.append(layer)
             model.history.append(record)
             bar.advance(1, step=i + 1)
     return model
+
+
+def _elbo_sharded(batch: Any) -> float | None:
+    """The mean finite log weight ``log q + e`` over all ranks' training draws (``None`` if not evaluated on some rank)."""
+    lt = batch.log_target
+    evaluated = not bool(torch.isnan(lt).any())
+    lw = lt + batch.e if evaluated else torch.zeros_like(lt)
+    ok = torch.isfinite(lw)
+    sums = torch.stack([torch.where(ok, lw, torch.zeros_like(lw)).sum(), ok.sum().double(), torch.tensor(float(not evaluated), dtype=torch.float64, device=lt.device)])
+    sums = all_reduce_sum(sums, "ELBO statistics")
+    if float(sums[2]) > 0 or float(sums[1]) == 0:
+        return None
+    return float(sums[0] / sums[1])
 
 
 def _draw_state(generator: torch.Generator, path: GeometricPath) -> _Draw:

@@ -1,4 +1,12 @@
-"""The ``snf`` method: build an SNF for the target, train it, sample it with the engine."""
+"""The ``snf`` method: build an SNF for the target, train it, sample it with the engine.
+
+Under a ``torch.distributed`` process group of K > 1 ranks the training is data-parallel
+(:func:`~sampler_plugins.snf.training.fit`): the flow starts from rank 0's initialization and
+every rank trains it on its share of each batch of paths, so all ranks hold the same flow. The
+sampling run is not sharded (the SNF steps draw their noise from the run's generator, not from
+per-particle streams): every rank runs the same sampling run, with a warning that says so.
+Training counts are totals over the ranks; sampling counts those of one (each) rank's run.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import torch
 from torch import Tensor
 
 from sampler import Result, RunSettings, make_reference
+from sampler.distributed import agree, broadcast_parameters, is_main_process, rank_seed, replicated_sampling, world_size
 from sampler.errors import ConfigurationError, check_positive_int
 from sampler.paths import EvaluationCounter
 from sampler.targets.base import as_target
@@ -116,22 +125,31 @@ class SNFMethod:
         """Train an SNF on ``target`` and sample R x N particles with it; see the class docstring."""
         cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
         target = as_target(target)
+        parallel = world_size() > 1
+        if parallel:  # one seed for all ranks (each may have drawn its own at random)
+            cfg = attrs.evolve(cfg, seed=agree(cfg.seed))
         start = time.perf_counter()
         ref = make_reference(target, self.reference_loc, self.reference_scale)
         model = SNF(target.dim, ref.loc, ref.scale, **self.flow_options).to(device=cfg.device, dtype=cfg.dtype)
+        train_seed = (cfg.seed * 1_000_003 + 99_991) % 2**63  # training stream, distinct from sampling
         gen = torch.Generator(device=cfg.device)
-        gen.manual_seed((cfg.seed * 1_000_003 + 99_991) % 2**63)  # training stream, distinct from sampling
+        gen.manual_seed(train_seed)
         samples = self.train_samples
-        if isinstance(samples, str):
+        if isinstance(samples, str):  # the same training samples on every rank
             try:
                 samples = target.sample(self.n_train_samples, generator=gen, device=cfg.device, dtype=cfg.dtype)
             except NotImplementedError:
                 raise ConfigurationError(f"train_samples='exact' needs a target with an exact sampler; {target.name} has none") from None
+        if parallel:  # rank 0's initial flow everywhere; each rank its own stream of training batches
+            broadcast_parameters([*model.parameters(), *model.buffers()])
+            gen = torch.Generator(device=cfg.device).manual_seed(rank_seed(train_seed))
         counter = EvaluationCounter()
-        log = fit(model, target, samples=samples, generator=gen, counter=counter, progress=cfg.progress, **self.train_options)
+        progress = cfg.progress if is_main_process() else False
+        log = fit(model, target, samples=samples, generator=gen, counter=counter, progress=progress, data_parallel=parallel, **self.train_options)
         self.model, self.training = model, log
         options = {**self.options(), "training": log.summary()}
-        res = model.run(target, n_particles=cfg.n_particles, n_replicas=cfg.n_replicas, seed=cfg.seed, progress=cfg.progress, resample_threshold=self.resample_threshold, options=options)
+        with replicated_sampling("snf", model.pipeline(self.resample_threshold).unshardable(short=True), trained=parallel):
+            res = model.run(target, n_particles=cfg.n_particles, n_replicas=cfg.n_replicas, seed=cfg.seed, progress=cfg.progress, resample_threshold=self.resample_threshold, options=options)
         return attrs.evolve(
             res,
             n_target_evals=res.n_target_evals + log.target_evals,

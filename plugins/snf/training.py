@@ -12,6 +12,15 @@
 During training the step size of every Langevin and Metropolis layer is adapted toward its
 acceptance goal after each iteration (``log eps += gain (acceptance - goal)``); afterwards the
 layers are fixed kernels. Every target and gradient evaluation made is counted.
+
+**Data-parallel training** (``data_parallel=True``, the default under a ``torch.distributed``
+group of more than one rank): each rank draws its share (:func:`sampler.distributed.local_batch`)
+of every batch of paths from its own generator. One ``all_reduce`` per iteration sums the
+statistics every rank needs to take the same decisions: the sums and counts of the finite
+log weights (so the loss is the masked mean over the whole batch, each rank's part divided by
+the global count) and the acceptance statistics of the stochastic layers (so the step sizes
+adapt identically); a second sums the gradients before the identical Adam step. The logged
+losses and acceptances are those of the whole batch and the counts are totals over the ranks.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import attrs
 import torch
 from torch import Tensor
 
+from sampler.distributed import all_reduce_sum, local_batch, sum_gradients, world_size
 from sampler.errors import ConfigurationError, RunError, check_positive_int
 from sampler.paths import EvaluationCounter
 from sampler.progress import progress_bar
@@ -79,8 +89,21 @@ def _masked_mean(log_w: Tensor) -> Tensor:
     return torch.where(ok, log_w, torch.zeros_like(log_w)).sum() / ok.sum()
 
 
-def _warmup(model: SNF, target_of, samples, data, iterations: int, batch_size: int, gain: float, generator, counter) -> None:
-    """Adapt the step sizes on forward paths without gradients (evaluations counted)."""
+def _global_acceptance(model: SNF, info: dict[str, Tensor], share: float) -> dict[str, Tensor]:
+    """Acceptance statistics of all ranks: per layer, ``sum_k share_k mean_k`` (one ``all_reduce``)."""
+    names = [name for name, _ in model.stochastic_layers() if name in info]  # the same order on every rank
+    if not names:
+        return {}
+    local = torch.stack([info[name].detach().double().mean() * share for name in names])
+    return dict(zip(names, all_reduce_sum(local, "acceptance statistics")))
+
+
+def _warmup(model: SNF, target_of, samples, data, iterations: int, batch_size: int, gain: float, generator, counter, share: float | None = None) -> None:
+    """Adapt the step sizes on forward paths without gradients (evaluations counted).
+
+    With ``share`` (data-parallel: ``batch_size`` is this rank's part, ``share`` its fraction of
+    the global batch) the acceptance driving the adaptation is that of all ranks' paths.
+    """
     device, dtype = model.device, model.dtype
     with torch.no_grad():
         for _ in range(iterations):
@@ -90,9 +113,17 @@ def _warmup(model: SNF, target_of, samples, data, iterations: int, batch_size: i
                 cond = None if cond is None else cond.to(device=device, dtype=dtype)[None]
             path = model.make_path(target_of(cond), counter)
             info = model.forward_path(path, batch_size, generator).info
+            if share is not None:
+                info = _global_acceptance(model, info, share)
             for name, layer in model.stochastic_layers():
                 if name in info:
                     layer.adapt(float(info[name].mean()), gain)
+
+
+def _finite_sum(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum of the finite entries of ``log w`` (with gradient) and their count (float64 scalar, no gradient)."""
+    ok = torch.isfinite(log_w.detach())
+    return torch.where(ok, log_w, torch.zeros_like(log_w)).sum(), ok.sum().to(torch.float64)
 
 
 def fit(
@@ -112,6 +143,7 @@ def fit(
     counter: EvaluationCounter | None = None,
     progress: bool | None = None,
     log: TrainingLog | None = None,
+    data_parallel: bool | None = None,
 ) -> TrainingLog:
     """Train ``model`` with Adam; return a :class:`TrainingLog`.
 
@@ -133,6 +165,12 @@ def fit(
         counter: where evaluations are counted (a fresh one if omitted; totals are in the log).
         progress: progress bar (``None``: on a terminal only).
         log: continue an earlier log (counts and losses accumulate).
+        data_parallel: train on all ranks of the default process group together (default: when
+            one of more than one rank is initialized; see the module docstring). Every rank
+            calls ``fit`` with the same model (identical parameters and step sizes, e.g. after
+            :func:`sampler.distributed.broadcast_parameters`) and options, and its **own**
+            ``generator``; ``batch_size`` is the global batch, split over the ranks. The
+            models stay identical; ``counter`` counts this rank's evaluations, the log totals.
     """
     check_positive_int("iterations", iterations)
     check_positive_int("batch_size", batch_size)
@@ -150,6 +188,10 @@ def fit(
     counter = counter if counter is not None else EvaluationCounter()
     log = log if log is not None else TrainingLog()
     seen = attrs.evolve(counter)
+    parallel = world_size() > 1 if data_parallel is None else bool(data_parallel)
+    global_batch = batch_size
+    if parallel:
+        batch_size = local_batch(global_batch)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr) if params else None
     target_of = target if callable(target) and not isinstance(target, Target) and not hasattr(target, "log_prob") else (lambda c: target)
@@ -157,7 +199,7 @@ def fit(
     start = time.perf_counter()
     model.train()
     if warmup and model.stochastic_layers():
-        _warmup(model, target_of, samples, data, warmup, batch_size, warmup_gain, generator, counter)
+        _warmup(model, target_of, samples, data, warmup, batch_size, warmup_gain, generator, counter, batch_size / global_batch if parallel else None)
     with progress_bar(total=iterations, enabled=progress, desc="training snf") as bar:
         for _ in range(iterations):
             total = torch.zeros((), dtype=torch.float64, device=device)
@@ -172,6 +214,24 @@ def fit(
                     x_data = x_data.to(device=device, dtype=dtype)
                     cond = None if cond is None else cond.to(device=device, dtype=dtype)[None]
             tgt = target_of(cond)
+            if parallel:
+                total, value, info = _parallel_loss(model, tgt, counter, w_fwd, x_data, batch_size, batch_size / global_batch, generator)
+                if opt is not None and total.requires_grad:
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    sum_gradients(params)
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                    opt.step()
+                if adapt_gain > 0:
+                    for name, layer in model.stochastic_layers():
+                        if name in info:
+                            layer.adapt(float(info[name]), adapt_gain)
+                log.loss.append(float(value))
+                log.iterations += 1
+                for name, acc in info.items():
+                    log.acceptance[name] = float(acc)
+                bar.advance(1, step=log.iterations)
+                continue
             if w_fwd < 1:
                 path = model.make_path(tgt, counter, differentiable=True)
                 fwd = model.forward_path(path, batch_size, generator)
@@ -196,9 +256,54 @@ def fit(
                 log.acceptance[name] = float(value.mean())
             bar.advance(1, step=log.iterations)
     model.eval()
-    log.target_evals += counter.target_evals - seen.target_evals
-    log.grad_evals += counter.grad_evals - seen.grad_evals
-    log.nonfinite += counter.nonfinite - seen.nonfinite
+    spent = [counter.target_evals - seen.target_evals, counter.grad_evals - seen.grad_evals, counter.nonfinite - seen.nonfinite]
+    if parallel:  # the work of all ranks
+        spent = [int(v) for v in all_reduce_sum(torch.tensor(spent, dtype=torch.int64, device=device), "evaluation counts").tolist()]
+    log.target_evals += spent[0]
+    log.grad_evals += spent[1]
+    log.nonfinite += spent[2]
     log.wall_time += time.perf_counter() - start
     log.step_sizes = {name: layer.step_size for name, layer in model.stochastic_layers()}
     return log
+
+
+def _parallel_loss(
+    model: SNF, tgt: Target, counter: EvaluationCounter, w_fwd: float, x_data: Tensor | None, n: int, share: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """This rank's part of the loss of one data-parallel iteration, the whole batch's loss, and the global acceptances.
+
+    Runs this rank's ``n`` paths, then one ``all_reduce`` of ``[sum, count]`` of the finite
+    log weights of each direction and of the acceptance statistics. The returned loss is
+    ``-(1 - w) S_fwd / C_fwd + w S_bwd / C_bwd`` with ``S`` this rank's sum and ``C`` the global
+    count, so the gradients summed over the ranks are those of the whole batch's masked mean.
+    The second value (float64 scalar, no gradient) is the loss of the whole batch; the third
+    maps each stochastic layer's name to its acceptance statistic over all ranks' paths.
+    """
+    device = model.device
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    parts: list[tuple[Tensor, Tensor]] = [(zero, zero), (zero, zero)]
+    info: dict[str, Tensor] = {}
+    if w_fwd < 1:
+        path = model.make_path(tgt, counter, differentiable=True)
+        fwd = model.forward_path(path, n, generator)
+        parts[0] = _finite_sum(fwd.log_weights)
+        info = dict(fwd.info)
+    if w_fwd > 0:
+        path = model.make_path(tgt, counter, differentiable=True)
+        bwd = model.backward_path(path, x_data[None], generator)  # type: ignore[index]
+        parts[1] = _finite_sum(bwd.log_weights)
+    names = [name for name, _ in model.stochastic_layers() if name in info]
+    acc = [info[name].detach().double().mean() * share for name in names]
+    stats = torch.stack([parts[0][0].detach(), parts[0][1], parts[1][0].detach(), parts[1][1], *acc])
+    stats = all_reduce_sum(stats, "loss and acceptance statistics")
+    for used, count in ((w_fwd < 1, stats[1]), (w_fwd > 0, stats[3])):
+        if used and float(count) == 0:
+            raise RunError("every training path hit a non-finite target density; check the target and the reference")
+    total, value = zero, zero
+    if w_fwd < 1:
+        total = total - (1 - w_fwd) * parts[0][0] / stats[1]
+        value = value - (1 - w_fwd) * stats[0] / stats[1]
+    if w_fwd > 0:
+        total = total + w_fwd * parts[1][0] / stats[3]
+        value = value + w_fwd * stats[2] / stats[3]
+    return total, value, dict(zip(names, stats[4:]))
