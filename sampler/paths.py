@@ -203,10 +203,18 @@ class GeometricPath:
                 lp = self._check(self.target.log_prob(x), x, "log_prob")
             g = None
         self.counter.target_evals += n_points
-        lp = lp.detach().to(torch.float64)
+        return self._evaluation(x, lp.detach(), None if g is None else g.detach())
+
+    def _evaluation(self, x: Tensor, lp: Tensor, g: Tensor | None) -> PathEvaluation:
+        """The evaluation at ``x`` from the target's checked ``lp`` ``(...)`` and gradient ``g``.
+
+        Non-finite values are counted and made harmless: a NaN or +inf log density, or a
+        non-finite gradient at a finite one, becomes ``-inf`` (weight 0) with a zero gradient.
+        Autograd graphs of ``lp`` and ``g`` are kept (subclasses that differentiate rely on it).
+        """
+        lp = lp.to(torch.float64)
         bad = torch.isnan(lp) | (lp == math.inf)
         if g is not None:
-            g = g.detach()
             bad = bad | (~torch.isfinite(g).all(-1) & (lp != -math.inf))
         self.counter.add_nonfinite(bad.sum())  # a tensor: no host sync per evaluation
         lp = lp.masked_fill(bad, -math.inf)
@@ -215,7 +223,7 @@ class GeometricPath:
         return PathEvaluation(
             log_ref=self.reference.log_prob(x),
             log_target=lp,
-            grad_ref=self.reference.grad_log_prob(x) if grad else None,
+            grad_ref=None if g is None else self.reference.grad_log_prob(x),
             grad_target=g,
         )
 

@@ -113,6 +113,22 @@ def _chunk(r: int, n: int, p: int, chunk: int | None) -> int:
     return max(1, min(p, _BLOCK // max(1, r * n)))
 
 
+def _check_epsilon(epsilon: float) -> None:
+    if epsilon < 0 or not math.isfinite(epsilon):
+        raise ConfigurationError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+
+
+def _directions(
+    directions: Tensor | None, n_directions: int, d: int, scheme: str, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """The given ``directions`` ``(P, d)`` (checked), or ``n_directions`` drawn by ``scheme``."""
+    if directions is None:
+        return draw_directions(n_directions, d, scheme, generator, device=device)
+    if directions.ndim != 2 or directions.shape[1] != d:
+        raise ConfigurationError(f"directions must have shape (P, {d}), got {tuple(directions.shape)}")
+    return directions
+
+
 def _check_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     x3, y3 = _as_batched(x, "x"), _as_batched(y, "y")
     if x3.shape[-1] != y3.shape[-1]:
@@ -268,12 +284,8 @@ def sliced_witness_gradient(
     n, m, d = x3.shape[1], y3.shape[1], x3.shape[2]
     a = _weights(x_weights, (r, n), x3, "x_weights")
     b = _weights(y_weights, (r, m), x3, "y_weights")
-    if epsilon < 0 or not math.isfinite(epsilon):
-        raise ConfigurationError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-    if directions is None:
-        directions = draw_directions(n_directions, d, scheme, generator, device=x3.device)
-    if directions.ndim != 2 or directions.shape[1] != d:
-        raise ConfigurationError(f"directions must have shape (P, {d}), got {tuple(directions.shape)}")
+    _check_epsilon(epsilon)
+    directions = _directions(directions, n_directions, d, scheme, generator, x3.device)
     p = directions.shape[0]
     u_all = directions.to(device=x3.device, dtype=x3.dtype)
     c = _chunk(r, n + m, p, chunk)
@@ -408,14 +420,12 @@ def energy_kernel_sum(
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ConfigurationError(f"expected (N, d) sources and (M, d) targets, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if epsilon < 0 or not math.isfinite(epsilon):
-        raise ConfigurationError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    _check_epsilon(epsilon)
     n, d = x.shape
     w = None
     if weights is not None:
         w = _weights(weights, (1, n), x, "weights", normalize=False)[0]
-    if directions is None:
-        directions = draw_directions(n_directions, d, scheme, generator, device=x.device)
+    directions = _directions(directions, n_directions, d, scheme, generator, x.device)
     p = directions.shape[0]
     u_all = directions.to(device=x.device, dtype=torch.float64)
     x64, y64 = x.to(torch.float64), y.to(torch.float64)

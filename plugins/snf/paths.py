@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -28,8 +26,7 @@ class DifferentiablePath(GeometricPath):
     def evaluate(self, x: Tensor, grad: bool = False) -> PathEvaluation:
         """Evaluate reference and target at ``x`` ``(..., d)``, keeping the graph of ``x``."""
         if not x.requires_grad:
-            ev = super().evaluate(x, grad=grad)
-            return ev
+            return super().evaluate(x, grad=grad)
         n_points = x.numel() // max(x.shape[-1], 1)
         with torch.enable_grad():
             lp = self._check(self.target.log_prob(x), x, "log_prob")
@@ -42,17 +39,4 @@ class DifferentiablePath(GeometricPath):
                 g = self._check(g, x, "grad_log_prob")
                 self.counter.grad_evals += n_points
         self.counter.target_evals += n_points
-        lp = lp.to(torch.float64)
-        bad = torch.isnan(lp) | (lp == math.inf)
-        if g is not None:
-            bad = bad | (~torch.isfinite(g).all(-1) & (lp != -math.inf))
-        self.counter.add_nonfinite(bad.detach().sum())
-        lp = lp.masked_fill(bad, -math.inf)
-        if g is not None:
-            g = g.masked_fill((lp == -math.inf)[..., None], 0.0)
-        return PathEvaluation(
-            log_ref=self.reference.log_prob(x),
-            log_target=lp,
-            grad_ref=self.reference.grad_log_prob(x) if grad else None,
-            grad_target=g,
-        )
+        return self._evaluation(x, lp, g)
