@@ -135,7 +135,13 @@ BUDGETS: dict[str, Budget] = {
 
 @attrs.frozen
 class RunRecord:
-    """One method on one target with one seed: metrics and costs (``None`` where not defined)."""
+    """One method on one target with one seed: metrics and costs (``None`` where not defined).
+
+    ``energy_distance`` scores ``result.samples`` as equally weighted points (what a user who
+    ignores the weights gets); ``weighted_energy_distance`` scores the weighted set the result
+    represents (``samples`` with the normalized ``exp(log_weights)``), computed only when the
+    weights are not all equal (``None`` otherwise), with the same exact sample and directions.
+    """
 
     method: str
     target: str
@@ -156,6 +162,7 @@ class RunRecord:
     peak_memory_mb: float
     device: str
     error: str | None = None
+    weighted_energy_distance: float | None = None
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -209,14 +216,19 @@ def run_one(
     peak_mb = _peak_memory_mb(dev)  # the sampler's own peak, before scoring allocates exact samples
 
     x = res.samples[0].to(torch.float64)
-    ed = floor = None
+    ed = weighted_ed = floor = None
     gen = torch.Generator(device=x.device).manual_seed(1_000_003 * seed + 17)
     try:
         exact = target.sample(n, gen, device=x.device, dtype=torch.float64)
     except NotImplementedError:
         exact = None
     if exact is not None:
+        state = gen.get_state()
         ed = metrics.sliced_energy_distance(x, exact, n_directions=budget.n_directions, generator=gen)
+        weights = _normalized_weights(res)
+        if weights is not None:
+            gen.set_state(state)  # the same directions as the unweighted score
+            weighted_ed = metrics.sliced_energy_distance(x, exact, n_directions=budget.n_directions, generator=gen, weights=weights)
         key = (target_name, n)
         if floor_cache is not None and key in floor_cache:
             floor = floor_cache[key]
@@ -251,8 +263,21 @@ def run_one(
         wall_time=res.wall_time,
         peak_memory_mb=peak_mb,
         device=res.device,
+        weighted_energy_distance=weighted_ed,
     )
     return record, res
+
+
+def _normalized_weights(res: sampler.Result) -> torch.Tensor | None:
+    """The first replica's normalized weights ``(N,)`` float64, or ``None`` when they are all equal."""
+    lw = getattr(res, "log_weights", None)
+    if lw is None or res.kind != "smc":
+        return None
+    lw = lw[0].to(torch.float64)
+    finite = lw[torch.isfinite(lw)]
+    if finite.numel() == lw.numel() and bool((finite == finite[0]).all()):
+        return None
+    return torch.softmax(lw, dim=0)
 
 
 def _finite_or_none(v: float) -> float | None:
@@ -262,6 +287,7 @@ def _finite_or_none(v: float) -> float | None:
 #: Columns summarized by median [min, max] over seeds.
 SUMMARY_COLUMNS = (
     "energy_distance",
+    "weighted_energy_distance",
     "floor",
     "log_Z_error",
     "log_Z",
@@ -324,10 +350,11 @@ class Report:
             "Median [min, max] over seeds. Each run is one replica of N particles (MCMC methods: one chain of N draws "
             "after warm-up). Where the exact log Z is unknown the table shows the estimate (est.). "
             "Peak memory: on CPU the process's peak resident set during the sampling run (interpreter and torch included), "
-            "on CUDA the peak allocated device memory.",
+            "on CUDA the peak allocated device memory. Energy distance scores the returned samples as equally weighted points; "
+            "weighted ED scores the weighted set a result with unequal weights represents (— when the weights are equal or absent).",
             "",
-            "| target | method | N | energy distance | floor | abs. log Z error | modes covered | mode weight err. | weight ESS | grad evals | target evals | wall time (s) | peak memory (MB) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| target | method | N | energy distance | weighted ED | floor | abs. log Z error | modes covered | mode weight err. | weight ESS | grad evals | target evals | wall time (s) | peak memory (MB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in self.summary():
             modes = _fmt_cell(row, "modes_covered", "{:.0f}")
@@ -341,6 +368,7 @@ class Report:
                         row["method"],
                         str(row["n_particles"]),
                         _fmt_cell(row, "energy_distance"),
+                        _fmt_cell(row, "weighted_energy_distance"),
                         _fmt_cell(row, "floor", spread=False),
                         _log_z_cell(row),
                         modes,
@@ -454,5 +482,7 @@ def run_suite(
                     report.results[(method, target)] = res
                 if progress is not None:
                     ed = "n/a" if record.energy_distance is None else f"{record.energy_distance:.3g}"
+                    if record.weighted_energy_distance is not None:
+                        ed += f" (weighted {record.weighted_energy_distance:.3g})"
                     progress(f"{target:<11} {method:<6} seed {seed}: energy distance {ed}, {time.perf_counter() - start:.1f} s")
     return report

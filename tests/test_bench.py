@@ -22,6 +22,9 @@ def test_run_suite_scores_against_exact_samples(tmp_path):
     smc = [r for r in report.records if r.method == "smc"]
     assert all(r.log_Z_error is not None for r in smc)
     assert all(r.log_Z is None for r in report.records if r.method == "mala")
+    # smc ends with unequal weights: the weighted set is scored too; chains have no weights
+    assert all(r.weighted_energy_distance is not None and r.weighted_energy_distance >= 0 for r in smc)
+    assert all(r.weighted_energy_distance is None for r in report.records if r.method == "mala")
     modes = [r for r in report.records if r.target == "8modes"]
     assert all(r.n_modes == 8 and 0 <= r.modes_covered <= 8 for r in modes)
     rows = report.summary()
@@ -45,6 +48,28 @@ def test_built_in_plugin_methods_run_in_the_harness():
         assert r.error is None and r.energy_distance is not None and r.grad_evals > 0
     no_density = {r.method: r.log_Z for r in report.records}
     assert no_density["interpolant-langevin"] is None and no_density["tt-smc"] is not None
+
+
+def test_weighted_energy_distance_scores_the_weighted_set():
+    """The weighted score uses the result's normalized weights and the unweighted score's directions."""
+    import torch
+
+    import sampler
+    from sampler import metrics
+    from sampler_benchmarks.harness import run_one
+
+    budget = BUDGETS["smoke"]
+    record, res = run_one("smc", "8modes", 3, budget)
+    target = sampler.get_target("8modes")
+    x = res.samples[0].to(torch.float64)
+    gen = torch.Generator().manual_seed(1_000_003 * 3 + 17)
+    exact = target.sample(x.shape[0], gen, dtype=torch.float64)
+    state = gen.get_state()
+    assert record.energy_distance == metrics.sliced_energy_distance(x, exact, n_directions=budget.n_directions, generator=gen)
+    gen.set_state(state)
+    w = torch.softmax(res.log_weights[0].to(torch.float64), 0)
+    assert record.weighted_energy_distance == metrics.sliced_energy_distance(x, exact, n_directions=budget.n_directions, generator=gen, weights=w)
+    assert record.weighted_energy_distance != record.energy_distance
 
 
 def test_high_dimensional_marginal_plot_and_unknown_log_Z(tmp_path):

@@ -116,7 +116,7 @@ class NeuralJKOModel(nn.Module):
     with :meth:`attach`. :meth:`save` / :meth:`load` keep the trained state.
     """
 
-    def __init__(self, dim: int, latent_loc: float | Tensor = 0.0, latent_scale: float | Tensor = 1.0, exact_max_dim: int = 10, n_probes: int = 16):
+    def __init__(self, dim: int, latent_loc: float | Tensor = 0.0, latent_scale: float | Tensor = 1.0, exact_max_dim: int = 32, n_probes: int = 16):
         super().__init__()
         self.dim = int(dim)
         loc = torch.as_tensor(latent_loc, dtype=torch.float64).detach().cpu().expand(self.dim).clone()
