@@ -36,9 +36,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import warnings
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -161,16 +161,6 @@ def _comm_device(group=None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
 
-def _collective_error(what: str, rank_: int, world: int, exc: BaseException) -> DistributedError:
-    """The error a failed collective raises: which rank, which collective, and what to look for."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return DistributedError(
-        f"rank {rank_} of {world}: {what} failed. Another rank probably raised, stopped, or fell "
-        f"behind by more than the process group's timeout (set it with init_from_env(timeout=...) or "
-        f"SAMPLER_DIST_TIMEOUT); look for the first error in the other ranks' output. Cause: {first}"
-    )
-
-
 def _group_info(group: Any = None) -> tuple[int, int]:
     """``(rank, world size)`` in ``group`` (the default group; ``(0, 1)`` without one)."""
     if group is None and not is_initialized():
@@ -185,7 +175,12 @@ def _collective(what: str, fn, *args, group: Any = None, **kwargs) -> None:
         fn(*args, group=group, **kwargs)
     except RuntimeError as exc:  # DistBackendError and gloo/NCCL timeouts are RuntimeErrors
         rank_, world = _group_info(group)
-        raise _collective_error(what, rank_, world, exc) from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistributedError(
+            f"rank {rank_} of {world}: {what} failed. Another rank probably raised, stopped, or fell "
+            f"behind by more than the process group's timeout (set it with init_from_env(timeout=...) or "
+            f"SAMPLER_DIST_TIMEOUT); look for the first error in the other ranks' output. Cause: {first}"
+        ) from exc
 
 
 def agree(value: int) -> int:
@@ -343,10 +338,7 @@ class Shard:
 
     # -- collectives ----------------------------------------------------------------------------
     def _collective(self, what: str, fn, *args, **kwargs) -> None:
-        try:
-            fn(*args, group=self.group, **kwargs)
-        except RuntimeError as exc:  # DistBackendError and gloo/NCCL timeouts are RuntimeErrors
-            raise _collective_error(what, self.rank, self.world_size, exc) from exc
+        _collective(what, fn, *args, group=self.group, **kwargs)
 
     def remember(self, local: Tensor, full: Tensor) -> None:
         """Record that :meth:`gather` of ``local`` is ``full`` (tensors are never modified in place)."""
@@ -544,7 +536,7 @@ def all_reduce_sum(values: Tensor, what: str = "training statistics", group: Any
     decisions taken from them (a bisection, a step-size update, a stopping rule) agree.
     Sum float statistics in float64 and counts in int64.
     """
-    rank_, world = _group_info(group)
+    _, world = _group_info(group)
     if world == 1:
         return values
     buf = values.detach().to(device=_comm_device(group), copy=True).contiguous()
@@ -554,7 +546,7 @@ def all_reduce_sum(values: Tensor, what: str = "training statistics", group: Any
 
 def _reduce_gradients(parameters: Iterable[Tensor], average: bool, group: Any) -> int:
     params = [p for p in parameters if p.requires_grad]
-    rank_, world = _group_info(group)
+    _, world = _group_info(group)
     if world == 1 or not params:
         return 0
     dev = _comm_device(group)
@@ -616,7 +608,7 @@ def broadcast_parameters(tensors: Iterable[Tensor], src: int = 0, group: Any = N
     the same everywhere. One ``broadcast`` per dtype; nothing without a group.
     """
     tensors = list(tensors)
-    rank_, world = _group_info(group)
+    _, world = _group_info(group)
     if world == 1 or not tensors:
         return
     dist = _dist()

@@ -32,12 +32,16 @@ Reduce = Callable[[Tensor], Tensor]
 
 def rejection_rate(lq: Tensor, log_c: float) -> Tensor:
     """Mean of ``1 - min(1, exp(lq - log_c))`` over ``lq`` ``(n,)`` (float64 scalar)."""
-    return (1.0 - torch.exp(torch.clamp(lq - log_c, max=0.0))).mean()
+    return _rejections(lq, log_c) / lq.numel()
 
 
-def _sharded_rate(lq: Tensor, log_c: float, n_total: float, reduce: Reduce) -> Tensor:
-    """:func:`rejection_rate` over the ``lq`` of all ranks (one ``all_reduce`` of a float64)."""
-    return reduce((1.0 - torch.exp(torch.clamp(lq - log_c, max=0.0))).sum()) / n_total
+def _rejections(lq: Tensor, log_c: float) -> Tensor:
+    """Sum of ``1 - min(1, exp(lq - log_c))`` over ``lq`` ``(n,)``."""
+    return (1.0 - torch.exp(torch.clamp(lq - log_c, max=0.0))).sum()
+
+
+def _no_reduce(values: Tensor) -> Tensor:
+    return values
 
 
 def fit_log_c(lq: Tensor, rate: float, tol: float = 1e-4, max_iter: int = 200, reduce: Reduce | None = None) -> float:
@@ -53,25 +57,16 @@ def fit_log_c(lq: Tensor, rate: float, tol: float = 1e-4, max_iter: int = 200, r
     """
     if not 0.0 < rate < 1.0:
         raise ConfigurationError(f"rejection rate must be in (0, 1), got {rate!r}")
+    reduce = reduce or _no_reduce
     lq = lq.detach().to(torch.float64)
     finite = lq[torch.isfinite(lq)]
-    if reduce is not None:
-        counts = torch.tensor([finite.numel(), lq.numel()], dtype=torch.float64, device=lq.device)
-        sums = reduce(torch.cat([finite.sum().reshape(1), counts]))  # (3,): sum of finite lq, their count, all
-        n_finite, n_total = float(sums[1]), float(sums[2])
-        if n_finite == 0:
-            raise ConfigurationError("rejection layer: every training point has zero target density (log q = -inf)")
-        start = float(sums[0]) / n_finite
-
-        def rate_at(log_c: float) -> float:
-            return float(_sharded_rate(lq, log_c, n_total, reduce))
-
-        return _bisect(rate_at, start, rate, tol, max_iter)
-    if finite.numel() == 0:
+    counts = torch.tensor([finite.numel(), lq.numel()], dtype=torch.float64, device=lq.device)
+    sums = reduce(torch.cat([finite.sum().reshape(1), counts]))  # (3,): sum of finite lq, their count, all
+    n_finite, n_total = float(sums[1]), float(sums[2])
+    if n_finite == 0:
         raise ConfigurationError("rejection layer: every training point has zero target density (log q = -inf)")
     # -inf entries (zero target density) are always rejected; they enter the rate as 1.
-    start = float(finite.mean())
-    return _bisect(lambda log_c: float(rejection_rate(lq, log_c)), start, rate, tol, max_iter)
+    return _bisect(lambda log_c: float(reduce(_rejections(lq, log_c))) / n_total, float(sums[0]) / n_finite, rate, tol, max_iter)
 
 
 def _bisect(rate_at: Callable[[float], float], start: float, rate: float, tol: float, max_iter: int) -> float:
@@ -124,17 +119,12 @@ class RejectionLayer(nn.Module):
         With ``reduce`` (data-parallel training, ``lq`` this rank's share), ``log c``, ``r_bar``
         and ``n_fit`` are those of the union of all ranks' shares, the same on every rank.
         """
-        if reduce is None:
-            log_c = fit_log_c(lq, self.rate)
-            self.log_c.fill_(log_c)
-            self.r_bar.fill_(float(rejection_rate(lq.to(torch.float64), log_c)))
-            self.n_fit.fill_(lq.numel())
-            return
+        reduce = reduce or _no_reduce
         lq64 = lq.detach().to(torch.float64)
         log_c = fit_log_c(lq64, self.rate, reduce=reduce)
         n_total = int(reduce(torch.tensor(lq.numel(), dtype=torch.int64, device=lq.device)))
         self.log_c.fill_(log_c)
-        self.r_bar.fill_(float(_sharded_rate(lq64, log_c, float(n_total), reduce)))
+        self.r_bar.fill_(float(reduce(_rejections(lq64, log_c))) / n_total)
         self.n_fit.fill_(n_total)
 
     def log_alpha(self, lq: Tensor) -> Tensor:
