@@ -4,7 +4,7 @@ Run: ``python -m sampler_benchmarks.core_figures [--seeds 5] [--particles 2000] 
 
 1. ``smc`` (adaptive tempered SMC, 10 MALA sweeps per temperature) on ``gmm40`` with N particles,
    one replica per seed: energy distance to N exact samples (exact O(N^2) V-statistic, the
-   BENCHMARKS.md convention), the exact-vs-exact floor at the same N, modes covered out of 40,
+   docs/benchmarks.md convention), the exact-vs-exact floor at the same N, modes covered out of 40,
    |log Z error|, target/gradient evaluations and wall time; medians over seeds.
 2. MALA throughput: particle-steps per second of the ``mala`` corrector on ``gmm40`` for
    4 replicas x 10,000 particles (50 sweeps after one warm-up application), float32 and float64.
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import sampler
-from sampler.metrics import energy_distance, modes_covered
+from sampler.analysis.metrics import energy_distance, modes_covered
 
 
 def smc_on_gmm40(seeds: int, n: int, **options) -> dict:

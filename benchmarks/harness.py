@@ -8,7 +8,7 @@ Python API::
 
 Each run is one call of ``sampler.sample`` with one replica of N particles (seed = the run's
 seed); its samples are compared with N exact samples of the target (sliced energy distance,
-BENCHMARKS.md convention), beside the exact-vs-exact floor at the same N. Costs are counted by
+docs/benchmarks.md convention), beside the exact-vs-exact floor at the same N. Costs are counted by
 the engine (target and gradient evaluations), timed (wall clock) and measured (peak memory).
 Medians and spreads are over seeds.
 """
@@ -39,7 +39,7 @@ log = logging.getLogger("sampler.bench")
 
 __all__ = ["Budget", "BUDGETS", "RunRecord", "Report", "run_one", "run_suite", "DEFAULT_TARGETS"]
 
-#: Targets of the default suite (BENCHMARKS.md), in table order.
+#: Targets of the default suite (docs/benchmarks.md), in table order.
 DEFAULT_TARGETS = (
     "gmm40",
     "mustache",
@@ -345,7 +345,7 @@ class Report:
             f"Command: `{self.command}`  ",
             f"Date: {date.today().isoformat()}; machine: {self.machine}; budget `{self.budget.name}`: {self.budget.description}.",
             "",
-            "Energy distance: sliced (BENCHMARKS.md convention, "
+            "Energy distance: sliced (docs/benchmarks.md convention, "
             f"{self.budget.n_directions} directions), N samples vs N exact samples; floor = exact vs exact at the same N. "
             "Median [min, max] over seeds. Each run is one replica of N particles (MCMC methods: one chain of N draws "
             "after warm-up). Where the exact log Z is unknown the table shows the estimate (est.). "

@@ -133,7 +133,7 @@ def deweight_vs_resampling(quick: bool) -> dict[str, Any]:
             x, lw = res.weighted_samples[0].to(torch.float64), res.log_weights[0]
             g = torch.Generator().manual_seed(10_000 + seed)
             exact = target.sample(n, g).to(torch.float64)
-            idx = sampler.resampling.get_scheme("systematic")(lw[None], g)[0]
+            idx = sampler.core.resampling.get_scheme("systematic")(lw[None], g)[0]
             t = time.perf_counter()
             dw = deweight(x, lw, generator=g).x[0]
             t_dw = time.perf_counter() - t

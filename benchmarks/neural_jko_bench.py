@@ -13,7 +13,7 @@ energy distance of the weighted result (the model draws with their importance we
 ``Result`` represents) and of the raw, unweighted model draws. ``smc`` runs at the
 harness's ``cpu`` budget (N = 2000) unless ``--no-smc``. Writes ``results.json`` and
 ``results.md`` under ``--out`` (default ``results/neural_jko``) and prints the table with the
-published figures of BENCHMARKS.md.
+published figures of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from sampler_benchmarks.harness import BUDGETS, Budget, machine_description, run_suite
 
-#: Published ICNJ energy distances and ELBO log Z errors (BENCHMARKS.md, METHODS.md 1.8).
+#: Published ICNJ energy distances and ELBO log Z errors (docs/neural_jko.md).
 PUBLISHED = {
     "mustache": (2.9e-3, 7.3e-3),
     "8modes": (1.2e-5, 5e-6),

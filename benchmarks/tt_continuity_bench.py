@@ -7,7 +7,7 @@ Run: ``python -m sampler_benchmarks.tt_continuity_bench [--targets double-well,m
    ``tt-smc`` (the same pipeline plus the TT flow at the start of each stage) with ``n_steps`` MALA
    sweeps per stage for each value of ``--steps`` (``tt-smc`` also with 0). One replica of N
    particles per seed; energy distance of the N samples to N exact samples (sliced, 1000
-   directions, BENCHMARKS.md convention) beside the exact-vs-exact floor, |log Z error|, gradient
+   directions, docs/benchmarks.md convention) beside the exact-vs-exact floor, |log Z error|, gradient
    evaluations (the flow's included: one per particle and stage), stages and wall time; medians
    [min, max] over seeds, and the curve of error against gradient evaluations (``--out`` with
    ``.png``).

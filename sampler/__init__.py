@@ -13,13 +13,30 @@ Quick start::
     print(sampler.summary(res))
 
 Every sampling method comes from a plugin (``sampler.list_plugins()``); see
-:mod:`sampler.hookspecs` to write one.
+:mod:`sampler.host.hookspecs` to write one.
 """
 
-from sampler import errors, paths, plugins, resampling, schedules
-from sampler.api import (
-    DEFAULT_METHOD,
-    DEFAULT_TARGET,
+import sys
+
+from sampler import errors, targets
+from sampler._version import __version__
+from sampler.analysis import diagnostics, metrics, plotting
+from sampler.analysis.diagnostics import Summary, summary
+from sampler.analysis.estimators import Estimator, estimate, estimator, list_estimators
+from sampler.api import DEFAULT_METHOD, DEFAULT_TARGET, resume, sample
+from sampler.core import paths, resampling, schedules
+from sampler.core.particles import Particles
+from sampler.core.paths import GaussianReference, GeometricPath, PathEvaluation
+from sampler.core.result import Result, StepStats
+from sampler.core.runner import Capabilities, Runner
+from sampler.core.steps import Corrector, Step, StepContext, StepOutput, Transport
+from sampler.engine import distributed
+from sampler.engine.pipeline import Pipeline, make_reference, reweight
+from sampler.core.settings import RunSettings
+from sampler.errors import SamplerError
+from sampler.host import hookspecs
+from sampler.host import loading as plugins
+from sampler.host.building import (
     corrector,
     get_target,
     list_correctors,
@@ -28,27 +45,32 @@ from sampler.api import (
     list_targets,
     list_transports,
     method,
-    resume,
-    sample,
     transport,
 )
-from sampler.diagnostics import Summary, summary
-from sampler.engine import Pipeline, RunSettings, make_reference, reweight
-from sampler.errors import SamplerError
-from sampler.estimators import Estimator, estimate, estimator, list_estimators
-from sampler.hookspecs import hookimpl, hookspec
-from sampler.particles import Particles
-from sampler.paths import GaussianReference, GeometricPath, PathEvaluation
-from sampler.persistence import load_result as load
-from sampler.plugins import block_plugin, register_plugin, reset_plugins, set_strict_plugins, unregister_plugin
-from sampler.result import Result, StepStats
-from sampler.steps import Corrector, Step, StepContext, StepOutput, Transport
+from sampler.host.hookspecs import hookimpl, hookspec
+from sampler.host.loading import block_plugin, register_plugin, reset_plugins, set_strict_plugins, unregister_plugin
+from sampler.io.persistence import load_result as load
 from sampler.targets.base import BoltzmannTarget, Target, target
 
-__version__ = "0.1.0"
+# The short module names users import (``from sampler.schedules import Adaptive``) stay valid
+# whatever layer a module lives in (docs/concepts.md, "Layers").
+for _name, _module in {
+    "diagnostics": diagnostics,
+    "distributed": distributed,
+    "hookspecs": hookspecs,
+    "metrics": metrics,
+    "paths": paths,
+    "plotting": plotting,
+    "plugins": plugins,
+    "resampling": resampling,
+    "schedules": schedules,
+}.items():
+    sys.modules.setdefault(f"{__name__}.{_name}", _module)
+del _name, _module
 
 __all__ = [
     "BoltzmannTarget",
+    "Capabilities",
     "Corrector",
     "DEFAULT_METHOD",
     "DEFAULT_TARGET",
@@ -57,6 +79,7 @@ __all__ = [
     "GeometricPath",
     "Particles",
     "PathEvaluation",
+    "Runner",
     "Pipeline",
     "Result",
     "RunSettings",
@@ -70,12 +93,15 @@ __all__ = [
     "Transport",
     "block_plugin",
     "corrector",
+    "diagnostics",
+    "distributed",
     "errors",
     "estimate",
     "estimator",
     "get_target",
     "hookimpl",
     "hookspec",
+    "hookspecs",
     "list_correctors",
     "list_estimators",
     "list_methods",
@@ -85,6 +111,7 @@ __all__ = [
     "load",
     "make_reference",
     "method",
+    "metrics",
     "paths",
     "plugins",
     "register_plugin",
@@ -96,7 +123,9 @@ __all__ = [
     "schedules",
     "set_strict_plugins",
     "summary",
+    "targets",
     "target",
     "transport",
+    "__version__",
     "unregister_plugin",
 ]

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import sampler
-from sampler import distributed
+from sampler.engine import distributed
 from sampler.api import DEFAULT_METHOD, DEFAULT_TARGET
-from sampler.checkpoint import Checkpoint, CheckpointData, build_metadata, read_checkpoint
+from sampler.core.runner import capabilities_of
+from sampler.io.checkpoint import Checkpoint, CheckpointData, build_metadata, read_checkpoint
 from sampler.errors import ConfigurationError, Interrupted, SamplerError, TargetError
 from sampler.targets.base import Target
 
@@ -158,8 +159,8 @@ def _run_command(args: argparse.Namespace) -> int:
             seed = distributed.agree(seed)
         checkpoint = Path(args.checkpoint or f"{_slug(target.name)}-{args.method}-seed{seed}.ckpt")
         runner = sampler.method(args.method, **options)
-        parameters = inspect.signature(runner.run).parameters
-        supports = "checkpoint" in parameters
+        can = capabilities_of(runner)
+        supports = can.checkpoint
         if not supports and (args.checkpoint or args.checkpoint_every):
             raise ConfigurationError(f"method {args.method!r} does not support checkpoints")
         extra = (
@@ -173,10 +174,10 @@ def _run_command(args: argparse.Namespace) -> int:
             if supports
             else {}
         )
-        if not main and "distributed" not in parameters:
+        if not main and not can.distributed:
             extra = {}  # a runner that does not shard runs whole on every rank: only rank 0 saves it
         if args.distributed:
-            if "distributed" not in parameters:
+            if not can.distributed:
                 raise ConfigurationError(f"method {args.method!r} cannot shard its particles (--distributed)")
             extra["distributed"] = True
         try:
@@ -215,7 +216,7 @@ def _slug(name: str) -> str:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from sampler.plotting import resolve_target
+    from sampler.analysis.plotting import resolve_target
 
     result = sampler.load(args.file)
     print(sampler.summary(result, target=resolve_target(result)))
@@ -231,7 +232,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from sampler.plotting import plot, plot_all
+    from sampler.analysis.plotting import plot, plot_all
 
     result = sampler.load(args.file)
     target = None
@@ -301,7 +302,7 @@ def _cmd_list(*kinds: str) -> int:
     for kind in kinds:
         if len(kinds) > 1:
             print(f"{kind}s:")
-        for entry in sampler.plugins.host().registry.entries(kind):
+        for entry in sampler.host.loading.host().registry.entries(kind):
             print(f"  {entry.name:<20} {entry.description}  [plugin {entry.plugin}]")
     return 0
 
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--methods", default=None, help="comma-separated methods (default: smc, ais, mala, hmc)")
-    bench.add_argument("--targets", default=None, help="comma-separated targets (default: the BENCHMARKS.md suite)")
+    bench.add_argument("--targets", default=None, help="comma-separated targets (default: the suite of docs/benchmarks.md)")
     bench.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the budget's)")
     bench.add_argument("--budget", default="cpu", help="cpu (2 CPU cores), paper (published scale, for a GPU) or smoke (seconds)")
     bench.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="option for every method")

@@ -58,7 +58,7 @@ def test_run_writes_netcdf(tmp_path, capsys):
     out = tmp_path / "res.nc"
     assert main(["run", "double-well", *SMALL, "--out", str(out)]) == 0
     assert out.stat().st_size > 0
-    from sampler._arviz import arviz
+    from sampler.io._arviz import arviz
 
     idata = arviz().from_netcdf(str(out))
     assert idata.posterior["x"].shape == (2, 200, 2)

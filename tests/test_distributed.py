@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import sampler
-from sampler.checkpoint import read_checkpoint
+from sampler.io.checkpoint import read_checkpoint
 from sampler import distributed as sdist
 from sampler.distributed import ParticleStreams, Shard, block_size, shard_bounds
 from sampler.errors import ConfigurationError

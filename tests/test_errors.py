@@ -311,7 +311,7 @@ def test_unknown_name_lists_registered_names():
 
 
 def test_unknown_name_when_nothing_registered():
-    from sampler.registry import Registry
+    from sampler.host.registry import Registry
 
     with pytest.raises(UnknownNameError, match="No transports are registered"):
         Registry().get("transport", "flow")

@@ -277,7 +277,7 @@ def test_log_Z_from_the_model_weights_is_unbiased(trained, mixture_target):
     draws = trained.sample(20 * 500, gen(14))
     lw = draws.log_weights.reshape(20, 500)
     log_z_r = log_mean_exp(lw)
-    pooled, se = sampler.result.pooled_log_Z(log_z_r)
+    pooled, se = sampler.core.result.pooled_log_Z(log_z_r)
     bias = sum(4 * math.sqrt(float(l.r_bar) * (1 - float(l.r_bar)) / int(l.n_fit)) / float(l.r_bar) for l in trained.layers if l.kind == "rejection")
     assert abs(pooled - mixture_target.log_Z) < 4 * se + bias
     # the model's density is normalized: ELBO <= log Z up to MC error
@@ -291,7 +291,7 @@ def test_cnf_only_model_log_Z_is_unbiased(mixture_target):
     path = GeometricPath(GaussianReference(2), mixture_target, EvaluationCounter())
     model = train_model(mixture_target, config, path, gen(15), dtype=torch.float32)
     lw = model.sample(20 * 500, gen(16)).log_weights.reshape(20, 500)
-    pooled, se = sampler.result.pooled_log_Z(log_mean_exp(lw))
+    pooled, se = sampler.core.result.pooled_log_Z(log_mean_exp(lw))
     assert abs(pooled - mixture_target.log_Z) < 4 * se
 
 

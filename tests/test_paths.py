@@ -11,7 +11,7 @@ from scipy import stats
 
 import sampler
 from sampler.errors import ConfigurationError, TargetError
-from sampler.particles import ess
+from sampler.core.particles import ess
 from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation
 from sampler.targets import Gaussian
 

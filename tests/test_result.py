@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import sampler
-from sampler._arviz import arviz
-from sampler.result import pooled_log_Z
+from sampler.io._arviz import arviz
+from sampler.core.result import pooled_log_Z
 
 
 @pytest.fixture(scope="module")

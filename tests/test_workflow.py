@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import sampler
-from sampler.checkpoint import read_checkpoint
+from sampler.io.checkpoint import read_checkpoint
 from sampler.cli import build_parser, main
 from sampler.errors import ConfigurationError, Interrupted, PersistenceError
-from sampler.persistence import FORMAT_VERSION, load_weights, models_dir
+from sampler.io.persistence import FORMAT_VERSION, load_weights, models_dir
 
 
 def _smc(**kw):

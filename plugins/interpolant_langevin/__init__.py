@@ -7,7 +7,8 @@ estimated per particle by inner Langevin chains, started at ``p_{T0}`` by Langev
 the estimated score. Samples only: the result has ``log_Z = None``.
 
 Public pieces: :class:`InterpolantFlow` (transport ``interpolant-flow``), :class:`AtTarget`
-(a corrector applied only at t = 1), :class:`InterpolantPipeline`, and the estimators
+(a corrector applied only at t = 1), :class:`InterpolantPipeline`, the method's settings
+:class:`TimeGrid` and :class:`VelocitySettings`, and the estimators
 :func:`estimate_posterior`, :func:`velocity`, :func:`score` (usable on their own).
 """
 
@@ -15,7 +16,14 @@ from __future__ import annotations
 
 import sampler
 
-from sampler_plugins.interpolant_langevin.method import AtTarget, InterpolantPipeline, build_interpolant_langevin, ode_times
+from sampler_plugins.interpolant_langevin.method import (
+    AtTarget,
+    VelocitySettings,
+    InterpolantPipeline,
+    TimeGrid,
+    build_interpolant_langevin,
+    ode_times,
+)
 from sampler_plugins.interpolant_langevin.posterior import (
     InnerSampler,
     PosteriorChains,
@@ -31,11 +39,13 @@ from sampler_plugins.interpolant_langevin.transport import InterpolantFlow
 
 __all__ = [
     "AtTarget",
+    "VelocitySettings",
     "InnerSampler",
     "InterpolantFlow",
     "InterpolantPipeline",
     "PosteriorChains",
     "PosteriorEstimate",
+    "TimeGrid",
     "build_interpolant_langevin",
     "estimate_posterior",
     "init_chains",

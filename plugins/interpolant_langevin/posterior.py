@@ -35,11 +35,17 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler import GaussianReference, GeometricPath, make_reference
-from sampler.errors import ConfigurationError, check_positive_int
-from sampler.paths import EvaluationCounter
-from sampler.resampling import systematic
-from sampler.targets.base import Target, as_target
+from sampler.ext import (
+    as_target,
+    check_positive_int,
+    ConfigurationError,
+    EvaluationCounter,
+    GaussianReference,
+    GeometricPath,
+    make_reference,
+    systematic,
+    Target,
+)
 
 __all__ = [
     "InnerSampler",

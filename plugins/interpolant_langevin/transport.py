@@ -33,8 +33,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler import Particles, StepContext, StepOutput, Transport
-from sampler.errors import ConfigurationError, RunError
+from sampler.ext import ConfigurationError, Particles, RunError, StepContext, StepOutput, Transport
 
 from sampler_plugins.interpolant_langevin.posterior import (
     InnerSampler,

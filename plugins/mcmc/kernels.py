@@ -16,8 +16,15 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler import Corrector, Particles, PathEvaluation, StepContext, StepOutput
-from sampler.errors import ConfigurationError, check_positive_int
+from sampler.ext import (
+    check_positive_int,
+    ConfigurationError,
+    Corrector,
+    Particles,
+    PathEvaluation,
+    StepContext,
+    StepOutput,
+)
 
 
 #: Adapted step sizes stay within these bounds (a stuck acceptance cannot drive them to 0 or inf).

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sampler import Pipeline, corrector
-from sampler.errors import ConfigurationError, check_positive_int
-from sampler.schedules import Adaptive, Geometric, Linear, Power, Schedule
+from sampler.ext import (
+    Adaptive,
+    check_positive_int,
+    ConfigurationError,
+    corrector,
+    Geometric,
+    Linear,
+    Pipeline,
+    Power,
+    Schedule,
+)
 
 _KERNELS = ("mala", "hmc", "rwmh", "ula")
 
@@ -44,7 +52,7 @@ def build_smc(
             every temperature (the schedule already holds the ESS at ``target_ess``), which
             keeps the MCMC moves working on an equally weighted set.
         scheme: resampling scheme.
-        schedule: a fixed :mod:`sampler.schedules` schedule instead of the adaptive one.
+        schedule: a fixed :mod:`sampler.core.schedules` schedule instead of the adaptive one.
         reference_loc, reference_scale: override the target's default Gaussian reference.
         **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``,
             ``n_leapfrog`` for HMC, ...).

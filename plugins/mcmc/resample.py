@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import math
 
-import attrs
 import torch
 
-from sampler import Corrector, Particles, StepContext, StepOutput
-from sampler.errors import ConfigurationError
-from sampler.particles import ess as _ess
-from sampler.resampling import get_scheme
+from sampler.ext import ConfigurationError, Corrector, ess as _ess, get_scheme, Particles, StepContext, StepOutput
 
 
 class Resample(Corrector):

@@ -1,7 +1,7 @@
 """Plugin ``mmd_flow``: sliced MMD particle flows with the negative-distance (Riesz r = 1) kernel.
 
 Everything rests on one fact: for ``K(x, y) = -|x - y|`` the MMD equals its sliced version up to
-``c_d`` (:func:`sampler.metrics.slicing_constant`), and in 1D its gradient and kernel sums follow
+``c_d`` (:func:`sampler.analysis.metrics.slicing_constant`), and in 1D its gradient and kernel sums follow
 from sorting, in O((N + M) log(N + M)) per direction instead of O(N^2 + N M).
 
 * :mod:`~sampler_plugins.mmd_flow.sliced`: witness slopes (energy-distance gradients) by

@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError
-from sampler.metrics import slicing_constant
+from sampler.ext import ConfigurationError, slicing_constant
 
 from sampler_plugins.mmd_flow.directions import draw_directions
 from sampler_plugins.mmd_flow.flow import FlowSettings, sample_scale

@@ -21,8 +21,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler import Corrector, Particles, StepContext, StepOutput
-from sampler.errors import ConfigurationError
+from sampler.ext import ConfigurationError, Corrector, Particles, StepContext, StepOutput
 
 from sampler_plugins.mmd_flow.flow import FlowSettings, mmd_flow
 

@@ -1,11 +1,11 @@
 """Slicing directions on the sphere S^{d-1}: iid, random orthogonal frames, and QMC designs.
 
 Every sliced quantity here is an average over directions ξ of a 1D quantity, with ξ uniform on
-the sphere (``E_ξ |<ξ, v>| = |v| / c_d``, :func:`sampler.metrics.slicing_constant`). Three ways
+the sphere (``E_ξ |<ξ, v>| = |v| / c_d``, :func:`sampler.analysis.metrics.slicing_constant`). Three ways
 to draw P directions, all with each direction marginally uniform (so every sliced estimate stays
 unbiased):
 
-* ``"iid"``: independent uniform directions (:func:`sampler.metrics.random_directions`); the
+* ``"iid"``: independent uniform directions (:func:`sampler.analysis.metrics.random_directions`); the
   error of a sliced average decays like ``sqrt(d / P)``.
 * ``"orthogonal"``: blocks of ``d`` orthonormal directions (rows of Haar-random orthogonal
   matrices); directions within a block are negatively dependent, which cancels part of the
@@ -24,8 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError
-from sampler.metrics import random_directions
+from sampler.ext import ConfigurationError, random_directions
 
 __all__ = ["SCHEMES", "QMC_MAX_DIM", "draw_directions", "haar_orthogonal", "distance_design", "design_energy"]
 

@@ -26,8 +26,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError, check_positive_int
-from sampler.metrics import projected_energy_distances, slicing_constant
+from sampler.ext import check_positive_int, ConfigurationError, projected_energy_distances, slicing_constant
 
 from sampler_plugins.mmd_flow.directions import check_scheme, draw_directions
 from sampler_plugins.mmd_flow.sliced import _as_batched, _weights, sliced_witness_gradient

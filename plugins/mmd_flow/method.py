@@ -29,11 +29,7 @@ import torch
 from torch import Tensor
 
 import sampler
-from sampler.engine import RunSettings, make_reference
-from sampler.errors import ConfigurationError
-from sampler.progress import progress_bar
-from sampler.result import Result
-from sampler.targets.base import Target, as_target
+from sampler.ext import as_target, ConfigurationError, make_reference, progress_bar, Result, RunSettings, Target
 
 from sampler_plugins.mmd_flow.flow import FlowSettings, mmd_flow
 
@@ -114,42 +110,23 @@ class MMDFlowMethod:
         options = dict(self.options)
         if src is not None:
             options["log_Z_from"] = f"source {self.source!r}" if src.log_Z_per_replica is not None else None
-            return Result(
+            return Result.from_run(
+                target,
+                cfg,
+                "mmd-flow",
                 samples=x,
+                evals=(src.n_target_evals, src.n_grad_evals, src.n_nonfinite),
+                kind="smc" if src.kind == "smc" else "flow",
                 log_weights=src.log_weights,
                 weighted_samples=src.weighted_samples,
                 log_Z_per_replica=src.log_Z_per_replica,
-                n_target_evals=src.n_target_evals,
-                n_grad_evals=src.n_grad_evals,
-                n_nonfinite=src.n_nonfinite,
                 steps=src.steps,
-                method="mmd-flow",
-                target=target.name,
-                kind="smc" if src.kind == "smc" else "flow",
-                seed=cfg.seed,
                 wall_time=time.perf_counter() - start,
-                device=str(cfg.device),
                 options=options,
-                exact_log_Z=getattr(target, "log_Z", None),
             )
         options["log_Z_from"] = None
-        return Result(
-            samples=x,
-            log_weights=torch.zeros(x.shape[:2], dtype=torch.float64, device=x.device),
-            weighted_samples=x,
-            log_Z_per_replica=None,
-            n_target_evals=0,
-            n_grad_evals=0,
-            n_nonfinite=0,
-            steps=(),
-            method="mmd-flow",
-            target=target.name,
-            kind="flow",
-            seed=cfg.seed,
-            wall_time=time.perf_counter() - start,
-            device=str(cfg.device),
-            options=options,
-            exact_log_Z=getattr(target, "log_Z", None),
+        return Result.from_run(
+            target, cfg, "mmd-flow", samples=x, evals=(0, 0, 0), kind="flow", wall_time=time.perf_counter() - start, options=options
         )
 
 

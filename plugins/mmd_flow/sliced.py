@@ -1,11 +1,11 @@
 """Sliced energy-distance gradients and fast negative-distance kernel sums, by sorting.
 
-Notation (METHODS.md §5). Particles ``x`` ``(N, d)`` with weights ``a`` (sum 1), target samples
+Notation (docs/mmd_flow.md). Particles ``x`` ``(N, d)`` with weights ``a`` (sum 1), target samples
 ``y`` ``(M, d)`` with weights ``b`` (sum 1), and the (possibly smoothed) distance ``f``:
 
     F(x) = sum_{i,j} a_i b_j f(x_i - y_j) - 1/2 sum_{i,k} a_i a_k f(x_i - x_k)
 
-is the energy distance ``ED(x, y)`` of :mod:`sampler.metrics` up to a constant in ``x`` (for
+is the energy distance ``ED(x, y)`` of :mod:`sampler.analysis.metrics` up to a constant in ``x`` (for
 ``f = |.|``; in ``d`` dimensions ``f(v) = |v| = c_d E_ξ |<ξ, v>|``). Its gradient is
 ``dF/dx_i = a_i ∇φ(x_i)`` with the *witness slope*
 
@@ -39,8 +39,7 @@ import math
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError
-from sampler.metrics import slicing_constant
+from sampler.ext import ConfigurationError, slicing_constant
 
 from sampler_plugins.mmd_flow.directions import draw_directions
 
@@ -57,7 +56,7 @@ __all__ = [
     "smoothed_abs",
 ]
 
-# Elements of one (R, chunk, N + M) block; as in sampler.metrics, larger is no faster on CPU.
+# Elements of one (R, chunk, N + M) block; as in sampler.analysis.metrics, larger is no faster on CPU.
 _BLOCK = 1 << 21
 
 
@@ -311,7 +310,7 @@ def energy_distance_gradient(
     """Gradient of the (sliced) energy distance ``ED(x, y)`` with respect to ``x``, ``(R, N, d)``.
 
     ``a_i ∇φ(x_i)`` with ``∇φ`` from :func:`sliced_witness_gradient` (options as there); the
-    energy distance is :func:`sampler.metrics.energy_distance`'s convention. Exact in 1D.
+    energy distance is :func:`sampler.analysis.metrics.energy_distance`'s convention. Exact in 1D.
     """
     x3 = _as_batched(x, "x")
     g = sliced_witness_gradient(x, y, x_weights, y_weights, **options)

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sampler.errors import ConfigurationError
+from sampler.ext import ConfigurationError
 
 from sampler_plugins.neural_jko.velocity import VelocityField
 

@@ -26,14 +26,25 @@ from typing import Any
 import attrs
 import torch
 
-from sampler.distributed import agree, all_reduce_sum, is_main_process, rank_seed, replicated_sampling, world_size
-from sampler.engine import Pipeline, RunSettings
-from sampler.errors import ConfigurationError
-from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath
-from sampler.result import Result
-from sampler.schedules import Linear
-from sampler.steps import Corrector
-from sampler.targets.base import Target, as_target
+from sampler.ext import (
+    agree,
+    all_reduce_sum,
+    as_target,
+    ConfigurationError,
+    Corrector,
+    EvaluationCounter,
+    GaussianReference,
+    GeometricPath,
+    is_main_process,
+    Linear,
+    Pipeline,
+    rank_seed,
+    replicated_sampling,
+    Result,
+    RunSettings,
+    Target,
+    world_size,
+)
 
 from sampler_plugins.neural_jko.model import NeuralJKOModel
 from sampler_plugins.neural_jko.train import NeuralJKOConfig, resolve_config, train_model

@@ -22,9 +22,14 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from sampler.errors import ConfigurationError, PersistenceError
-from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath
-from sampler.targets.base import Target
+from sampler.ext import (
+    ConfigurationError,
+    EvaluationCounter,
+    GaussianReference,
+    GeometricPath,
+    PersistenceError,
+    Target,
+)
 
 from sampler_plugins.neural_jko.cnf import CNFLayer
 from sampler_plugins.neural_jko.rejection import RejectionLayer

@@ -22,11 +22,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from sampler.errors import ConfigurationError
+from sampler.ext import ConfigurationError
 
 __all__ = ["RejectionLayer", "fit_log_c", "rejection_rate"]
 
-#: Sums a float64 or int64 tensor over the ranks of a data-parallel run (``sampler.distributed.all_reduce_sum``).
+#: Sums a float64 or int64 tensor over the ranks of a data-parallel run (``sampler.engine.distributed.all_reduce_sum``).
 Reduce = Callable[[Tensor], Tensor]
 
 

@@ -15,7 +15,7 @@ any target with ``log_prob_and_grad`` works; every target and gradient evaluatio
 counting :class:`~sampler.GeometricPath`.
 
 **Data-parallel training** (``data_parallel=True``, the default under a ``torch.distributed``
-group of more than one rank): every rank draws its share (:func:`sampler.distributed.local_batch`)
+group of more than one rank): every rank draws its share (:func:`sampler.engine.distributed.local_batch`)
 of each layer's training set and of every mini-batch from its own generator, scales its loss by
 its share of the batch, and the gradients are summed over the ranks before every rank takes the
 same Adam step, so all ranks hold the same model. A new CNF layer starts from rank 0's
@@ -35,10 +35,17 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler.distributed import all_reduce_sum, broadcast_parameters, local_batch, sum_gradients, world_size
-from sampler.errors import ConfigurationError
-from sampler.paths import GeometricPath, PathEvaluation
-from sampler.progress import progress_bar
+from sampler.ext import (
+    all_reduce_sum,
+    broadcast_parameters,
+    ConfigurationError,
+    GeometricPath,
+    local_batch,
+    PathEvaluation,
+    progress_bar,
+    sum_gradients,
+    world_size,
+)
 
 from sampler_plugins.neural_jko.cnf import CNFLayer, Flow
 from sampler_plugins.neural_jko.model import NeuralJKOModel, _Draw
@@ -120,7 +127,7 @@ class NeuralJKOConfig:
 
 #: Base settings of each preset.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's global defaults (METHODS.md 1.5), for a GPU.
+    # The paper's global defaults (docs/neural_jko.md, "Presets and costs"), for a GPU.
     "paper": {},
     # Two CPU cores, about 10 minutes or less per 2D target (measured: docs/neural_jko.md).
     "cpu": dict(n_flow=3, n_blocks=3, n_iters=300, batch_size=500, n_train=5000, n_rk4_steps=4, lr=1e-2, lr_decay=0.8),
@@ -128,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_flow=1, n_blocks=1, n_iters=30, batch_size=256, n_train=1000, n_rk4_steps=3, lr=1e-2, lr_decay=0.8),
 }
 
-#: Per-target overrides of each preset (by target name; METHODS.md 1.5 for ``paper``).
+#: Per-target overrides of each preset (by target name; docs/neural_jko.md, "Presets and costs" for ``paper``).
 PRESET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "mustache": dict(n_flow=6, n_blocks=6, tau0=0.01),  # the released config's 0.05 is a typo that never applies
@@ -288,7 +295,7 @@ def train_model(
     ``data_parallel`` (default: when a process group of more than one rank is initialized)
     trains on all ranks together (see the module docstring): every rank must call this with the
     same ``config`` and its **own** ``generator`` (e.g. seeded with
-    :func:`sampler.distributed.rank_seed`); the returned models are identical. ``path.counter``
+    :func:`sampler.engine.distributed.rank_seed`); the returned models are identical. ``path.counter``
     then counts this rank's evaluations only, while the records' ``target_evals`` and
     ``grad_evals`` are totals over the ranks.
     """

@@ -13,7 +13,7 @@ increment is the importance-sampling estimate ``log mean_i w_i``.
   :class:`sampler.Pipeline` next to other transports, resampling or MCMC correctors.
 
 Both move particles from the latent (t = 0) to the target (t = 1) and so belong in a one-stage
-schedule (``sampler.schedules.Linear(1)``); correctors run after them at t = 1. A rejection
+schedule (``sampler.core.schedules.Linear(1)``); correctors run after them at t = 1. A rejection
 layer's density formula holds for inputs that are draws of the model below it, so no step may
 alter the particles between layers (the engine runs all transports of a stage back to back).
 """
@@ -25,10 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError, RunError
-from sampler.particles import Particles
-from sampler.paths import PathEvaluation
-from sampler.steps import StepContext, StepOutput, Transport
+from sampler.ext import ConfigurationError, Particles, PathEvaluation, RunError, StepContext, StepOutput, Transport
 
 from sampler_plugins.neural_jko.model import Batch, NeuralJKOModel, _Draw
 
@@ -52,7 +49,7 @@ def _check_reference(model: NeuralJKOModel, ctx: StepContext) -> None:
 
 def _check_stage(step: Transport, ctx: StepContext) -> None:
     if not bool(((ctx.t_from == 0.0) & (ctx.t == 1.0)).all()):
-        raise RunError(f"{type(step).__name__} maps the latent (t = 0) to the target (t = 1): use a one-stage schedule, sampler.schedules.Linear(1)")
+        raise RunError(f"{type(step).__name__} maps the latent (t = 0) to the target (t = 1): use a one-stage schedule, sampler.core.schedules.Linear(1)")
 
 
 def _evaluation(model: NeuralJKOModel, b: Batch, ctx: StepContext, shape: tuple[int, ...]) -> PathEvaluation:

@@ -5,9 +5,9 @@ Layers (each a step of the engine's contract, usable in any ``sampler.Pipeline``
 :class:`CouplingBlock` (RealNVP, transport, ``ΔS = log|det J|``), :class:`LangevinLayer`
 (unadjusted Langevin, transport, ``ΔS`` from the forward/backward Gaussian kernels) and
 :class:`MetropolisLayer` (random-walk/MALA, corrector). :class:`SNF` stacks them into stages along
-the geometric path; :func:`fit` trains it (reverse KL, forward KL or a mix); ``SNF.pipeline``
-runs it in the engine. :class:`ConditionalSNF` and :class:`LinearGaussianProblem` cover inverse
-problems.
+the geometric path; :func:`fit` trains it (reverse KL, forward KL or a mix; its hyper-parameters
+are a :class:`TrainingSettings`); ``SNF.pipeline`` runs it in the engine. :class:`ConditionalSNF`
+and :class:`LinearGaussianProblem` cover inverse problems.
 
 Registered: method ``snf``; transport ``snf-langevin``; corrector ``snf-metropolis``.
 """
@@ -21,7 +21,7 @@ from sampler_plugins.snf.inverse import ConditionalSNF, InverseProblem, LinearGa
 from sampler_plugins.snf.layers import AffineCoupling, CouplingBlock, ElementwiseAffine, LangevinLayer, MetropolisLayer
 from sampler_plugins.snf.method import SNFMethod, build_snf
 from sampler_plugins.snf.paths import DifferentiablePath
-from sampler_plugins.snf.training import TrainingLog, fit
+from sampler_plugins.snf.training import TrainingLog, TrainingSettings, fit
 
 __all__ = [
     "AffineCoupling",
@@ -41,6 +41,7 @@ __all__ = [
     "SNFTransport",
     "Stage",
     "TrainingLog",
+    "TrainingSettings",
     "build_snf",
     "fit",
     "snf_from_config",

@@ -28,11 +28,22 @@ import torch
 from torch import Tensor, nn
 
 import sampler
-from sampler import Corrector, GaussianReference, Particles, StepContext, StepOutput, Transport
-from sampler.errors import ConfigurationError, PersistenceError, check_positive_int
-from sampler.paths import EvaluationCounter, GeometricPath
-from sampler.schedules import Fixed
-from sampler.targets.base import Target, as_target
+from sampler.ext import (
+    as_target,
+    check_positive_int,
+    ConfigurationError,
+    Corrector,
+    EvaluationCounter,
+    Fixed,
+    GaussianReference,
+    GeometricPath,
+    Particles,
+    PersistenceError,
+    StepContext,
+    StepOutput,
+    Target,
+    Transport,
+)
 
 from sampler_plugins.snf.layers import CouplingBlock, LangevinLayer, MetropolisLayer
 from sampler_plugins.snf.paths import DifferentiablePath

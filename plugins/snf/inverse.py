@@ -22,10 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sampler import Result
-from sampler.errors import ConfigurationError
-from sampler.paths import EvaluationCounter
-from sampler.targets.base import Target
+from sampler.ext import ConfigurationError, EvaluationCounter, Result, Target
 
 from sampler_plugins.snf.flow import SNF
 from sampler_plugins.snf.training import TrainingLog, fit

@@ -37,8 +37,16 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from sampler import Corrector, Particles, PathEvaluation, StepContext, StepOutput, Transport
-from sampler.errors import ConfigurationError, check_positive_int
+from sampler.ext import (
+    check_positive_int,
+    ConfigurationError,
+    Corrector,
+    Particles,
+    PathEvaluation,
+    StepContext,
+    StepOutput,
+    Transport,
+)
 
 __all__ = [
     "ElementwiseAffine",

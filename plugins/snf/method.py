@@ -18,14 +18,24 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler import Result, RunSettings, make_reference
-from sampler.distributed import agree, broadcast_parameters, is_main_process, rank_seed, replicated_sampling, world_size
-from sampler.errors import ConfigurationError, check_positive_int
-from sampler.paths import EvaluationCounter
-from sampler.targets.base import as_target
+from sampler.ext import (
+    agree,
+    as_target,
+    broadcast_parameters,
+    check_positive_int,
+    ConfigurationError,
+    EvaluationCounter,
+    is_main_process,
+    make_reference,
+    rank_seed,
+    replicated_sampling,
+    Result,
+    RunSettings,
+    world_size,
+)
 
 from sampler_plugins.snf.flow import SNF
-from sampler_plugins.snf.training import TrainingLog, fit
+from sampler_plugins.snf.training import fit, TrainingLog, TrainingSettings
 
 __all__ = ["SNFMethod", "build_snf"]
 
@@ -85,10 +95,10 @@ class SNFMethod:
         reference_loc: Any = None,
         reference_scale: Any = None,
     ):
-        check_positive_int("iterations", iterations)
-        check_positive_int("batch_size", batch_size)
-        if loss not in ("reverse", "forward", "mix"):
-            raise ConfigurationError(f"loss must be 'reverse', 'forward' or 'mix', got {loss!r}")
+        self.train_options = dict(
+            iterations=iterations, batch_size=batch_size, lr=lr, warmup=warmup, loss=loss, forward_weight=forward_weight
+        )
+        self.train_settings = TrainingSettings(**self.train_options)
         if loss != "reverse" and train_samples is None:
             raise ConfigurationError(f"loss={loss!r} needs train_samples (a tensor of target samples, or 'exact')")
         if isinstance(train_samples, str) and train_samples != "exact":
@@ -107,7 +117,6 @@ class SNFMethod:
             clamp=clamp,
             deterministic=deterministic,
         )
-        self.train_options = dict(iterations=iterations, batch_size=batch_size, lr=lr, warmup=warmup, loss=loss, forward_weight=forward_weight)
         self.train_samples = train_samples
         self.n_train_samples = check_positive_int("n_train_samples", n_train_samples)
         self.resample_threshold = resample_threshold
@@ -145,7 +154,16 @@ class SNFMethod:
             gen = torch.Generator(device=cfg.device).manual_seed(rank_seed(train_seed))
         counter = EvaluationCounter()
         progress = cfg.progress if is_main_process() else False
-        log = fit(model, target, samples=samples, generator=gen, counter=counter, progress=progress, data_parallel=parallel, **self.train_options)
+        log = fit(
+            model,
+            target,
+            settings=self.train_settings,
+            samples=samples,
+            generator=gen,
+            counter=counter,
+            progress=progress,
+            data_parallel=parallel,
+        )
         self.model, self.training = model, log
         options = {**self.options(), "training": log.summary()}
         with replicated_sampling("snf", model.pipeline(self.resample_threshold).unshardable(short=True), trained=parallel):

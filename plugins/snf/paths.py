@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sampler import GeometricPath, PathEvaluation
+from sampler.ext import GeometricPath, PathEvaluation
 
 __all__ = ["DifferentiablePath"]
 

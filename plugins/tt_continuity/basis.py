@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError
+from sampler.ext import ConfigurationError
 
 __all__ = ["BASES", "BasisValues", "TensorBasis", "reference_functions", "window"]
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from sampler import Pipeline, corrector
-from sampler.errors import ConfigurationError
-from sampler.schedules import Adaptive, Schedule
+from sampler.ext import Adaptive, ConfigurationError, corrector, Pipeline, Schedule
 
 from sampler_plugins.tt_continuity.transport import TTFlow
 
@@ -48,7 +46,7 @@ def build_tt_smc(
             temperatures as ``smc``; the flow shows in the ESS after reweighting.
         resample_threshold: ESS fraction below which a replica is resampled (1: every stage).
         scheme: resampling scheme.
-        schedule: a fixed :mod:`sampler.schedules` schedule instead of the adaptive one.
+        schedule: a fixed :mod:`sampler.core.schedules` schedule instead of the adaptive one.
         reference_loc, reference_scale: override the target's default Gaussian reference.
         **options: the TT flow's options (:data:`TT_OPTIONS`: ``basis``, ``n_basis``, ``rank``,
             ``adaptive_rank``, ``target_residual``, ``round_eps``, ``ema``, ``n_sweeps``,

@@ -38,9 +38,15 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler import Particles, StepContext, StepOutput, Transport
-from sampler.errors import ConfigurationError, check_positive_int
-from sampler.schedules import conditional_ess
+from sampler.ext import (
+    check_positive_int,
+    conditional_ess,
+    ConfigurationError,
+    Particles,
+    StepContext,
+    StepOutput,
+    Transport,
+)
 
 from sampler_plugins.tt_continuity.als import fit_additive, fit_potential, weighted_residual
 from sampler_plugins.tt_continuity.basis import BASES, BasisValues, TensorBasis

@@ -39,7 +39,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError
+from sampler.ext import ConfigurationError
 
 from sampler_plugins.vbmm.solver import FixedFamily, SeparableBregman, VBMMResult, solve_increasing, vbmm
 

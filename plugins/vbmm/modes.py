@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError
-from sampler.metrics import nearest_mode
+from sampler.ext import ConfigurationError, nearest_mode
 
 from sampler_plugins.vbmm.dirichlet import DirichletFit, fit_dirichlet
 

@@ -32,7 +32,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError
+from sampler.ext import ConfigurationError
 
 __all__ = [
     "SeparableBregman",

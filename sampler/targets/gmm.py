@@ -162,7 +162,7 @@ class GMM10(GaussianMixture):
 
     Provenance: "GMM-d" of the importance-corrected neural JKO paper (Vidal et al.). Their
     repository ships its own means (``data/mixture_means``), which are not available here: the
-    figures of ``BENCHMARKS.md`` were measured on different (equally distributed) means.
+    figures of docs/benchmarks.md were measured on different (equally distributed) means.
 
     Reference hint (the :class:`GaussianMixture` rule): ``loc`` = the average of the means,
     ``scale = hypot(max_j std_j(means), 0.1)`` (~0.6-0.8), the largest per-coordinate standard

@@ -27,6 +27,8 @@ import attrs
 import torch
 from torch import Tensor
 
+from sampler._version import __version__
+from sampler.core.result import StepStats
 from sampler.errors import ConfigurationError, PersistenceError
 
 __all__ = [
@@ -47,7 +49,7 @@ __all__ = [
 
 #: Identifies checkpoint files; bumped when the layout changes incompatibly.
 FORMAT = "sampler-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @attrs.frozen
@@ -208,7 +210,7 @@ def check_resumable(data: CheckpointData, target: Any, steps: list[str]) -> None
 
 
 def counter_tree(counter: Any) -> dict[str, int]:
-    """An :class:`~sampler.paths.EvaluationCounter` as plain numbers."""
+    """An :class:`~sampler.core.paths.EvaluationCounter` as plain numbers."""
     return {"target_evals": counter.target_evals, "grad_evals": counter.grad_evals, "nonfinite": counter.nonfinite}
 
 
@@ -219,9 +221,7 @@ def restore_counter(counter: Any, tree: Mapping[str, int]) -> None:
 
 
 def stats_from_tree(trees: list[Mapping[str, Any]], device: torch.device) -> list[Any]:
-    """Per-stage statistics (:class:`~sampler.result.StepStats`) from their saved trees."""
-    from sampler.result import StepStats
-
+    """Per-stage statistics (:class:`~sampler.core.result.StepStats`) from their saved trees."""
     def moved(s: Mapping[str, Any]) -> dict[str, Any]:
         tensors = {k: s[k].to(device) for k in ("t", "ess", "log_Z_increment")}
         return {**s, **tensors, "info": {k: v.to(device) for k, v in s["info"].items()}}
@@ -231,7 +231,6 @@ def stats_from_tree(trees: list[Mapping[str, Any]], device: torch.device) -> lis
 
 def write_checkpoint(path: Path, run: Mapping[str, Any], state: Mapping[str, Any]) -> None:
     """Write a checkpoint atomically (a temporary file renamed over ``path``)."""
-    from sampler import __version__
 
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, "run": dict(run), "state": dict(state)}
     path = Path(path)

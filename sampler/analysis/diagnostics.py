@@ -3,49 +3,19 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import attrs
 import numpy as np
 import torch
 
-from sampler._arviz import arviz
-from sampler.particles import ess as kish_ess
-from sampler.result import Result
+from sampler.analysis.estimators import estimate, list_estimators
+from sampler.analysis.metrics import nearest_mode
+from sampler.analysis.stats import pareto_k, rhat_and_ess
+from sampler.core.particles import ess as kish_ess
+from sampler.core.result import Result
 
 __all__ = ["Summary", "summary", "pareto_k", "rhat_and_ess"]
-
-
-def pareto_k(log_weights: torch.Tensor) -> np.ndarray:
-    """PSIS Pareto shape ``k`` of the importance weights, per replica ``(R,)`` (ArviZ's psislw).
-
-    ``k < 0.5``: reliable; ``0.5 <= k < 0.7``: usable; ``k >= 0.7``: the weights' tail is too
-    heavy for the estimates to be trusted. NaN where the weights are all equal.
-    """
-    lw = log_weights.detach().to("cpu", torch.float64).numpy()
-    if lw.shape[-1] < 10 or np.all(lw == lw[..., :1]):
-        return np.full(lw.shape[:-1], np.nan)
-    lw = np.where(np.isfinite(lw), lw, -1e300)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, k = arviz().psislw(lw)
-    return np.atleast_1d(np.asarray(k, dtype=np.float64))
-
-
-def rhat_and_ess(samples: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-normalized split R-hat and bulk ESS per coordinate, from ``(chains, draws, d)``."""
-    x = samples.detach().to("cpu", torch.float64).numpy()
-    az = arviz()
-    if x.shape[0] < 2 and x.shape[1] < 4:
-        nan = np.full(x.shape[-1], np.nan)
-        return nan, nan
-    data = az.convert_to_dataset({"x": x})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rh = az.rhat(data)["x"].values
-        es = az.ess(data, method="bulk")["x"].values
-    return np.asarray(rh, dtype=np.float64), np.asarray(es, dtype=np.float64)
 
 
 @attrs.frozen
@@ -153,12 +123,8 @@ def _mode_weight_row(result: Result, target: Any, rows: list[tuple[str, str]], v
     r, n, _ = result.samples.shape
     if modes is None or r < 2 or len(modes) < 2:
         return
-    from sampler.estimators import estimate, list_estimators  # late: estimators imports the plugin host
-
     if MODE_WEIGHT_ESTIMATOR not in list_estimators():
         return
-    from sampler.metrics import nearest_mode
-
     k = len(modes)
     idx = nearest_mode(result.samples.detach(), modes)  # (R, N)
     counts = torch.zeros(r, k, dtype=torch.float64, device=idx.device).scatter_add_(

@@ -40,16 +40,14 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import torch
 from torch import Tensor
 
+from sampler.core.particles import Particles
 from sampler.errors import ConfigurationError, DistributedError
-
-if TYPE_CHECKING:
-    from sampler.particles import Particles
 
 __all__ = [
     "init_from_env",
@@ -73,7 +71,7 @@ __all__ = [
     "replicated_sampling",
 ]
 
-log = logging.getLogger("sampler.distributed")
+log = logging.getLogger("sampler.engine.distributed")
 
 #: Seconds a collective waits for the other ranks before failing (``SAMPLER_DIST_TIMEOUT`` overrides).
 DEFAULT_TIMEOUT_S = 300.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["StepStats", "Result", "pooled_log_Z"]
+from sampler.core.paths import EvaluationCounter
+from sampler.core.settings import RunSettings
+from sampler.targets.base import Target
+
+__all__ = ["StepStats", "Result", "pooled_log_Z", "provide"]
+
+#: What the layers above the core provide for :class:`Result`'s convenience methods, by name:
+#: ``"to_arviz"`` and ``"save"`` (:mod:`sampler.io.persistence`), ``"plot"``
+#: (:mod:`sampler.analysis.plotting`). They register themselves when imported, and
+#: ``import sampler`` imports them, so the core never imports a higher layer.
+_PROVIDERS: dict[str, Callable[..., Any]] = {}
+
+
+def provide(name: str, function: Callable[..., Any]) -> None:
+    """Register ``function`` as the implementation of ``Result.<name>`` (called by higher layers)."""
+    _PROVIDERS[name] = function
+
+
+def _provided(name: str) -> Callable[..., Any]:
+    try:
+        return _PROVIDERS[name]
+    except KeyError:
+        raise RuntimeError(f"Result.{name} needs the full package: import sampler") from None
 
 
 @attrs.frozen
@@ -109,6 +131,65 @@ class Result:
     dim_names: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
     models: Mapping[str, Any] = attrs.field(factory=dict)
 
+    @classmethod
+    def from_run(
+        cls,
+        target: Target,
+        settings: RunSettings,
+        method: str,
+        *,
+        samples: Tensor,
+        evals: EvaluationCounter | tuple[int, int, int],
+        kind: str = "smc",
+        log_weights: Tensor | None = None,
+        weighted_samples: Tensor | None = None,
+        log_Z_per_replica: Tensor | None = None,
+        steps: tuple[StepStats, ...] | list[StepStats] = (),
+        wall_time: float = math.nan,
+        options: Mapping[str, Any] | None = None,
+        models: Mapping[str, Any] | None = None,
+    ) -> Result:
+        """The one way a runner packages its outcome: target and settings fill in the rest.
+
+        Args:
+            target: the target sampled (its ``name``, exact ``log_Z`` and ``dim_names`` are recorded).
+            settings: the run's :class:`~sampler.RunSettings` (seed and device are recorded).
+            method: the method name.
+            samples: equally weighted samples ``(R, N, d)``.
+            evals: the run's evaluation counts: an :class:`~sampler.paths.EvaluationCounter`
+                or ``(target evaluations, gradient evaluations, non-finite values)``.
+            kind: ``"smc"``, ``"mcmc"`` or ``"flow"`` (see the class docstring).
+            log_weights: ``(R, N)`` importance log weights of ``weighted_samples``; default
+                zeros (an equally weighted set).
+            weighted_samples: ``(R, N, d)``; default ``samples``.
+            log_Z_per_replica: ``(R,)`` or ``None`` when the method gives no density.
+            steps, wall_time, options, models: as the attributes of the same names.
+        """
+        if isinstance(evals, EvaluationCounter):
+            evals = (evals.target_evals, evals.grad_evals, evals.nonfinite)
+        if log_weights is None:
+            log_weights = torch.zeros(samples.shape[:2], dtype=torch.float64, device=samples.device)
+        return cls(
+            samples=samples,
+            log_weights=log_weights,
+            weighted_samples=samples if weighted_samples is None else weighted_samples,
+            log_Z_per_replica=log_Z_per_replica,
+            n_target_evals=int(evals[0]),
+            n_grad_evals=int(evals[1]),
+            n_nonfinite=int(evals[2]),
+            steps=tuple(steps),
+            method=method,
+            target=target.name,
+            kind=kind,
+            seed=settings.seed,
+            wall_time=wall_time,
+            device=str(settings.device),
+            options=dict(options or {}),
+            exact_log_Z=getattr(target, "log_Z", None),
+            dim_names=getattr(target, "dim_names", None),
+            models=dict(models or {}),
+        )
+
     @property
     def n_replicas(self) -> int:
         """R."""
@@ -175,11 +256,9 @@ class Result:
         weighted set (``weighted_x`` with ``log_weight``, paired by index; the weights do not
         belong to ``posterior.x``), log Z per replica, and the per-stage statistics on a
         ``step`` axis; ``attrs`` carry method, options, seed, log Z ± se, costs and versions.
-        The layout is described in :mod:`sampler.persistence`.
+        The layout is described in :mod:`sampler.io.persistence`.
         """
-        from sampler.persistence import to_inference_data
-
-        return to_inference_data(self)
+        return _provided("to_arviz")(self)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to ``path`` (ArviZ NetCDF) and its :attr:`models` to ``<stem>.models/``.
@@ -187,19 +266,15 @@ class Result:
         ``sampler.load(path)`` reads it back: tensors bit for bit, per-step statistics and
         metadata included.
         """
-        from sampler.persistence import save_result
-
-        return save_result(self, path)
+        return _provided("save")(self, path)
 
     def with_models(self, models: Mapping[str, Any]) -> Result:
         """A copy of this result carrying ``models``."""
         return attrs.evolve(self, models=dict(models))
 
     def plot(self, kind: str = "auto", **options: Any) -> Any:
-        """Draw the result (see :func:`sampler.plotting.plot` for kinds and options); returns the figure."""
-        from sampler.plotting import plot
-
-        return plot(self, kind, **options)
+        """Draw the result (see :func:`sampler.analysis.plotting.plot` for kinds and options); returns the figure."""
+        return _provided("plot")(self, kind, **options)
 
     def __repr__(self) -> str:
         lz = "n/a" if self.log_Z is None else f"{self.log_Z:.4f} ± {self.log_Z_stderr:.2g}"

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from sampler.api import _build
 from sampler.errors import ConfigurationError
-from sampler.plugins import host
+from sampler.host.building import build
+from sampler.host.loading import host
 
 __all__ = ["Estimator", "estimate", "estimator", "list_estimators"]
 
@@ -35,7 +35,7 @@ class Estimator(Protocol):
 
 def estimator(name: str, **options: Any) -> Estimator:
     """Build a registered estimator with its options (unknown names: error with close matches)."""
-    est = _build("estimator", name, options)
+    est = build("estimator", name, options)
     if not isinstance(est, Estimator):
         raise ConfigurationError(f"estimator {name!r} built {type(est).__name__}, which has no fit(data) method")
     return est

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from sampler.registry import Registrar
+    from sampler.host.registry import Registrar
 
 PROJECT_NAME = "sampler"
 ENTRY_POINT_GROUP = "sampler"

@@ -39,10 +39,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sampler._arviz import arviz
-from sampler.checkpoint import load_plain
+from sampler.io._arviz import arviz
+from sampler.io.checkpoint import load_plain
+from sampler._version import __version__
 from sampler.errors import PersistenceError
-from sampler.result import Result, StepStats
+from sampler.host.loading import host
+from sampler.core.result import Result, provide, StepStats
 
 __all__ = [
     "FORMAT_VERSION",
@@ -92,7 +94,6 @@ def _dtype_name(t: Tensor) -> str:
 
 def _metadata(result: Result) -> dict[str, Any]:
     """NetCDF-safe attributes (str, int, float, arrays; no None or bool)."""
-    from sampler import __version__
 
     try:
         options, options_json = json.dumps(dict(result.options)), 1
@@ -196,7 +197,6 @@ def _tensor(values: Any, dtype_name: str | None = None) -> Tensor:
 
 def from_inference_data(idata: Any, source: str = "the data") -> Result:
     """Rebuild a :class:`Result` from :func:`to_inference_data`'s output (tensors on the CPU)."""
-    from sampler import __version__
 
     if not hasattr(idata, "posterior") or "x" not in idata.posterior:
         raise PersistenceError(f"{source} has no posterior.x: it was not written by sampler-engine")
@@ -321,7 +321,6 @@ def load_result(path: str | os.PathLike) -> Result:
 
 def save_models(models: Mapping[str, Any], directory: str | os.PathLike) -> None:
     """Write each model's JSON config and weights into ``directory``."""
-    from sampler import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -329,7 +328,7 @@ def save_models(models: Mapping[str, Any], directory: str | os.PathLike) -> None
         if not isinstance(model, SavableModel):
             raise PersistenceError(
                 f"model {name!r} ({type(model).__name__}) cannot be saved: it needs model_name, model_config(), "
-                "state_dict() and load_state_dict() (see sampler.persistence.SavableModel)"
+                "state_dict() and load_state_dict() (see sampler.io.persistence.SavableModel)"
             )
         config = {"format_version": FORMAT_VERSION, "package_version": __version__, "model": model.model_name, "config": model.model_config()}
         try:
@@ -342,8 +341,6 @@ def save_models(models: Mapping[str, Any], directory: str | os.PathLike) -> None
 
 def load_models(directory: str | os.PathLike) -> dict[str, Any]:
     """Rebuild every model saved in ``directory`` through its registered factory."""
-    from sampler import __version__
-    from sampler.plugins import host
 
     directory = Path(directory)
     models: dict[str, Any] = {}
@@ -373,3 +370,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise PersistenceError(f"weights file {str(path)!r} is missing")
     return load_plain(path, "a plain tensor file")
+
+
+provide("to_arviz", to_inference_data)
+provide("save", save_result)

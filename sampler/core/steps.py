@@ -24,11 +24,11 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler.particles import Particles
-from sampler.paths import GeometricPath
+from sampler.core.particles import Particles
+from sampler.core.paths import GeometricPath
 
 if TYPE_CHECKING:
-    from sampler.distributed import ParticleStreams, Shard
+    from sampler.engine.distributed import ParticleStreams, Shard
 
 __all__ = ["StepContext", "StepOutput", "Step", "Transport", "Corrector"]
 
@@ -46,7 +46,7 @@ class StepContext:
         generator: the run's random generator (on the particles' device).
         needs_grad: whether cached evaluations must carry gradients (some step uses them); a
             transport that moves particles returns evaluations with gradients when it is true.
-        shard: in a sharded run (:mod:`sampler.distributed`), this rank's share of the particle
+        shard: in a sharded run (:mod:`sampler.engine.distributed`), this rank's share of the particle
             axis: particles have shape ``(R, N_local, ...)`` and anything over all N particles
             goes through the helpers below. ``None`` in an ordinary run.
         streams: in a sharded run, the per-particle random streams (keyed by the global particle

@@ -1,4 +1,4 @@
-"""Pictures of a :class:`~sampler.result.Result`: samples, pair and marginal plots, MCMC traces,
+"""Pictures of a :class:`~sampler.core.result.Result`: samples, pair and marginal plots, MCMC traces,
 the annealing schedule, log Z per replica and the importance-weight distribution.
 
 Every function builds a :class:`matplotlib.figure.Figure` through matplotlib's object API (no
@@ -6,7 +6,7 @@ pyplot state), so it works headless, in scripts and in notebooks alike; matplotl
 imported on first use. ::
 
     import sampler
-    from sampler.plotting import plot, plot_all
+    from sampler.analysis.plotting import plot, plot_all
 
     res = sampler.sample("double-well", method="smc", n_particles=2000, seed=0)
     fig = plot(res)                                  # "auto": samples over contours in 2D
@@ -33,7 +33,7 @@ The plot kinds (:data:`KINDS`):
     known, and each replica's running estimate log Z_t / Z_0 against t.
 ``"weights"``
     Histogram of the normalized log importance weights per replica, with Kish ESS and the PSIS
-    Pareto k (:func:`sampler.diagnostics.pareto_k`) in the legend; SMC-type results only.
+    Pareto k (:func:`sampler.analysis.diagnostics.pareto_k`) in the legend; SMC-type results only.
 """
 
 from __future__ import annotations
@@ -51,7 +51,11 @@ import numpy as np
 import torch
 
 from sampler.errors import ConfigurationError, SamplerError
-from sampler.result import Result
+from sampler.analysis.stats import pareto_k
+from sampler.core.particles import ess as kish_ess
+from sampler.core.result import Result, provide
+from sampler.io._arviz import arviz
+from sampler.host.building import get_target, list_targets
 from sampler.targets.base import Target, as_target
 
 if TYPE_CHECKING:  # matplotlib is imported lazily
@@ -124,7 +128,7 @@ def plot(
     """Draw one picture of ``result`` and return its :class:`~matplotlib.figure.Figure`.
 
     Args:
-        result: a :class:`~sampler.result.Result` (from a run or loaded from a file).
+        result: a :class:`~sampler.core.result.Result` (from a run or loaded from a file).
         kind: one of :data:`KINDS`, or ``"auto"``: ``"samples"`` for 2D results, ``"pair"`` for
             higher d, ``"marginals"`` in 1D.
         target: the target, for density contours and exact marginals; a
@@ -229,10 +233,8 @@ def resolve_target(result: Result, target: Target | str | None = None) -> Target
         if tgt.dim != result.dim:
             raise ConfigurationError(f"target {tgt.name!r} has dimension {tgt.dim}, the result {result.dim}")
         return tgt
-    from sampler import api
-
     name = target if isinstance(target, str) else result.target
-    known = set(api.list_targets())
+    known = set(list_targets())
     candidates: list[tuple[str, dict[str, Any]]] = []
     if name in known:
         candidates.append((name, {}))
@@ -241,7 +243,7 @@ def resolve_target(result: Result, target: Target | str | None = None) -> Target
         candidates.append((m.group(1), {"dim": int(m.group(2))}))
     for base, options in candidates:
         try:
-            tgt = api.get_target(base, **options)
+            tgt = get_target(base, **options)
         except (SamplerError, TypeError, ValueError):
             continue
         if getattr(tgt, "dim", None) == result.dim:
@@ -348,8 +350,6 @@ def _posterior(result: Result) -> tuple[Any, str, str, list[Any]]:
     Uses :meth:`Result.to_arviz` (which may name the target's coordinates) and falls back to a
     plain conversion when its posterior is not a single ``(chain, draw, dim)`` variable.
     """
-    from sampler._arviz import arviz
-
     az = arviz()
     try:
         post = result.to_arviz().posterior
@@ -501,8 +501,6 @@ def _draw_samples(ctx: _Context) -> None:
 
 
 def _draw_pair(ctx: _Context) -> None:
-    from sampler._arviz import arviz
-
     az = arviz()
     r = ctx.result
     post, var, dim, labels = _posterior(r)
@@ -553,8 +551,6 @@ def _coord_name(label: Any) -> str:
 
 
 def _draw_marginals(ctx: _Context) -> None:
-    from sampler._arviz import arviz
-
     az = arviz()
     r = ctx.result
     labels = _posterior(r)[3]
@@ -618,8 +614,6 @@ def _draw_marginals(ctx: _Context) -> None:
 
 
 def _draw_trace(ctx: _Context) -> None:
-    from sampler._arviz import arviz
-
     az = arviz()
     r = ctx.result
     post, var, dim, labels = _posterior(r)
@@ -787,9 +781,6 @@ def _draw_log_Z(ctx: _Context) -> None:
 
 
 def _draw_weights(ctx: _Context) -> None:
-    from sampler.diagnostics import pareto_k
-    from sampler.particles import ess as kish_ess
-
     r = ctx.result
     lw = r.log_weights.detach().to("cpu", torch.float64)
     R, N = lw.shape
@@ -866,3 +857,6 @@ _FIGSIZE = {
     "log_Z": lambda r, c: (10.0, 4.4),
     "weights": lambda r, c: (7.5, 4.8),
 }
+
+
+provide("plot", plot)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sampler.hookspecs import hookimpl
-from sampler.registry import Registrar
+from sampler.host.hookspecs import hookimpl
+from sampler.host.registry import Registrar
 from sampler.targets import (
     GMM10,
     GMM10_DIMS,

@@ -1,6 +1,6 @@
 """Sample-quality metrics against exact answers: energy distance, MMD, ESS, log Z and mode errors.
 
-Energy distance convention (BENCHMARKS.md, METHODS.md §1.7): half of Székely's statistic, with
+Energy distance convention (docs/benchmarks.md, "Metrics"): half of Székely's statistic, with
 V-statistics,
 
     ED(X, Y) = E|X - Y| - 0.5 E|X - X'| - 0.5 E|Y - Y'|,
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sampler.diagnostics import pareto_k
-from sampler.particles import ess as _kish_ess
+from sampler.analysis.stats import pareto_k
+from sampler.core.particles import ess as _kish_ess
 
 __all__ = [
     "energy_distance",
@@ -214,7 +214,7 @@ def sliced_energy_distance(
     weights: Tensor | None = None,
     return_stderr: bool = False,
 ) -> float | tuple[float, float]:
-    """Sliced energy distance (BENCHMARKS.md / METHODS.md §1.7) between ``x`` ``(n, d)`` and ``y`` ``(m, d)``.
+    """Sliced energy distance (docs/benchmarks.md, "Metrics") between ``x`` ``(n, d)`` and ``y`` ``(m, d)``.
 
     For ``n_directions`` iid directions ξ uniform on S^{d-1} (from ``generator``; the global RNG
     if None), project both samples, sort the union and compute the exact 1D Cramér integral
@@ -333,7 +333,7 @@ def kish_ess(log_weights: Tensor) -> Tensor:
     """Normalized Kish ESS ``(sum w)^2 / (N sum w^2)`` in [0, 1] over the last axis, float64.
 
     ``log_weights`` ``(..., N)`` (unnormalized) -> ``(...)``; 0 where all weights are 0.
-    Same as :func:`sampler.particles.ess`, computed in float64.
+    Same as :func:`sampler.core.particles.ess`, computed in float64.
     """
     return _kish_ess(torch.as_tensor(log_weights).to(torch.float64))
 
@@ -379,7 +379,7 @@ def modes_covered(x: Tensor, modes: Tensor | np.ndarray, min_fraction: float | N
 
 
 def mode_weight_error(x: Tensor, modes: Tensor | np.ndarray, weights: Tensor | np.ndarray | None = None) -> float:
-    """Mode-weight error ``sum_k (fraction_k - w_k)^2`` (the "mode MSE" of METHODS.md §1.7).
+    """Mode-weight error ``sum_k (fraction_k - w_k)^2`` (the "mode MSE" of docs/benchmarks.md).
 
     ``x`` ``(n, d)`` samples, each assigned to its nearest mode of ``modes`` ``(K, d)``;
     ``weights`` ``(K,)`` are the true mode weights (normalized here; equal, ``1/K``, by default).

@@ -19,9 +19,9 @@ from typing import Any
 import attrs
 import pluggy
 
-from sampler import hookspecs
+from sampler.host import builtin_targets, hookspecs
 from sampler.errors import PluginError, PluginLoadError, UnknownNameError
-from sampler.registry import Registrar, Registry
+from sampler.host.registry import Registrar, Registry
 
 __all__ = [
     "PluginInfo",
@@ -34,7 +34,7 @@ __all__ = [
     "set_strict_plugins",
 ]
 
-log = logging.getLogger("sampler.plugins")
+log = logging.getLogger("sampler.host.loading")
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -86,8 +86,6 @@ class PluginHost:
         self.plugins: dict[str, PluginInfo] = {}
         self.strict = os.environ.get("SAMPLER_STRICT_PLUGINS", "").lower() in _TRUE if strict is None else strict
         self.blocked = _env_list("SAMPLER_BLOCK_PLUGINS") | set(blocked or ())
-        from sampler.targets import builtin as builtin_targets
-
         core = PluginInfo(name="core", source="core", distribution="sampler-engine", version=_own_version())
         self._add(builtin_targets, "core", core)
         if autoload is None:
@@ -165,7 +163,7 @@ class PluginHost:
                 raise
             raise PluginError(
                 f"plugin {name!r} defines a hook that does not exist (misspelled?): {exc}. "
-                "The hooks are listed in sampler.hookspecs."
+                "The hooks are listed in sampler.host.hookspecs."
             ) from exc
         registrar = Registrar(name)
         try:
@@ -225,7 +223,7 @@ def _check_hook_names(plugin: Any, name: str, pm: pluggy.PluginManager) -> None:
     if loose:
         raise PluginError(
             f"plugin {name!r}: {', '.join(loose)} is not a hook implementation; mark hooks with @sampler.hookimpl "
-            "and check the name against sampler.hookspecs (e.g. sampler_register)"
+            "and check the name against sampler.host.hookspecs (e.g. sampler_register)"
         )
     if not hooks:
         raise PluginError(f"plugin {name!r} implements no hook (did you forget @sampler.hookimpl on sampler_register?)")

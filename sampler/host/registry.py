@@ -85,7 +85,7 @@ class Registrar:
 
         ``factory(**config)`` returns an untrained model from the JSON config the model reports
         through ``model_config()``; its weights are then loaded with ``load_state_dict``
-        (see :mod:`sampler.persistence`).
+        (see :mod:`sampler.io.persistence`).
         """
         self._add("model", name, factory, description)
 

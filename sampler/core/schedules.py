@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from sampler.errors import ConfigurationError, RunError, check_positive_int
-from sampler.particles import Particles
-from sampler.paths import GeometricPath
+from sampler.core.particles import Particles
+from sampler.core.paths import GeometricPath
 
 __all__ = ["Schedule", "Fixed", "Linear", "Geometric", "Power", "Adaptive", "conditional_ess", "as_times"]
 
@@ -30,7 +30,7 @@ class Schedule(abc.ABC):
 
     #: Number of steps when known in advance (``None`` for adaptive schedules).
     n_steps: int | None = None
-    #: Whether a sharded run (:mod:`sampler.distributed`) may use it. There the schedule gets
+    #: Whether a sharded run (:mod:`sampler.engine.distributed`) may use it. There the schedule gets
     #: the log weights and cached log densities of all N particles (``Particles.x`` is then a
     #: zero placeholder of shape ``(R, N, d)``: positions are not gathered).
     shardable: bool = False

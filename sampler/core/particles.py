@@ -9,8 +9,8 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler._indexing import gather_particles
-from sampler.paths import PathEvaluation
+from sampler.core._indexing import gather_particles
+from sampler.core.paths import PathEvaluation
 
 __all__ = ["Particles", "log_ess", "ess"]
 

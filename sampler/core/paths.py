@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sampler._indexing import gather_particles
+from sampler.core._indexing import gather_particles
 from sampler.errors import ConfigurationError, TargetError
 from sampler.targets.base import Target
 

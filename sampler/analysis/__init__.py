@@ -1,0 +1,1 @@
+"""What users read off a result: statistics, diagnostics and the summary, metrics, estimators, plots."""

@@ -1,0 +1,1 @@
+"""The engine: run settings, the annealing pipeline, the loop every runner shares, sharding, progress."""

@@ -1,0 +1,411 @@
+"""The engine: walks an annealing schedule over batched particles and keeps the books.
+
+Per stage (``t -> t'``): transports, reweighting (``log pi_t'(x') - log pi_t(x) + log-det``),
+then correctors (resampling, MCMC). The engine alone updates log weights and log Z: with
+normalized weights ``W``, the stage's log Z increment is ``log sum_i W_i exp(increment_i)``,
+which stays exact under adaptive resampling (resampling changes weights, never log Z).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor
+
+from sampler.core._indexing import gather_particles
+from sampler.core.particles import Particles
+from sampler.core.particles import ess as ess_of
+from sampler.core.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation
+from sampler.core.resampling import get_scheme
+from sampler.core.result import Result
+from sampler.core.runner import Capabilities
+from sampler.core.schedules import Adaptive, Schedule, as_times
+from sampler.core.settings import RunSettings
+from sampler.core.steps import Corrector, Step, Transport
+from sampler.engine.distributed import ParticleStreams, Shard, agree, is_initialized, is_main_process
+from sampler.engine.loop import Loop, LoopState, Session, apply_steps, record, reopen, saved_particles
+from sampler.errors import ConfigurationError, NonFiniteError, RunError
+from sampler.io.checkpoint import Checkpoint, CheckpointData
+from sampler.targets.base import Target, as_target
+
+__all__ = ["Pipeline", "reweight", "make_reference", "initial_particles"]
+
+
+def initial_particles(
+    path: GeometricPath, cfg: RunSettings, gen: torch.Generator, grad: bool, streams: ParticleStreams | None = None
+) -> Particles:
+    """R x N equally weighted draws from the path's reference, evaluated (with gradients if ``grad``).
+
+    With ``streams`` (a sharded run) only this rank's particles, ``(R, N_local, d)``, drawn
+    from the per-particle streams; their weights are still ``1 / N`` with N the global count.
+    """
+    if streams is None:
+        x = path.reference.sample((cfg.n_replicas, cfg.n_particles), gen, cfg.dtype)
+    else:
+        shape = (cfg.n_replicas, streams.stop - streams.start, path.reference.dim)
+        x = path.reference.from_standard(streams.randn(shape, cfg.dtype))
+    return Particles(
+        x=x,
+        log_weights=torch.full(x.shape[:2], -math.log(cfg.n_particles), dtype=torch.float64, device=x.device),
+        log_Z=torch.zeros(cfg.n_replicas, dtype=torch.float64, device=x.device),
+        evaluation=path.evaluate(x, grad=grad),
+    )
+
+
+def make_reference(target: Target, loc: float | Tensor | None = None, scale: float | Tensor | None = None) -> GaussianReference:
+    """The default reference: ``N(loc, scale^2 I)`` from the arguments or the target's hints."""
+    loc = getattr(target, "reference_loc", 0.0) if loc is None else loc
+    scale = getattr(target, "reference_scale", 1.0) if scale is None else scale
+    return GaussianReference(target.dim, loc=loc, scale=scale)
+
+
+def reweight(particles: Particles, log_increment: Tensor, step: int, t: Tensor) -> tuple[Particles, Tensor]:
+    """Multiply weights by ``exp(log_increment)`` ``(R, N)``; return new particles and the log Z increment ``(R,)``.
+
+    Raises :class:`NonFiniteError` if every particle of some replica ends with zero weight.
+    """
+    log_weights, log_Z, lse = _reweighted(particles.log_weights, log_increment, particles.log_Z, step, t)
+    return attrs.evolve(particles, log_weights=log_weights, log_Z=log_Z), lse
+
+
+def _reweighted(log_weights: Tensor, log_increment: Tensor, log_Z: Tensor, step: int, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`reweight` on tensors: new normalized log weights ``(R, N)``, log Z ``(R,)``, increment ``(R,)``."""
+    inc = log_increment.to(torch.float64)
+    inc = inc.masked_fill(torch.isnan(inc), -math.inf)
+    unnorm = log_weights + inc
+    lse = torch.logsumexp(unnorm, dim=-1)
+    dead = ~torch.isfinite(lse)
+    if bool(dead.any()):
+        replicas = dead.nonzero().flatten().tolist()
+        values = sorted({float(t[r]) for r in replicas}) if isinstance(t, Tensor) else [float(t)]
+        times = ", ".join(f"{v:.6g}" for v in values)
+        raise NonFiniteError(
+            f"every particle of replica(s) {replicas} has zero weight at step {step} (t={times}): the target's "
+            "log density is NaN, +inf or -inf at all of them (or a transport returned such increments). "
+            "Check the target where the reference puts mass, or narrow the reference."
+        )
+    return unnorm - lse[:, None], log_Z + lse, lse
+
+
+def _reweight_sharded(particles: Particles, log_increment: Tensor, step: int, t: Tensor, shard: Shard) -> tuple[Particles, Tensor, Tensor]:
+    """:func:`reweight` of a shard from the gathered weights; also returns the new global log weights ``(R, N)``.
+
+    Every rank computes the same full-length log-sum-exp as one process would, so log Z and
+    the weights are the same bits for any number of ranks.
+    """
+    full_w = shard.gather(particles.log_weights, "log weights", keep=True)
+    full_inc = shard.gather(log_increment.to(torch.float64), "log-weight increments")
+    log_weights, log_Z, lse = _reweighted(full_w, full_inc, particles.log_Z, step, t)
+    local = shard.local(log_weights)
+    shard.remember(local, log_weights)
+    return attrs.evolve(particles, log_weights=local, log_Z=log_Z), lse, log_weights
+
+
+class Pipeline:
+    """An annealing run: a schedule plus a list of steps, applied stage by stage.
+
+    Args:
+        schedule: the annealing times (default: :class:`~sampler.core.schedules.Adaptive` with
+            conditional ESS 0.5).
+        steps: transports and correctors. Transports run first in each stage, then the engine
+            reweights, then correctors run in the order given.
+        reference: the path's start; default ``N(target.reference_loc, target.reference_scale^2 I)``.
+        reference_loc: overrides the target's ``reference_loc`` hint for the default reference.
+        reference_scale: overrides the target's ``reference_scale`` hint for the default reference.
+        final_resampling: scheme that turns the final weighted particles into equally weighted
+            ``Result.samples`` (skipped when the weights are already equal).
+        name: recorded as the method name in results.
+    """
+
+    #: A pipeline checkpoints and resumes, and shards its particles across processes.
+    capabilities = Capabilities(checkpoint=True, distributed=True)
+
+    def __init__(
+        self,
+        schedule: Schedule | None = None,
+        steps: Sequence[Step] = (),
+        reference: GaussianReference | None = None,
+        reference_loc: float | Tensor | None = None,
+        reference_scale: float | Tensor | None = None,
+        final_resampling: str = "systematic",
+        name: str = "pipeline",
+        options: dict[str, Any] | None = None,
+    ):
+        self.schedule = schedule if schedule is not None else Adaptive()
+        if not isinstance(self.schedule, Schedule):
+            raise ConfigurationError(f"schedule must be a sampler.core.schedules.Schedule, got {type(schedule).__name__}")
+        steps = list(steps)
+        for s in steps:
+            if not isinstance(s, Step):
+                raise ConfigurationError(
+                    f"steps must be Transport or Corrector instances (e.g. sampler.corrector('mala')), got {s!r}"
+                )
+        self.transports = [s for s in steps if isinstance(s, Transport)]
+        self.correctors = [s for s in steps if isinstance(s, Corrector)]
+        self.reference = reference
+        self.reference_loc = reference_loc
+        self.reference_scale = reference_scale
+        self.final_scheme = get_scheme(final_resampling)
+        self.name = name
+        self.options = dict(options or {})
+
+    @property
+    def steps(self) -> list[Step]:
+        """Transports then correctors, in the order they run within a stage."""
+        return [*self.transports, *self.correctors]
+
+    def run(
+        self,
+        target: Target,
+        *,
+        n_particles: int,
+        n_replicas: int = 1,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        progress: bool | None = None,
+        checkpoint: Checkpoint | str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        distributed: bool | None = None,
+    ) -> Result:
+        """Run the pipeline on ``target`` with R replicas of N particles; return a :class:`Result`.
+
+        With ``checkpoint`` (a file path) the run saves its state there every
+        ``checkpoint_every`` stages and when interrupted by Ctrl-C (raising
+        :class:`~sampler.errors.Interrupted`); :meth:`resume` continues from that file.
+
+        ``distributed`` selects a sharded run (:mod:`sampler.engine.distributed`): the N particles of
+        each replica split across the ranks of the default ``torch.distributed`` process group,
+        with per-particle random streams, so the result is the same for any number of ranks,
+        one process without a group included (but differs from an ordinary run with the same
+        seed, whose random stream is not per particle). ``None`` (default): sharded when a
+        process group is initialized and every step supports it (else, with a warning, every
+        rank runs the whole, identical run); ``True``: sharded, or an error if a step does not
+        support it; ``False``: an ordinary run. Every rank returns the same full
+        :class:`Result`; with a checkpoint, rank 0 writes the file.
+        """
+        cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
+        ckpt = Checkpoint.create(checkpoint, checkpoint_every)
+        shard = self._shard(distributed, cfg)
+        replicated = shard is None and distributed is None and is_initialized()
+        if shard is not None or replicated:  # one seed for all ranks (each may have drawn its own at random)
+            cfg = attrs.evolve(cfg, seed=shard.agree(cfg.seed) if shard is not None else agree(cfg.seed))
+        return self._run(as_target(target), cfg, ckpt, None, shard, main=not replicated or is_main_process())
+
+    def unshardable(self, short: bool = False) -> list[str]:
+        """The steps (and schedule) that keep this pipeline from a sharded run (empty: it shards).
+
+        Each is named by its ``repr``, or by its class name with ``short``.
+        """
+        name = (lambda obj: type(obj).__name__) if short else repr
+        unsupported = [name(s) for s in self.steps if not getattr(s, "shardable", False)]
+        if not getattr(self.schedule, "shardable", False):
+            unsupported.append(f"schedule {name(self.schedule)}")
+        return unsupported
+
+    def _shard(self, distributed: bool | None, cfg: RunSettings) -> Shard | None:
+        """The shard of a sharded run (``None`` for an ordinary one); see :meth:`run`."""
+        if distributed is None:
+            distributed = is_initialized()
+            explicit = False
+        else:
+            explicit = True
+        if not distributed:
+            return None
+        unsupported = self.unshardable()
+        if unsupported:
+            message = (
+                f"{self.name!r} cannot shard its particles across processes: {', '.join(unsupported)} "
+                "do(es) not support sharded runs (shardable = False)"
+            )
+            if explicit:
+                raise ConfigurationError(message)
+            warnings.warn(message + "; every rank runs the whole run instead", stacklevel=3)
+            return None
+        return Shard(cfg.n_particles, cfg.device)
+
+    def resume(
+        self,
+        checkpoint: CheckpointData | str | os.PathLike,
+        target: Target,
+        *,
+        progress: bool | None = None,
+        checkpoint_every: int | None = None,
+    ) -> Result:
+        """Continue a run from its checkpoint; the result equals that of an uninterrupted run.
+
+        ``target`` and this pipeline must be the ones the run started with (checked by name,
+        dimension and step types). The resumed run keeps writing to the same checkpoint file,
+        every ``checkpoint_every`` stages (default: as before).
+        """
+        opened = reopen(checkpoint, target, [type(s).__name__ for s in self.steps], progress, checkpoint_every)
+        # A sharded run resumes sharded, over however many ranks there are now; an ordinary one as
+        # before (under a process group: the same run on every rank, rank 0 writing).
+        shard = self._shard(True, opened.cfg) if opened.data.run.get("sharded") else None
+        return self._run(opened.target, opened.cfg, opened.checkpoint, opened.data, shard, main=shard is not None or is_main_process())
+
+    def _run(
+        self,
+        target: Target,
+        cfg: RunSettings,
+        ckpt: Checkpoint | None,
+        resume: CheckpointData | None,
+        shard: Shard | None = None,
+        main: bool = True,
+    ) -> Result:
+        """The run; ``shard`` for a sharded one; ``main`` False on ranks that neither write nor show progress."""
+        reference = self.reference or make_reference(target, self.reference_loc, self.reference_scale)
+        if reference.dim != target.dim:
+            raise ConfigurationError(f"reference has dim {reference.dim} but the target has dim {target.dim}")
+        session = Session(
+            name=self.name,
+            target=target,
+            cfg=cfg,
+            path=GeometricPath(reference, target, EvaluationCounter()),
+            generator=cfg.generator(),
+            needs_grad=any(s.needs_grad for s in self.steps),
+            checkpoint=ckpt,
+            steps=[type(s).__name__ for s in self.steps],
+            shard=shard,
+            streams=None if shard is None else ParticleStreams(cfg.seed, cfg.n_particles, shard.start, shard.stop, cfg.device),
+            main=main and (shard is None or shard.rank == 0),
+        )
+        state = self._start(session, resume)
+        loop = Loop(session, self._stage, lambda st: not bool((st.t < 1.0).any()), self.schedule.n_steps, unit="stage")
+        state = loop.run(state, desc=f"{self.name} on {target.name}")
+        return self._result(session, state)
+
+    def _start(self, session: Session, resume: CheckpointData | None) -> LoopState:
+        """The state at t = 0 (R x N draws from the reference, each step's ``init``), or the saved one."""
+        if resume is None:
+            particles = initial_particles(session.path, session.cfg, session.generator, session.needs_grad, session.streams)
+            t = torch.zeros(session.cfg.n_replicas, dtype=torch.float64, device=particles.x.device)
+            ctx = session.context(t, t, 0)
+            states = tuple(s.init(particles, ctx) for s in self.steps)
+            return LoopState(k=0, t=t, particles=particles, weighted=particles, step_states=states)
+        # Fresh states of the right types from each step's init, on a scratch path and generator
+        # (neither the counts nor the random stream see them), poured full of the saved values.
+        t = resume.state["t"].to(session.cfg.device)
+        template = saved_particles(resume.state["particles"], session.cfg.device, session.shard)
+        ctx = session.scratch_context(t, int(resume.state["k"]))
+        states = tuple(s.init(template, ctx) for s in self.steps)
+        return session.restore(resume, LoopState(k=0, t=t, particles=template, weighted=template, step_states=states))
+
+    def _stage(self, state: LoopState, session: Session) -> LoopState:
+        """One annealing stage from t to t': move, reweight, correct, record."""
+        seen = attrs.evolve(session.path.counter)
+        particles, t, shard = state.particles, state.t, session.shard
+        view = particles if shard is None else _global_view(particles, shard, self.schedule.uses_particles)
+        t_next = _checked_times(self.schedule, self.schedule.next_time(state.k, t, view, session.path), t, particles)
+        k = state.k + 1
+        ctx = session.context(t_next, t, k)
+        info: dict[str, Tensor] = {}
+        n_tr = len(self.transports)
+
+        # move
+        moved, transport_states, increments = apply_steps(self.transports, particles, state.step_states[:n_tr], ctx, info)
+        extra = torch.zeros_like(particles.log_weights)
+        for step, inc in zip(self.transports, increments):
+            if inc is not None:
+                extra = extra + _checked_increment(step, inc, extra)
+        # reweight
+        inc = session.path.log_weight_increment(particles.evaluation, t, moved.evaluation, t_next) + extra
+        if shard is None:
+            particles, dlogz = reweight(moved, inc, k, t_next)
+            ess = particles.ess()
+        else:
+            particles, dlogz, full_log_weights = _reweight_sharded(moved, inc, k, t_next, shard)
+            ess = ess_of(full_log_weights)
+        weighted = _keep_where((t < 1.0) & (t_next == 1.0), particles, state.weighted)
+        # correct
+        particles, corrector_states, _ = apply_steps(self.correctors, particles, state.step_states[n_tr:], ctx, info)
+        # record
+        record(session, seen, k, t_next, ess, dlogz, info)
+        return LoopState(
+            k=k, t=t_next, particles=particles, weighted=weighted, step_states=(*transport_states, *corrector_states)
+        )
+
+    def _result(self, session: Session, state: LoopState) -> Result:
+        """Package the final state; ``state.weighted`` is the state right after the last reweighting.
+
+        A sharded run gathers positions and weights of all N particles on every rank.
+        """
+        particles, weighted, shard, counter = state.particles, state.weighted, session.shard, session.path.counter
+        logw, samples = particles.log_weights, particles.x
+        weighted_logw, weighted_x = weighted.log_weights, weighted.x
+        counts = [counter.target_evals, counter.grad_evals, counter.nonfinite]
+        if shard is not None:
+            logw, samples = shard.gather(logw, "log weights"), shard.gather(samples, "positions")
+            weighted_logw, weighted_x = shard.gather(weighted_logw, "log weights"), shard.gather(weighted_x, "positions")
+            counts = shard.sum_ints(counts)
+        uniform = (logw == logw[:, :1]).all(-1)
+        if not bool(uniform.all()):  # resample only the replicas whose weights are still unequal
+            keep = torch.arange(logw.shape[1], device=logw.device).expand_as(logw)
+            samples = gather_particles(samples, torch.where(uniform[:, None], keep, self.final_scheme(logw, session.generator)))
+        return Result.from_run(
+            session.target,
+            session.cfg,
+            self.name,
+            samples=samples,
+            evals=(counts[0], counts[1], counts[2]),
+            log_weights=weighted_logw + math.log(weighted_logw.shape[1]) + weighted.log_Z[:, None],
+            weighted_samples=weighted_x,
+            log_Z_per_replica=particles.log_Z,
+            steps=session.stats,
+            wall_time=session.wall_time,
+            options=self.options,
+        )
+
+    def __repr__(self) -> str:
+        return f"Pipeline(name={self.name!r}, schedule={self.schedule!r}, steps={self.steps!r})"
+
+
+def _global_view(particles: Particles, shard: Shard, uses_particles: bool) -> Particles:
+    """What a schedule sees in a sharded run: weights and cached log densities of all N particles.
+
+    Positions are not gathered: ``x`` is a zero placeholder ``(R, N, d)`` (an expanded scalar).
+    """
+    if not uses_particles:
+        return particles
+    ev = particles.evaluation
+    full = shard.gather(torch.stack([ev.log_ref, ev.log_target], -1), "log densities")
+    log_w = shard.gather(particles.log_weights, "log weights", keep=True)
+    r, n = log_w.shape
+    x = particles.x.new_zeros(()).expand(r, n, particles.dim)
+    return Particles(x=x, log_weights=log_w, log_Z=particles.log_Z, evaluation=PathEvaluation(full[..., 0], full[..., 1]))
+
+
+def _checked_times(schedule: Schedule, t_next: Any, t: Tensor, particles: Particles) -> Tensor:
+    """The schedule's next times as ``(R,)`` float64; a float applies to every replica."""
+    try:
+        out = as_times(t_next, particles)
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise RunError(f"schedule {schedule!r} returned {t_next!r}; expected one time per replica: {exc}") from None
+    if bool(((out < t) | (out > 1) | torch.isnan(out)).any()):
+        raise RunError(f"schedule {schedule!r} returned times {out.tolist()} after {t.tolist()}; times must increase to 1")
+    return out
+
+
+def _checked_increment(step: Step, increment: Tensor, like: Tensor) -> Tensor:
+    if not isinstance(increment, Tensor) or increment.shape != like.shape:
+        shape = tuple(increment.shape) if isinstance(increment, Tensor) else type(increment).__name__
+        raise RunError(f"transport {step!r} returned a log-weight increment of shape {shape}; expected {tuple(like.shape)}")
+    return increment.to(torch.float64)
+
+
+def _keep_where(mask: Tensor, new: Particles, old: Particles) -> Particles:
+    """Per replica (``mask`` ``(R,)``): positions, weights and log Z from ``new`` where true."""
+    if not bool(mask.any()):
+        return old
+    return attrs.evolve(
+        old,
+        x=torch.where(mask[:, None, None], new.x, old.x),
+        log_weights=torch.where(mask[:, None], new.log_weights, old.log_weights),
+        log_Z=torch.where(mask, new.log_Z, old.log_Z),
+    )

@@ -1,0 +1,1 @@
+"""The plugin host: hook specifications, the registry, isolated plugin loading, building by name."""

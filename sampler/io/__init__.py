@@ -1,0 +1,1 @@
+"""Reading and writing: checkpoints, results as ArviZ NetCDF, trained models beside them."""
