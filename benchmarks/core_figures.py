@@ -30,7 +30,9 @@ def smc_on_gmm40(seeds: int, n: int, **options) -> dict:
     target = sampler.get_target("gmm40")
     rows = []
     for seed in range(seeds):
-        res = sampler.sample(target, method="smc", n_particles=n, n_replicas=1, seed=seed, n_steps=10, progress=False, **options)
+        res = sampler.sample(
+            target, method="smc", n_particles=n, n_replicas=1, seed=seed, n_steps=10, progress=False, **options
+        )
         exact = target.sample(n, torch.Generator().manual_seed(10_000 + seed), dtype=torch.float64)
         exact2 = target.sample(n, torch.Generator().manual_seed(20_000 + seed), dtype=torch.float64)
         rows.append(
@@ -47,21 +49,31 @@ def smc_on_gmm40(seeds: int, n: int, **options) -> dict:
             )
         )
     keys = [k for k in rows[0] if k != "seed"]
-    return {"runs": rows, "median": {k: statistics.median(r[k] for r in rows) for k in keys},
-            "min": {k: min(r[k] for r in rows) for k in keys}, "max": {k: max(r[k] for r in rows) for k in keys}}
+    return {
+        "runs": rows,
+        "median": {k: statistics.median(r[k] for r in rows) for k in keys},
+        "min": {k: min(r[k] for r in rows) for k in keys},
+        "max": {k: max(r[k] for r in rows) for k in keys},
+    }
 
 
-def mala_throughput(dtype: torch.dtype, replicas: int = 4, particles: int = 10_000, sweeps: int = 50, repeats: int = 3) -> float:
+def mala_throughput(
+    dtype: torch.dtype, replicas: int = 4, particles: int = 10_000, sweeps: int = 50, repeats: int = 3
+) -> float:
     target = sampler.get_target("gmm40")
     path = sampler.GeometricPath(sampler.make_reference(target), target)
-    x = target.sample(replicas * particles, torch.Generator().manual_seed(0), dtype=dtype).reshape(replicas, particles, 2)
+    x = target.sample(replicas * particles, torch.Generator().manual_seed(0), dtype=dtype).reshape(
+        replicas, particles, 2
+    )
     state = sampler.Particles(
         x=x,
         log_weights=torch.full((replicas, particles), -math.log(particles), dtype=torch.float64),
         log_Z=torch.zeros(replicas, dtype=torch.float64),
         evaluation=path.evaluate(x, grad=True),
     )
-    ctx = sampler.StepContext(path=path, t=1.0, t_from=1.0, step=1, generator=torch.Generator().manual_seed(1), needs_grad=True)
+    ctx = sampler.StepContext(
+        path=path, t=1.0, t_from=1.0, step=1, generator=torch.Generator().manual_seed(1), needs_grad=True
+    )
     kernel = sampler.corrector("mala", n_steps=sweeps)
     out = kernel.apply(state, kernel.init(state, ctx), ctx)  # warm-up: adapts the step size
     rates = []
@@ -84,7 +96,9 @@ def main() -> None:
         "mala_particle_steps_per_s": {str(dt): mala_throughput(dt) for dt in (torch.float32, torch.float64)},
     }
     med = report["smc_gmm40"]["median"]
-    print(f"smc on gmm40, N={args.particles}, 10 MALA sweeps/temperature, median of {args.seeds} seeds ({report['machine']}):")
+    print(
+        f"smc on gmm40, N={args.particles}, 10 MALA sweeps/temperature, median of {args.seeds} seeds ({report['machine']}):"
+    )
     for k, v in med.items():
         print(f"  {k:<16} {v:.4g}   [min {report['smc_gmm40']['min'][k]:.4g}, max {report['smc_gmm40']['max'][k]:.4g}]")
     for k, v in report["mala_particle_steps_per_s"].items():

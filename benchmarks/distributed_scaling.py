@@ -54,7 +54,13 @@ def _worker(rank: int, world: int, rendezvous: str, out: str, args: argparse.Nam
     import sampler
 
     if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600))
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{rendezvous}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=600),
+        )
     spent = _comm_clock()
     target = sampler.get_target(args.target)
     best, best_comm, best_cpu, log_z = float("inf"), 0.0, 0.0, None
@@ -102,13 +108,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.ranks = [int(k) for k in args.ranks.split(",")]
     rows = measure(args)
-    print(f"{args.target}, N={args.particles} x R={args.replicas}, {args.stages} stages x {args.kernel_steps} MALA sweeps, "
-          f"{rows[0]['evals']:,} target evaluations; log Z identical for every rank count")
+    print(
+        f"{args.target}, N={args.particles} x R={args.replicas}, {args.stages} stages x {args.kernel_steps} MALA sweeps, "
+        f"{rows[0]['evals']:,} target evaluations; log Z identical for every rank count"
+    )
     print("| processes | wall time (s) | speed-up | efficiency | CPU time of rank 0 (s) | in collectives, rank 0 (s) |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         s = rows[0]["wall"] / row["wall"]
-        print(f"| {row['ranks']} | {row['wall']:.2f} | {s:.2f} | {s / row['ranks']:.0%} | {row['cpu']:.2f} | {row['comm']:.2f} |")
+        print(
+            f"| {row['ranks']} | {row['wall']:.2f} | {s:.2f} | {s / row['ranks']:.0%} | {row['cpu']:.2f} | {row['comm']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

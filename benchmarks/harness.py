@@ -126,7 +126,13 @@ BUDGETS: dict[str, Budget] = {
         n_particles=50_000,
         n_directions=1000,
         seeds=5,
-        method_options={"smc": {"n_steps": 20}, "ais": {"n_temps": 1000}, "mala": {"n_warmup": 2000}, "hmc": {"n_warmup": 2000}, "neural-jko": {"preset": "paper"}},
+        method_options={
+            "smc": {"n_steps": 20},
+            "ais": {"n_temps": 1000},
+            "mala": {"n_warmup": 2000},
+            "hmc": {"n_warmup": 2000},
+            "neural-jko": {"preset": "paper"},
+        },
         target_particles={"lgcp": 2000},
         description="published scale: N = 50,000 samples vs 50,000 exact (for a GPU)",
     ),
@@ -209,10 +215,32 @@ def run_one(
     dev = torch.device(device) if device else torch.device("cpu")
     _reset_peak_memory(dev)
     try:
-        res = sampler.sample(target, method=method, n_particles=n, n_replicas=1, seed=seed, device=device, progress=False, **opts)
+        res = sampler.sample(
+            target, method=method, n_particles=n, n_replicas=1, seed=seed, device=device, progress=False, **opts
+        )
     except SamplerError as exc:
         log.warning("%s on %s (seed %d) failed: %s", method, target_name, seed, exc)
-        return RunRecord(method, target_name, seed, n, None, None, None, None, None, None, None, None, None, 0, 0, math.nan, math.nan, str(dev), str(exc)), None
+        return RunRecord(
+            method,
+            target_name,
+            seed,
+            n,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            0,
+            0,
+            math.nan,
+            math.nan,
+            str(dev),
+            str(exc),
+        ), None
     peak_mb = _peak_memory_mb(dev)  # the sampler's own peak, before scoring allocates exact samples
 
     x = res.samples[0].to(torch.float64)
@@ -228,12 +256,16 @@ def run_one(
         weights = _normalized_weights(res)
         if weights is not None:
             gen.set_state(state)  # the same directions as the unweighted score
-            weighted_ed = metrics.sliced_energy_distance(x, exact, n_directions=budget.n_directions, generator=gen, weights=weights)
+            weighted_ed = metrics.sliced_energy_distance(
+                x, exact, n_directions=budget.n_directions, generator=gen, weights=weights
+            )
         key = (target_name, n)
         if floor_cache is not None and key in floor_cache:
             floor = floor_cache[key]
         else:
-            floor = metrics.exact_floor(target, n, torch.Generator(device=x.device).manual_seed(7), n_directions=budget.n_directions)
+            floor = metrics.exact_floor(
+                target, n, torch.Generator(device=x.device).manual_seed(7), n_directions=budget.n_directions
+            )
             if floor_cache is not None:
                 floor_cache[key] = floor
     modes = getattr(target, "modes", None)
@@ -318,7 +350,12 @@ class Report:
         keys = sorted({(r.method, r.target) for r in self.records}, key=lambda k: (_target_order(k[1]), k[0]))
         for method, target in keys:
             runs = [r for r in self.records if r.method == method and r.target == target]
-            row: dict[str, Any] = {"method": method, "target": target, "seeds": len(runs), "n_particles": runs[0].n_particles}
+            row: dict[str, Any] = {
+                "method": method,
+                "target": target,
+                "seeds": len(runs),
+                "n_particles": runs[0].n_particles,
+            }
             for col in SUMMARY_COLUMNS:
                 vals = [getattr(r, col) for r in runs if getattr(r, col) is not None and not _isnan(getattr(r, col))]
                 if vals:
@@ -484,5 +521,7 @@ def run_suite(
                     ed = "n/a" if record.energy_distance is None else f"{record.energy_distance:.3g}"
                     if record.weighted_energy_distance is not None:
                         ed += f" (weighted {record.weighted_energy_distance:.3g})"
-                    progress(f"{target:<11} {method:<6} seed {seed}: energy distance {ed}, {time.perf_counter() - start:.1f} s")
+                    progress(
+                        f"{target:<11} {method:<6} seed {seed}: energy distance {ed}, {time.perf_counter() - start:.1f} s"
+                    )
     return report

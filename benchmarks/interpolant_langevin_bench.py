@@ -36,7 +36,10 @@ def sweep(targets: list[str], seeds: int, n: int) -> list[dict]:
     floors: dict = {}
     for target in targets:
         for kind, opts in settings:
-            recs = [run_one("interpolant-langevin", target, seed, budget, opts, floor_cache=floors)[0] for seed in range(seeds)]
+            recs = [
+                run_one("interpolant-langevin", target, seed, budget, opts, floor_cache=floors)[0]
+                for seed in range(seeds)
+            ]
             ok = [r for r in recs if r.error is None]
             if not ok:
                 row = dict(target=target, sweep=kind, options=opts, seeds=0, error=recs[0].error)
@@ -52,7 +55,9 @@ def sweep(targets: list[str], seeds: int, n: int) -> list[dict]:
                 floor=ok[0].floor,
                 grad_evals_per_sample=statistics.median(r.grad_evals for r in ok) / n,
                 wall_time=statistics.median(r.wall_time for r in ok),
-                mode_weight_error=statistics.median(r.mode_weight_error for r in ok) if ok[0].mode_weight_error is not None else None,
+                mode_weight_error=statistics.median(r.mode_weight_error for r in ok)
+                if ok[0].mode_weight_error is not None
+                else None,
             )
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -75,7 +80,11 @@ def plot(rows: list[dict], path: Path) -> None:
             ys = [r["energy_distance"] for r in pts]
             ax.plot(xs, ys, marker=marker, label="T0 sweep" if kind == "t0" else "inner budget sweep")
             for r, x, y in zip(pts, xs, ys):
-                lab = f"T0={r['options']['t0']}" if kind == "t0" else f"{r['options']['n_chains']}x{r['options']['inner_steps']}"
+                lab = (
+                    f"T0={r['options']['t0']}"
+                    if kind == "t0"
+                    else f"{r['options']['n_chains']}x{r['options']['inner_steps']}"
+                )
                 ax.annotate(lab, (x, y), fontsize=7)
         floor = next(r["floor"] for r in rows if r["target"] == target and r["seeds"] > 0)
         ax.axhline(floor, color="gray", ls="--", label="exact-vs-exact floor")

@@ -35,7 +35,13 @@ import torch
 import sampler
 from sampler import metrics
 from sampler_benchmarks.harness import machine_description
-from sampler_plugins.mmd_flow import deweight, energy_kernel_sum, exact_energy_kernel_sum, exact_witness_gradient, sliced_witness_gradient
+from sampler_plugins.mmd_flow import (
+    deweight,
+    energy_kernel_sum,
+    exact_energy_kernel_sum,
+    exact_witness_gradient,
+    sliced_witness_gradient,
+)
 from sampler_plugins.mmd_flow.directions import draw_directions
 
 
@@ -94,8 +100,18 @@ def error_vs_P(quick: bool) -> dict[str, Any]:
                 got = sliced_witness_gradient(x, y, n_directions=p, scheme=scheme, generator=g)[0]
                 times.append(time.perf_counter() - t)
                 errs.append(float((got - exact).norm() / exact.norm()))
-            rows.append({"P": p, "rel_error": statistics.median(errs), "seconds": statistics.median(times), "speedup": t_exact / statistics.median(times)})
-            print(f"error_vs_P: {scheme:<10} P = {p:>5}: rel. error {rows[-1]['rel_error']:.3f}, {rows[-1]['seconds']:.2f} s, speed-up {rows[-1]['speedup']:.0f}x", flush=True)
+            rows.append(
+                {
+                    "P": p,
+                    "rel_error": statistics.median(errs),
+                    "seconds": statistics.median(times),
+                    "speedup": t_exact / statistics.median(times),
+                }
+            )
+            print(
+                f"error_vs_P: {scheme:<10} P = {p:>5}: rel. error {rows[-1]['rel_error']:.3f}, {rows[-1]['seconds']:.2f} s, speed-up {rows[-1]['speedup']:.0f}x",
+                flush=True,
+            )
         out["schemes"][scheme] = rows
     return out
 
@@ -116,7 +132,10 @@ def kernel_sum(quick: bool) -> dict[str, Any]:
             t, fast = _median_time(lambda: energy_kernel_sum(x, y, w, n_directions=p, scheme=scheme, generator=g), 3)
             err = float((fast - exact).abs().sum() / exact.abs().sum())
             rows.append({"scheme": scheme, "P": p, "rel_error": err, "seconds": t, "speedup": t_exact / t})
-            print(f"kernel_sum: {scheme:<4} P = {p:>5}: rel. error {err:.2e}, {t:.3f} s (exact {t_exact:.2f} s)", flush=True)
+            print(
+                f"kernel_sum: {scheme:<4} P = {p:>5}: rel. error {err:.2e}, {t:.3f} s (exact {t_exact:.2f} s)",
+                flush=True,
+            )
     return {"n": n, "m": n, "d": d, "exact_seconds": t_exact, "rows": rows}
 
 
@@ -137,7 +156,9 @@ def deweight_vs_resampling(quick: bool) -> dict[str, Any]:
             t = time.perf_counter()
             dw = deweight(x, lw, generator=g).x[0]
             t_dw = time.perf_counter() - t
-            ed = lambda z, w=None: metrics.sliced_energy_distance(z, exact, generator=torch.Generator().manual_seed(seed), weights=w)  # noqa: E731
+            ed = lambda z, w=None: metrics.sliced_energy_distance(
+                z, exact, generator=torch.Generator().manual_seed(seed), weights=w
+            )  # noqa: E731
             rows.append(
                 {
                     "seed": seed,
@@ -151,11 +172,18 @@ def deweight_vs_resampling(quick: bool) -> dict[str, Any]:
                     "deweight_seconds": t_dw,
                 }
             )
-            print(f"deweight: {name} seed {seed}: " + ", ".join(f"{k} {v:.3g}" for k, v in rows[-1].items() if k != "seed"), flush=True)
+            print(
+                f"deweight: {name} seed {seed}: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in rows[-1].items() if k != "seed"),
+                flush=True,
+            )
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "seed"}
         floor = metrics.exact_floor(target, n, torch.Generator().manual_seed(7))
         out["targets"][name] = {"runs": rows, "median": med, "floor": floor}
-        print(f"deweight: {name} median: " + ", ".join(f"{k} {v:.3g}" for k, v in med.items()) + f"; floor {floor:.3g}", flush=True)
+        print(
+            f"deweight: {name} median: " + ", ".join(f"{k} {v:.3g}" for k, v in med.items()) + f"; floor {floor:.3g}",
+            flush=True,
+        )
     return out
 
 
@@ -184,7 +212,9 @@ def plot(results: dict[str, Any], out: Path) -> None:
     if "scaling" in results:
         r = results["scaling"]
         fig, ax = plt.subplots(figsize=(5, 4))
-        ax.loglog([q["n"] for q in r["rows"]], [q["seconds"] for q in r["rows"]], "o-", label=f"slope {r['exponent']:.2f}")
+        ax.loglog(
+            [q["n"] for q in r["rows"]], [q["seconds"] for q in r["rows"]], "o-", label=f"slope {r['exponent']:.2f}"
+        )
         ax.set(xlabel="N = M", ylabel="seconds", title=f"sliced gradient, d = {r['d']}, P = {r['P']}")
         ax.legend()
         fig.tight_layout()

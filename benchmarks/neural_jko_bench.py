@@ -44,12 +44,16 @@ DEFAULT = ("mustache", "8modes", "8peaky", "gmm40", "funnel")
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m sampler_benchmarks.neural_jko_bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m sampler_benchmarks.neural_jko_bench", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--targets", default=",".join(DEFAULT))
     ap.add_argument("--seeds", type=int, default=3, help="number of seeds")
     ap.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed, ..., first-seed + seeds - 1")
     ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--particles", type=int, default=2000, help="samples per run (and exact samples for the energy distance)")
+    ap.add_argument(
+        "--particles", type=int, default=2000, help="samples per run (and exact samples for the energy distance)"
+    )
     ap.add_argument("--directions", type=int, default=1000)
     ap.add_argument("--option", "-o", action="append", default=[], help="KEY=VALUE neural-jko option (python literal)")
     ap.add_argument("--device", default=None)
@@ -80,13 +84,33 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m sampler_benchmarks.neural_jko_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.perf_counter()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    report = run_suite(["neural-jko"], targets, seeds=seeds, budget=budget, device=args.device, keep_results=False, progress=print, command=command)
+    report = run_suite(
+        ["neural-jko"],
+        targets,
+        seeds=seeds,
+        budget=budget,
+        device=args.device,
+        keep_results=False,
+        progress=print,
+        command=command,
+    )
     if not args.no_smc:
-        smc = run_suite(["smc"], targets, seeds=seeds, budget=BUDGETS["cpu"], device=args.device, keep_results=False, progress=print, command=command)
+        smc = run_suite(
+            ["smc"],
+            targets,
+            seeds=seeds,
+            budget=BUDGETS["cpu"],
+            device=args.device,
+            keep_results=False,
+            progress=print,
+            command=command,
+        )
         report.records.extend(smc.records)
     out = report.write(args.out, plots=False)
     print(report.markdown())
-    print("| target | ICNJ published ED | ours: weighted ED (the result) | ours: ED of the raw model draws | floor | published log Z err. (ELBO) | ours: IS log Z err. | weight ESS |")
+    print(
+        "| target | ICNJ published ED | ours: weighted ED (the result) | ours: ED of the raw model draws | floor | published log Z err. (ELBO) | ours: IS log Z err. | weight ESS |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in report.summary():
         if row["method"] != "neural-jko":
@@ -94,7 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         pub = PUBLISHED.get(row["target"], (None, None))
         fmt = lambda v: "—" if v is None else f"{v:.2e}"  # noqa: E731
         med = lambda col: row[col]["median"] if col in row else None  # noqa: E731
-        cells = [fmt(pub[0]), fmt(med("weighted_energy_distance")), fmt(med("energy_distance")), fmt(med("floor")), fmt(pub[1]), fmt(med("log_Z_error")), "—" if med("weight_ess") is None else f"{med('weight_ess'):.2f}"]
+        cells = [
+            fmt(pub[0]),
+            fmt(med("weighted_energy_distance")),
+            fmt(med("energy_distance")),
+            fmt(med("floor")),
+            fmt(pub[1]),
+            fmt(med("log_Z_error")),
+            "—" if med("weight_ess") is None else f"{med('weight_ess'):.2f}",
+        ]
         print(f"| {row['target']} | " + " | ".join(cells) + " |")
     print(f"\n{machine_description(args.device)}; total {time.perf_counter() - start:.0f} s; written to {out}")
     return 0

@@ -75,7 +75,17 @@ def double_well(seeds: list[int], iterations: int) -> list[dict]:
             )
             print(f"double-well {label} seed {seed}: {recs[-1]}", flush=True)
         row = {"variant": label, "exact_fraction": p}
-        for key in ("fraction", "raw_fraction", "mode_weight_error", "raw_mode_weight_error", "ess", "log_Z_error", "energy_distance", "grad_evals", "wall_time"):
+        for key in (
+            "fraction",
+            "raw_fraction",
+            "mode_weight_error",
+            "raw_mode_weight_error",
+            "ess",
+            "log_Z_error",
+            "energy_distance",
+            "grad_evals",
+            "wall_time",
+        ):
             row[key] = _median(r[key] for r in recs)
         row["runs"] = recs
         rows.append(row)
@@ -92,9 +102,21 @@ def suite(targets: list[str], seeds: list[int], iterations: int) -> list[dict]:
             for seed in seeds:
                 rec, _ = run_one(method, target, seed, budget, opts)
                 recs.append(rec)
-                print(f"{target} {method} seed {seed}: ed={rec.energy_distance} logZerr={rec.log_Z_error} ess={rec.weight_ess} grad={rec.grad_evals} t={rec.wall_time:.1f}s err={rec.error}", flush=True)
+                print(
+                    f"{target} {method} seed {seed}: ed={rec.energy_distance} logZerr={rec.log_Z_error} ess={rec.weight_ess} grad={rec.grad_evals} t={rec.wall_time:.1f}s err={rec.error}",
+                    flush=True,
+                )
             row = {"target": target, "method": method}
-            for key in ("energy_distance", "floor", "log_Z_error", "weight_ess", "mode_weight_error", "grad_evals", "target_evals", "wall_time"):
+            for key in (
+                "energy_distance",
+                "floor",
+                "log_Z_error",
+                "weight_ess",
+                "mode_weight_error",
+                "grad_evals",
+                "target_evals",
+                "wall_time",
+            ):
                 row[key] = _median(getattr(r, key) for r in recs)
             row["failures"] = [r.error for r in recs if r.error]
             rows.append(row)
@@ -116,7 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     seeds = list(range(args.seeds))
     start = time.perf_counter()
-    out: dict = {"machine": machine_description(), "seeds": seeds, "iterations": args.iterations, "budget": "cpu (N = 2000)"}
+    out: dict = {
+        "machine": machine_description(),
+        "seeds": seeds,
+        "iterations": args.iterations,
+        "budget": "cpu (N = 2000)",
+    }
     if not args.skip_double_well:
         out["double_well"] = double_well(seeds, args.iterations)
     targets = [t for t in args.targets.split(",") if t]
@@ -127,16 +154,24 @@ def main(argv: list[str] | None = None) -> None:
     (path / "snf_bench.json").write_text(json.dumps(out, indent=2, default=str))
     print(f"\n{out['machine']}; medians over seeds {seeds}; N = 2000; SNF training iterations {args.iterations}\n")
     if "double_well" in out:
-        print("| double-well | mass x1>0 (resampled) | raw flow output | mode-weight err. | raw mode-weight err. | weight ESS | abs. log Z err. | grad evals | wall (s) |")
+        print(
+            "| double-well | mass x1>0 (resampled) | raw flow output | mode-weight err. | raw mode-weight err. | weight ESS | abs. log Z err. | grad evals | wall (s) |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for r in out["double_well"]:
-            print(f"| {r['variant']} | {_fmt(r['fraction'], '.4f')} | {_fmt(r['raw_fraction'], '.4f')} | {_fmt(r['mode_weight_error'])} | {_fmt(r['raw_mode_weight_error'])} | {_fmt(r['ess'], '.2f')} | {_fmt(r['log_Z_error'])} | {_fmt(r['grad_evals'], '.2g')} | {_fmt(r['wall_time'], '.1f')} |")
+            print(
+                f"| {r['variant']} | {_fmt(r['fraction'], '.4f')} | {_fmt(r['raw_fraction'], '.4f')} | {_fmt(r['mode_weight_error'])} | {_fmt(r['raw_mode_weight_error'])} | {_fmt(r['ess'], '.2f')} | {_fmt(r['log_Z_error'])} | {_fmt(r['grad_evals'], '.2g')} | {_fmt(r['wall_time'], '.1f')} |"
+            )
         print(f"(exact mass of x1 > 0: {out['double_well'][0]['exact_fraction']:.4f})\n")
     if out["suite"]:
-        print("| target | method | energy distance | floor | abs. log Z err. | weight ESS | mode-weight err. | grad evals | wall (s) |")
+        print(
+            "| target | method | energy distance | floor | abs. log Z err. | weight ESS | mode-weight err. | grad evals | wall (s) |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for r in out["suite"]:
-            print(f"| {r['target']} | {r['method']} | {_fmt(r['energy_distance'])} | {_fmt(r['floor'])} | {_fmt(r['log_Z_error'])} | {_fmt(r['weight_ess'], '.2f')} | {_fmt(r['mode_weight_error'])} | {_fmt(r['grad_evals'], '.2g')} | {_fmt(r['wall_time'], '.1f')} |")
+            print(
+                f"| {r['target']} | {r['method']} | {_fmt(r['energy_distance'])} | {_fmt(r['floor'])} | {_fmt(r['log_Z_error'])} | {_fmt(r['weight_ess'], '.2f')} | {_fmt(r['mode_weight_error'])} | {_fmt(r['grad_evals'], '.2g')} | {_fmt(r['wall_time'], '.1f')} |"
+            )
     print(f"\ntotal wall time {out['wall_time']:.0f} s")
 
 

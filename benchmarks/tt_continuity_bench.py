@@ -83,7 +83,18 @@ def summarize(rows: list[dict]) -> list[dict]:
     for target, method, steps in keys:
         group = [r for r in rows if (r["target"], r["method"], r["options"].get("n_steps")) == (target, method, steps)]
         row = dict(target=target, method=method, n_steps=steps, seeds=len(group))
-        for col in ("energy_distance", "log_Z_error", "grad_evals", "stages", "wall_time", "tt_residual_median", "flow_share_median", "flow_scale_median", "tt_rank_max", "tt_seconds"):
+        for col in (
+            "energy_distance",
+            "log_Z_error",
+            "grad_evals",
+            "stages",
+            "wall_time",
+            "tt_residual_median",
+            "flow_share_median",
+            "flow_scale_median",
+            "tt_rank_max",
+            "tt_seconds",
+        ):
             vals = [r[col] for r in group if r.get(col) is not None]
             if vals:
                 row[col] = dict(median=statistics.median(vals), min=min(vals), max=max(vals))
@@ -102,7 +113,11 @@ def markdown(summary: list[dict], floors: dict[str, float]) -> str:
         if c is None:
             return "—"
         txt = fmt.format(c["median"])
-        return txt + (f" [{fmt.format(c['min'])}, {fmt.format(c['max'])}]" if c["min"] != c["max"] and col in ("energy_distance", "log_Z_error") else "")
+        return txt + (
+            f" [{fmt.format(c['min'])}, {fmt.format(c['max'])}]"
+            if c["min"] != c["max"] and col in ("energy_distance", "log_Z_error")
+            else ""
+        )
 
     for row in summary:
         lines.append(
@@ -130,7 +145,10 @@ def plot(summary: list[dict], floors: dict[str, float], file: Path) -> None:
     fig, axes = plt.subplots(2, len(targets), figsize=(3.4 * len(targets), 6.2), squeeze=False)
     for j, target in enumerate(targets):
         for method, style in (("smc", "o-"), ("tt-smc", "s--")):
-            rows = sorted((r for r in summary if r["target"] == target and r["method"] == method), key=lambda r: r["grad_evals"]["median"])
+            rows = sorted(
+                (r for r in summary if r["target"] == target and r["method"] == method),
+                key=lambda r: r["grad_evals"]["median"],
+            )
             if not rows:
                 continue
             g = [r["grad_evals"]["median"] for r in rows]
@@ -153,7 +171,9 @@ def plot(summary: list[dict], floors: dict[str, float], file: Path) -> None:
             if j == 0:
                 ax.set_ylabel(label)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("tt-smc vs smc: accuracy against gradient evaluations (medians over seeds; labels: MALA sweeps per stage)")
+    fig.suptitle(
+        "tt-smc vs smc: accuracy against gradient evaluations (medians over seeds; labels: MALA sweeps per stage)"
+    )
     fig.tight_layout()
     fig.savefig(file, dpi=110)
     plt.close(fig)
@@ -165,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--particles", type=int, default=2000)
     parser.add_argument("--steps", default="1,2,5,10", help="MALA sweeps per stage to compare (tt-smc also runs 0)")
-    parser.add_argument("--tt-option", "-o", action="append", default=[], help="KEY=VALUE option for tt-smc (Python literal)")
+    parser.add_argument(
+        "--tt-option", "-o", action="append", default=[], help="KEY=VALUE option for tt-smc (Python literal)"
+    )
     parser.add_argument("--no-zero", action="store_true", help="skip tt-smc with 0 MALA sweeps")
     parser.add_argument("--scaling", action="store_true", help="also run manywell with d = 8, 16, 32")
     parser.add_argument("--out", default="results/tt_continuity/tt_continuity.json")
@@ -187,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.scaling:
         targets += [t for t in ("manywell-4", "manywell-8", "manywell-16") if t not in targets]
     for target in targets:
-        floors[target] = metrics.exact_floor(_target(target), args.particles, torch.Generator().manual_seed(7), n_directions=1000)
+        floors[target] = metrics.exact_floor(
+            _target(target), args.particles, torch.Generator().manual_seed(7), n_directions=1000
+        )
         runs = [("smc", k) for k in steps] + [("tt-smc", k) for k in ([] if args.no_zero else [0]) + steps]
         if target.startswith("manywell-"):  # the scaling family: the cpu-budget pair only
             runs = [("smc", 10), ("tt-smc", 2)]
@@ -204,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
                 )
     summary = summarize(rows)
     report = dict(
-        command="python -m sampler_benchmarks.tt_continuity_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        command="python -m sampler_benchmarks.tt_continuity_bench "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         machine=f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         n_particles=args.particles,
         seeds=args.seeds,

@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sampler_plugins.vbmm.dirichlet import DirichletStats, dirichlet_nll, moments_init, separable_speedup_possible, solve_stats
+from sampler_plugins.vbmm.dirichlet import (
+    DirichletStats,
+    dirichlet_nll,
+    moments_init,
+    separable_speedup_possible,
+    solve_stats,
+)
 
 SOLVERS = ("vbmm", "bpg", "minka", "newton")
 ALPHAS = {"small": (0.2, 0.9), "moderate": (1.0, 10.0), "large": (20.0, 60.0), "dominant": (1.0, 10.0)}
@@ -126,7 +132,8 @@ def run_case(stats: DirichletStats, protocol: str, record: bool = False, timed: 
 def _fewer(per_seed: list[dict], other: str) -> int:
     """Number of seeds on which VBMM needed strictly fewer iterations than ``other``."""
     return sum(
-        r["vbmm"]["iterations"] is not None and (r[other]["iterations"] is None or r["vbmm"]["iterations"] < r[other]["iterations"])
+        r["vbmm"]["iterations"] is not None
+        and (r[other]["iterations"] is None or r["vbmm"]["iterations"] < r[other]["iterations"])
         for r in per_seed
     )
 
@@ -172,7 +179,8 @@ def main() -> None:
                     row["vbmm_fewer_than_bpg"] = _fewer(ps, "bpg")
                     row["vbmm_fewer_than_minka"] = _fewer(ps, "minka")
                     row["vbmm_more_than_minka"] = sum(
-                        r["minka"]["iterations"] is not None and (r["vbmm"]["iterations"] is None or r["vbmm"]["iterations"] > r["minka"]["iterations"])
+                        r["minka"]["iterations"] is not None
+                        and (r["vbmm"]["iterations"] is None or r["vbmm"]["iterations"] > r["minka"]["iterations"])
                         for r in ps
                     )
                     rows.append(row)
@@ -212,7 +220,10 @@ def _table(rows: list[dict], seeds: int) -> str:
     ]
     for protocol in PROTOCOLS:
         timed = protocol == "moments"
-        lines += [f"### protocol `{protocol}` (start: {'moment matching' if protocol == 'moments' else 'alpha = 1'})", ""]
+        lines += [
+            f"### protocol `{protocol}` (start: {'moment matching' if protocol == 'moments' else 'alpha = 1'})",
+            "",
+        ]
         head = "| alpha | K | N | dom | VBMM | BPG | Minka | Newton |"
         sep = "|---|---|---|---|---|---|---|---|"
         if timed:
@@ -224,7 +235,11 @@ def _table(rows: list[dict], seeds: int) -> str:
         for r in rows:
             if r["protocol"] != protocol:
                 continue
-            line = f"| {r['alpha']} | {r['K']} | {r['N']:.0e} | {r['dominant_at_mle']} | " + " | ".join(str(r[f"{sv}_iterations"]) for sv in SOLVERS) + " |"
+            line = (
+                f"| {r['alpha']} | {r['K']} | {r['N']:.0e} | {r['dominant_at_mle']} | "
+                + " | ".join(str(r[f"{sv}_iterations"]) for sv in SOLVERS)
+                + " |"
+            )
             if timed:
                 line += " " + " | ".join(f"{1e3 * r[f'{sv}_cpu_time']:.2f}" for sv in SOLVERS) + " |"
             line += f" {r['vbmm_fewer_than_bpg']} | {r['vbmm_fewer_than_minka']} | {r['vbmm_more_than_minka']} |"
@@ -240,13 +255,22 @@ def _plot(curves: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     kinds = list(ALPHAS)
-    fig, axes = plt.subplots(len(PROTOCOLS), len(kinds), figsize=(4.0 * len(kinds), 3.2 * len(PROTOCOLS)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(PROTOCOLS), len(kinds), figsize=(4.0 * len(kinds), 3.2 * len(PROTOCOLS)), squeeze=False
+    )
     for row, protocol in enumerate(PROTOCOLS):
         for col, kind in enumerate(kinds):
             ax = axes[row][col]
             for sv, gaps in curves.get(f"{kind}/{protocol}", {}).items():
                 g = np.maximum(np.asarray(gaps), 1e-17)
-                ax.semilogy(np.arange(len(g)), g, label=sv, marker="o" if sv == "newton" else None, ms=3, ls="--" if sv == "minka" else "-")
+                ax.semilogy(
+                    np.arange(len(g)),
+                    g,
+                    label=sv,
+                    marker="o" if sv == "newton" else None,
+                    ms=3,
+                    ls="--" if sv == "minka" else "-",
+                )
             ax.axhline(TOL, color="grey", lw=0.8, ls=":")
             ax.set_title(f"alpha {kind}, start {protocol}: K=10, N=1e5", fontsize=9)
             ax.set_xlabel("iteration")

@@ -75,7 +75,11 @@ def main(n_particles: int = 2000) -> sampler.Result:
     # The new corrector, by name, composed by hand with the built-in ones.
     pipe = sampler.Pipeline(
         schedule=sampler.schedules.Adaptive(target_ess=0.9),
-        steps=[sampler.corrector("resample", scheme="stratified", threshold=1.0), sampler.corrector("cloud-walk", n_steps=3), sampler.corrector("mala", n_steps=2)],
+        steps=[
+            sampler.corrector("resample", scheme="stratified", threshold=1.0),
+            sampler.corrector("cloud-walk", n_steps=3),
+            sampler.corrector("mala", n_steps=2),
+        ],
     )
     res2 = pipe.run(target, n_particles=n_particles, n_replicas=4, seed=2)
     print(f"hand-built pipeline: log Z = {res2.log_Z:.4f} ± {res2.log_Z_stderr:.4f} (exact {target.log_Z:.4f})")

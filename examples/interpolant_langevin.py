@@ -20,8 +20,16 @@ def main(n_particles: int = 500) -> sampler.Result:
     target = sampler.get_target("8modes")
     # A small budget so the example runs in seconds: 4 chains x 2 sweeps per velocity estimate.
     res = sampler.sample(
-        target, method="interpolant-langevin", n_particles=n_particles, n_replicas=2, seed=0,
-        n_chains=4, inner_steps=2, n_ode_steps=8, init_steps=50, progress=False,
+        target,
+        method="interpolant-langevin",
+        n_particles=n_particles,
+        n_replicas=2,
+        seed=0,
+        n_chains=4,
+        inner_steps=2,
+        n_ode_steps=8,
+        init_steps=50,
+        progress=False,
     )
     print(sampler.summary(res))
     gen = torch.Generator().manual_seed(1)

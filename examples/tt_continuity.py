@@ -19,7 +19,9 @@ import sampler
 
 def main(n_particles: int = 500, n_replicas: int = 4) -> dict[str, sampler.Result]:
     target = sampler.targets.Gaussian(mean=np.full(6, 2.5), scale=np.linspace(0.6, 1.4, 6))
-    common = dict(n_particles=n_particles, n_replicas=n_replicas, seed=0, reference_loc=0.0, reference_scale=1.0, progress=False)
+    common = dict(
+        n_particles=n_particles, n_replicas=n_replicas, seed=0, reference_loc=0.0, reference_scale=1.0, progress=False
+    )
     results = {
         "smc": sampler.sample(target, method="smc", n_steps=5, **common),
         "tt-smc": sampler.sample(target, method="tt-smc", n_steps=2, **common),

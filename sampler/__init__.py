@@ -29,10 +29,10 @@ from sampler.core.particles import Particles
 from sampler.core.paths import GaussianReference, GeometricPath, PathEvaluation
 from sampler.core.result import Result, StepStats
 from sampler.core.runner import Capabilities, Runner
+from sampler.core.settings import RunSettings
 from sampler.core.steps import Corrector, Step, StepContext, StepOutput, Transport
 from sampler.engine import distributed
 from sampler.engine.pipeline import Pipeline, make_reference, reweight
-from sampler.core.settings import RunSettings
 from sampler.errors import SamplerError
 from sampler.host import hookspecs
 from sampler.host import loading as plugins

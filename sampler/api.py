@@ -8,7 +8,6 @@ from typing import Any, cast
 import attrs
 import torch
 
-from sampler.io.checkpoint import Checkpoint, build_metadata, read_checkpoint
 from sampler.core.result import Result
 from sampler.core.runner import Resumable, Runner, capabilities_of
 from sampler.errors import ConfigurationError
@@ -24,6 +23,7 @@ from sampler.host.building import (
     method,
     transport,
 )
+from sampler.io.checkpoint import Checkpoint, build_metadata, read_checkpoint
 from sampler.targets.base import Target
 
 __all__ = [
@@ -97,9 +97,18 @@ def sample(
         if can.distributed:
             extra["distributed"] = distributed
         elif distributed:
-            raise ConfigurationError(f"method {method!r} cannot shard its particles across processes (distributed=True)")
+            raise ConfigurationError(
+                f"method {method!r} cannot shard its particles across processes (distributed=True)"
+            )
     return runner.run(
-        tgt, n_particles=n_particles, n_replicas=n_replicas, seed=seed, device=device, dtype=dtype, progress=progress, **extra
+        tgt,
+        n_particles=n_particles,
+        n_replicas=n_replicas,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        **extra,
     )
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import sampler
-from sampler.engine import distributed
 from sampler.api import DEFAULT_METHOD, DEFAULT_TARGET
 from sampler.core.runner import capabilities_of
-from sampler.io.checkpoint import Checkpoint, CheckpointData, build_metadata, read_checkpoint
+from sampler.engine import distributed
 from sampler.errors import ConfigurationError, Interrupted, SamplerError, TargetError
+from sampler.io.checkpoint import Checkpoint, CheckpointData, build_metadata, read_checkpoint
 from sampler.targets.base import Target
 
 log = logging.getLogger("sampler")
@@ -90,7 +90,8 @@ def load_target(spec: str, options: dict[str, Any], dim: int | None = None) -> T
         return obj
     if callable(obj):
         required = [
-            p for p in inspect.signature(obj).parameters.values()
+            p
+            for p in inspect.signature(obj).parameters.values()
             if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
         if required and not (isinstance(obj, type) and issubclass(obj, Target)):
@@ -146,9 +147,16 @@ def _run_command(args: argparse.Namespace) -> int:
     main = distributed.is_main_process()
     if args.resume:
         data = read_checkpoint(args.resume)
-        log.info("resuming %s on %s after stage %d of a previous run", data.run["method"], data.run["target"], data.step)
+        log.info(
+            "resuming %s on %s after stage %d of a previous run", data.run["method"], data.run["target"], data.step
+        )
         target = _resume_target(args, data)
-        result = sampler.resume(args.resume, target=target, progress=_progress(args) if main else False, checkpoint_every=args.checkpoint_every)
+        result = sampler.resume(
+            args.resume,
+            target=target,
+            progress=_progress(args) if main else False,
+            checkpoint_every=args.checkpoint_every,
+        )
     else:
         spec = args.target or DEFAULT_TARGET
         target_options = _parse_options(args.target_option, "--target-option")
@@ -168,7 +176,12 @@ def _run_command(args: argparse.Namespace) -> int:
                 "checkpoint": Checkpoint(
                     checkpoint,
                     args.checkpoint_every,
-                    {"target_spec": spec, "target_options": target_options, "dim": args.dim, **build_metadata(args.method, options)},
+                    {
+                        "target_spec": spec,
+                        "target_options": target_options,
+                        "dim": args.dim,
+                        **build_metadata(args.method, options),
+                    },
                 )
             }
             if supports
@@ -320,21 +333,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser(
-        "run", help="sample a target and print the summary", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+        "run",
+        help="sample a target and print the summary",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("target", nargs="?", default=None, help=f"built-in name or path/to/file.py:Name (default {DEFAULT_TARGET})")
-    run.add_argument("--method", "-m", default=DEFAULT_METHOD, help=f"sampling method (default {DEFAULT_METHOD}; see `sampler methods`)")
-    run.add_argument("--particles", "-n", type=int, default=2000, help="particles per replica, or draws per chain (default 2000)")
+    run.add_argument(
+        "target", nargs="?", default=None, help=f"built-in name or path/to/file.py:Name (default {DEFAULT_TARGET})"
+    )
+    run.add_argument(
+        "--method",
+        "-m",
+        default=DEFAULT_METHOD,
+        help=f"sampling method (default {DEFAULT_METHOD}; see `sampler methods`)",
+    )
+    run.add_argument(
+        "--particles", "-n", type=int, default=2000, help="particles per replica, or draws per chain (default 2000)"
+    )
     run.add_argument("--replicas", "-r", type=int, default=4, help="independent replicas or chains (default 4)")
     run.add_argument("--seed", "-s", type=int, default=None, help="random seed (default: random, printed)")
     run.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: torch's default)")
     run.add_argument("--dtype", default=None, help="float32 or float64 (default: torch's default)")
-    run.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="method option, e.g. -o n_steps=20 (repeatable)")
-    run.add_argument("--target-option", action="append", metavar="KEY=VALUE", help="option for a named target, e.g. dim=10")
+    run.add_argument(
+        "--option", "-o", action="append", metavar="KEY=VALUE", help="method option, e.g. -o n_steps=20 (repeatable)"
+    )
+    run.add_argument(
+        "--target-option", action="append", metavar="KEY=VALUE", help="option for a named target, e.g. dim=10"
+    )
     run.add_argument("--dim", type=int, default=None, help="wrap file.py:function as an energy U(x) in this dimension")
-    run.add_argument("--out", default=None, metavar="FILE.nc", help="save the result as ArviZ NetCDF (sampler.load reads it)")
-    run.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint file (default on Ctrl-C: TARGET-METHOD-seedS.ckpt)")
-    run.add_argument("--checkpoint-every", type=int, default=None, metavar="K", help="write the checkpoint every K annealing stages")
+    run.add_argument(
+        "--out", default=None, metavar="FILE.nc", help="save the result as ArviZ NetCDF (sampler.load reads it)"
+    )
+    run.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="checkpoint file (default on Ctrl-C: TARGET-METHOD-seedS.ckpt)",
+    )
+    run.add_argument(
+        "--checkpoint-every", type=int, default=None, metavar="K", help="write the checkpoint every K annealing stages"
+    )
     run.add_argument("--resume", default=None, metavar="FILE", help="continue the run saved in this checkpoint")
     run.add_argument(
         "--distributed",
@@ -353,9 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--methods", default=None, help="comma-separated methods (default: smc, ais, mala, hmc)")
-    bench.add_argument("--targets", default=None, help="comma-separated targets (default: the suite of docs/benchmarks.md)")
+    bench.add_argument(
+        "--targets", default=None, help="comma-separated targets (default: the suite of docs/benchmarks.md)"
+    )
     bench.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the budget's)")
-    bench.add_argument("--budget", default="cpu", help="cpu (2 CPU cores), paper (published scale, for a GPU) or smoke (seconds)")
+    bench.add_argument(
+        "--budget", default="cpu", help="cpu (2 CPU cores), paper (published scale, for a GPU) or smoke (seconds)"
+    )
     bench.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="option for every method")
     bench.add_argument("--device", default=None, help="torch device (default cpu)")
     bench.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
@@ -382,20 +424,41 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     plot.add_argument("file", help="a result saved with --out or Result.save")
-    plot.add_argument("--kind", default=None, help="one plot: samples, pair, marginals, trace, schedule, log_Z, weights")
-    plot.add_argument("--out", default=None, help="output file (with --kind) or folder (default next to the working directory)")
+    plot.add_argument(
+        "--kind", default=None, help="one plot: samples, pair, marginals, trace, schedule, log_Z, weights"
+    )
+    plot.add_argument(
+        "--out", default=None, help="output file (with --kind) or folder (default next to the working directory)"
+    )
     plot.add_argument("--format", default="png", help="comma-separated file formats: png, svg (default png)")
     plot.add_argument("--coords", default=None, help="comma-separated coordinates for pair/marginal plots")
-    plot.add_argument("--target", default=None, help="target for density contours if not built-in (name or file.py:Name)")
+    plot.add_argument(
+        "--target", default=None, help="target for density contours if not built-in (name or file.py:Name)"
+    )
     plot.add_argument("--target-option", action="append", metavar="KEY=VALUE", help="option for a named target")
     plot.add_argument("--dim", type=int, default=None, help="with --target file.py:function: energy in this dimension")
     plot.set_defaults(func=_cmd_plot)
 
-    plugins = sub.add_parser("plugins", help="list plugins, what they registered, and load failures", epilog="example:\n  sampler plugins", formatter_class=argparse.RawDescriptionHelpFormatter)
+    plugins = sub.add_parser(
+        "plugins",
+        help="list plugins, what they registered, and load failures",
+        epilog="example:\n  sampler plugins",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     plugins.set_defaults(func=_cmd_plugins)
-    targets = sub.add_parser("targets", help="list registered targets", epilog="example:\n  sampler targets", formatter_class=argparse.RawDescriptionHelpFormatter)
+    targets = sub.add_parser(
+        "targets",
+        help="list registered targets",
+        epilog="example:\n  sampler targets",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     targets.set_defaults(func=lambda a: _cmd_list("target"))
-    methods = sub.add_parser("methods", help="list registered methods and correctors", epilog="example:\n  sampler methods", formatter_class=argparse.RawDescriptionHelpFormatter)
+    methods = sub.add_parser(
+        "methods",
+        help="list registered methods and correctors",
+        epilog="example:\n  sampler methods",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     methods.set_defaults(func=lambda a: _cmd_list("method", "corrector", "transport"))
     return parser
 
@@ -406,7 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.command is None:
         parser.print_help()
         return 0

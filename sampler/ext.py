@@ -58,7 +58,6 @@ from sampler.engine.distributed import (
 from sampler.engine.loop import Loop, LoopState, Session, apply_steps, record, reopen
 from sampler.engine.pipeline import Pipeline, initial_particles, make_reference
 from sampler.engine.progress import progress_bar
-from sampler.io.checkpoint import Checkpoint, CheckpointData
 from sampler.errors import (
     ConfigurationError,
     Interrupted,
@@ -70,6 +69,7 @@ from sampler.errors import (
 )
 from sampler.host.building import corrector, method, transport
 from sampler.host.hookspecs import hookimpl
+from sampler.io.checkpoint import Checkpoint, CheckpointData
 from sampler.targets.base import BoltzmannTarget, Target, as_target
 
 __all__ = [

@@ -28,7 +28,9 @@ def test_run_suite_scores_against_exact_samples(tmp_path):
     modes = [r for r in report.records if r.target == "8modes"]
     assert all(r.n_modes == 8 and 0 <= r.modes_covered <= 8 for r in modes)
     rows = report.summary()
-    assert {(row["method"], row["target"]) for row in rows} == {(m, t) for m in ("smc", "mala") for t in ("double-well", "8modes")}
+    assert {(row["method"], row["target"]) for row in rows} == {
+        (m, t) for m in ("smc", "mala") for t in ("double-well", "8modes")
+    }
     out = report.write(tmp_path / "bench")
     data = json.loads((out / "results.json").read_text())
     assert data["budget"]["name"] == "smoke" and len(data["runs"]) == 8
@@ -65,10 +67,14 @@ def test_weighted_energy_distance_scores_the_weighted_set():
     gen = torch.Generator().manual_seed(1_000_003 * 3 + 17)
     exact = target.sample(x.shape[0], gen, dtype=torch.float64)
     state = gen.get_state()
-    assert record.energy_distance == metrics.sliced_energy_distance(x, exact, n_directions=budget.n_directions, generator=gen)
+    assert record.energy_distance == metrics.sliced_energy_distance(
+        x, exact, n_directions=budget.n_directions, generator=gen
+    )
     gen.set_state(state)
     w = torch.softmax(res.log_weights[0].to(torch.float64), 0)
-    assert record.weighted_energy_distance == metrics.sliced_energy_distance(x, exact, n_directions=budget.n_directions, generator=gen, weights=w)
+    assert record.weighted_energy_distance == metrics.sliced_energy_distance(
+        x, exact, n_directions=budget.n_directions, generator=gen, weights=w
+    )
     assert record.weighted_energy_distance != record.energy_distance
 
 
@@ -79,14 +85,33 @@ def test_high_dimensional_marginal_plot_and_unknown_log_Z(tmp_path):
 
 
 def test_bench_cli(tmp_path, capsys):
-    code = main(["bench", "--methods", "smc", "--targets", "gmm40", "--seeds", "1", "--budget", "smoke", "--out", str(tmp_path), "--no-plots", "-q"])
+    code = main(
+        [
+            "bench",
+            "--methods",
+            "smc",
+            "--targets",
+            "gmm40",
+            "--seeds",
+            "1",
+            "--budget",
+            "smoke",
+            "--out",
+            str(tmp_path),
+            "--no-plots",
+            "-q",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "| gmm40 | smc | 200 |" in out
     assert (tmp_path / "results.json").exists() and not (tmp_path / "plots").exists()
 
 
-@pytest.mark.parametrize("argv, message", [(["bench", "--budget", "huge"], "unknown budget"), (["bench", "--targets", "gmm41"], "unknown target")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["bench", "--budget", "huge"], "unknown budget"), (["bench", "--targets", "gmm41"], "unknown target")],
+)
 def test_bench_cli_bad_input(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path), "-q"]) == 2
     assert message in capsys.readouterr().err

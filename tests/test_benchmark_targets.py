@@ -175,7 +175,9 @@ SIGMA = np.array([[1.0, 0.9], [0.9, 1.0]])
 
 def test_mustache_log_prob_is_pulled_back_gaussian():
     tgt = Mustache()
-    x = torch.randn(300, 2, generator=gen(10), dtype=torch.float64) * torch.tensor([1.5, 3.0]) + torch.tensor([0.0, 2.0])
+    x = torch.randn(300, 2, generator=gen(10), dtype=torch.float64) * torch.tensor([1.5, 3.0]) + torch.tensor(
+        [0.0, 2.0]
+    )
     xs = x.numpy()
     t = np.stack([xs[:, 0], xs[:, 1] - (xs[:, 0] ** 2 - 1) ** 2], -1)
     want = stats.multivariate_normal(np.zeros(2), SIGMA).logpdf(t)
@@ -549,7 +551,9 @@ def test_lgcp_user_points_are_binned(tmp_path):
     two.write_text("x,y\n" + "\n".join(f"{a!r},{b!r}" for a, b in pts.tolist()) + "\n")
     # annealed_flow_transport's pines.csv layout: header, index column, x, y
     three = tmp_path / "pines.csv"
-    three.write_text('"","X","Y"\n' + "\n".join(f'"{i + 1}",{a!r},{b!r}' for i, (a, b) in enumerate(pts.tolist())) + "\n")
+    three.write_text(
+        '"","X","Y"\n' + "\n".join(f'"{i + 1}",{a!r},{b!r}' for i, (a, b) in enumerate(pts.tolist())) + "\n"
+    )
     for source in (pts, torch.as_tensor(pts), str(two), three):
         tgt = LGCP(points=source)
         np.testing.assert_array_equal(tgt.counts, want)

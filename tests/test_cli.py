@@ -26,7 +26,10 @@ def test_run_console_script_defaults_exit_zero():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "sampler", "run", "--particles", "300", "--replicas", "2", "--seed", "1"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "smc" in proc.stdout and "gmm40" in proc.stdout and "log Z" in proc.stdout
@@ -35,8 +38,9 @@ def test_run_console_script_defaults_exit_zero():
 
 def test_run_file_target_class_and_energy_function(tmp_path, capsys):
     f = tmp_path / "model.py"
-    f.write_text(textwrap.dedent(
-        """
+    f.write_text(
+        textwrap.dedent(
+            """
         import sampler
 
         class Bowl(sampler.BoltzmannTarget):
@@ -47,7 +51,8 @@ def test_run_file_target_class_and_energy_function(tmp_path, capsys):
         def energy(x):
             return 0.5 * ((x - 1.0) ** 2).sum(-1)
         """
-    ))
+        )
+    )
     assert main(["run", f"{f}:Bowl", *SMALL]) == 0
     assert "Bowl (d=3)" in capsys.readouterr().out
     assert main(["run", f"{f}:energy", "--dim", "2", *SMALL]) == 0

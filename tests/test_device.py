@@ -82,8 +82,12 @@ def test_methods_create_no_tensor_on_default_device(method):
     tgt = Recording()
     gauss = sampler.get_target("gaussian", dim=2)
     with default_device("meta"):
-        res = sampler.sample(tgt, method=method, device="cpu", n_particles=64, n_replicas=2, seed=0, **METHOD_BUDGET[method])
-        res2 = sampler.sample(gauss, method=method, device="cpu", n_particles=32, n_replicas=2, seed=1, **METHOD_BUDGET[method])
+        res = sampler.sample(
+            tgt, method=method, device="cpu", n_particles=64, n_replicas=2, seed=0, **METHOD_BUDGET[method]
+        )
+        res2 = sampler.sample(
+            gauss, method=method, device="cpu", n_particles=32, n_replicas=2, seed=1, **METHOD_BUDGET[method]
+        )
     assert tgt.seen == {("cpu", torch.get_default_dtype())}
     for r in (res, res2):
         _check_on(r, "cpu")
@@ -112,7 +116,17 @@ def test_adaptive_smc_with_every_resampling_scheme_on_meta_default():
     tgt = Recording()
     with default_device("meta"):
         for scheme in ("systematic", "stratified", "residual", "multinomial"):
-            res = sampler.sample(tgt, method="smc", device="cpu", n_particles=64, n_replicas=2, seed=0, n_steps=1, kernel="rwmh", scheme=scheme)
+            res = sampler.sample(
+                tgt,
+                method="smc",
+                device="cpu",
+                n_particles=64,
+                n_replicas=2,
+                seed=0,
+                n_steps=1,
+                kernel="rwmh",
+                scheme=scheme,
+            )
             _check_on(res, "cpu")
 
 
@@ -133,7 +147,9 @@ def test_result_stats_and_summary_on_meta_default():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, "float32", "float64"], ids=["f32", "f64", "str-f32", "str-f64"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, "float32", "float64"], ids=["f32", "f64", "str-f32", "str-f64"]
+)
 @pytest.mark.parametrize("method", ["smc", "ais", "mala", "hmc"])
 def test_dtype_is_respected(method, dtype):
     want = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -156,7 +172,9 @@ def test_dtype_is_respected(method, dtype):
 @pytest.mark.parametrize("kernel", ["ula", "rwmh"])
 def test_pipeline_dtype_is_respected(kernel, dtype):
     tgt = Recording()
-    pipe = sampler.Pipeline(schedule=Linear(4), steps=[sampler.corrector("resample"), sampler.corrector(kernel, n_steps=2)])
+    pipe = sampler.Pipeline(
+        schedule=Linear(4), steps=[sampler.corrector("resample"), sampler.corrector(kernel, n_steps=2)]
+    )
     res = pipe.run(tgt, n_particles=64, n_replicas=2, seed=0, dtype=dtype)
     assert tgt.seen == {("cpu", dtype)}
     assert res.samples.dtype == dtype
@@ -196,7 +214,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is n
 @pytest.mark.parametrize("method", ["smc", "ais", "mala", "hmc"])
 def test_cuda_run_returns_cuda_tensors(method):
     tgt = Recording()
-    res = sampler.sample(tgt, method=method, device="cuda", n_particles=64, n_replicas=2, seed=0, **METHOD_BUDGET[method])
+    res = sampler.sample(
+        tgt, method=method, device="cuda", n_particles=64, n_replicas=2, seed=0, **METHOD_BUDGET[method]
+    )
     assert {d for d, _ in tgt.seen} == {"cuda"}
     _check_on(res, "cuda")
     assert res.device.startswith("cuda")
@@ -208,6 +228,8 @@ def test_cuda_run_returns_cuda_tensors(method):
 def test_cuda_pipeline_on_meta_default(kernel):
     tgt = Recording()
     with default_device("meta"):
-        pipe = sampler.Pipeline(schedule=Linear(4), steps=[sampler.corrector("resample"), sampler.corrector(kernel, n_steps=2)])
+        pipe = sampler.Pipeline(
+            schedule=Linear(4), steps=[sampler.corrector("resample"), sampler.corrector(kernel, n_steps=2)]
+        )
         res = pipe.run(tgt, n_particles=64, n_replicas=2, seed=0, device="cuda")
     _check_on(res, "cuda")

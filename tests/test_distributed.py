@@ -29,10 +29,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import sampler
-from sampler.io.checkpoint import read_checkpoint
 from sampler import distributed as sdist
 from sampler.distributed import ParticleStreams, Shard, block_size, shard_bounds
 from sampler.errors import ConfigurationError
+from sampler.io.checkpoint import read_checkpoint
 from sampler.schedules import Linear
 
 N, R, SEED = 300, 2, 11
@@ -64,27 +64,55 @@ def _record(res: sampler.Result) -> dict:
 def _runs(workdir: Path | None = None, **run) -> dict:
     """The runs compared across rank counts (``run``: extra arguments, e.g. distributed=True)."""
     out = {
-        "gmm40": _record(sampler.sample("gmm40", "smc", n_particles=N, n_replicas=R, seed=SEED, progress=False, **SMALL, **run)),
-        "funnel": _record(sampler.sample("funnel", "smc", n_particles=N, n_replicas=R, seed=SEED, progress=False, **SMALL, **run)),
+        "gmm40": _record(
+            sampler.sample("gmm40", "smc", n_particles=N, n_replicas=R, seed=SEED, progress=False, **SMALL, **run)
+        ),
+        "funnel": _record(
+            sampler.sample("funnel", "smc", n_particles=N, n_replicas=R, seed=SEED, progress=False, **SMALL, **run)
+        ),
         # HMC (momenta from the streams), stratified resampling, N not divisible by the ranks, float64.
         "funnel-hmc": _record(
             sampler.sample(
-                "funnel", "smc", n_particles=N + 1, n_replicas=R, seed=SEED, progress=False, dtype="float64",
-                kernel="hmc", n_steps=2, scheme="stratified", **run,
+                "funnel",
+                "smc",
+                n_particles=N + 1,
+                n_replicas=R,
+                seed=SEED,
+                progress=False,
+                dtype="float64",
+                kernel="hmc",
+                n_steps=2,
+                scheme="stratified",
+                **run,
             )
         ),
     }
     if workdir is not None:  # a periodic checkpoint, resumed in one process by the test
         ckpt = workdir / "funnel.ckpt"
         pipe = sampler.method("smc", **SMALL)
-        res = pipe.run(sampler.get_target("funnel"), n_particles=N, n_replicas=R, seed=SEED, progress=False, checkpoint=ckpt, checkpoint_every=3, **run)
+        res = pipe.run(
+            sampler.get_target("funnel"),
+            n_particles=N,
+            n_replicas=R,
+            seed=SEED,
+            progress=False,
+            checkpoint=ckpt,
+            checkpoint_every=3,
+            **run,
+        )
         out["checkpointed"] = _record(res)
     return out
 
 
 def _init(rank: int, world: int, rendezvous: str, timeout: float = 60.0) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout),
+    )
 
 
 def _worker_runs(rank: int, world: int, rendezvous: str, workdir: str) -> None:
@@ -93,9 +121,21 @@ def _worker_runs(rank: int, world: int, rendezvous: str, workdir: str) -> None:
     if world == 2:
         target = sampler.get_target("double-well")
         res = sampler.sample(
-            target, "smc", n_particles=UNBIASED_N, n_replicas=UNBIASED_R, seed=77, dtype="float64", schedule=Linear(10), progress=False, **FIXED
+            target,
+            "smc",
+            n_particles=UNBIASED_N,
+            n_replicas=UNBIASED_R,
+            seed=77,
+            dtype="float64",
+            schedule=Linear(10),
+            progress=False,
+            **FIXED,
         )
-        out["unbiased"] = {"log_Z": res.log_Z_per_replica, "exact": torch.tensor(target.log_Z), "steps": torch.tensor(len(res.steps))}
+        out["unbiased"] = {
+            "log_Z": res.log_Z_per_replica,
+            "exact": torch.tensor(target.log_Z),
+            "steps": torch.tensor(len(res.steps)),
+        }
     torch.save(out, Path(workdir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -143,7 +183,10 @@ def test_sharded_scheme_is_a_proper_smc_run(single):
     """The per-particle streams drive a normal run: ESS within bounds, weights normalized, counts."""
     for run in single.values():
         assert torch.all((run["ess"] > 0) & (run["ess"] <= 1 + 1e-12))
-        assert torch.allclose(torch.logsumexp(run["log_weights"] - run["log_Z"][:, None], -1), torch.full((R,), math.log(run["log_weights"].shape[1]), dtype=torch.float64))
+        assert torch.allclose(
+            torch.logsumexp(run["log_weights"] - run["log_Z"][:, None], -1),
+            torch.full((R,), math.log(run["log_weights"].shape[1]), dtype=torch.float64),
+        )
         assert int(run["step_evals"].sum()) + run["log_weights"].numel() == int(run["target_evals"][0])
 
 
@@ -205,7 +248,9 @@ def test_a_rank_that_raises_fails_the_run(tmp_path):
     with pytest.raises(mp.ProcessRaisedException) as info:
         _spawn(_worker_faulty, 2, tmp_path, "raise", 60.0)
     message = str(info.value)
-    assert "rank 1 target exploded" in message or ("DistributedError: rank 0 of 2" in message and "Another rank probably raised" in message), message
+    assert "rank 1 target exploded" in message or (
+        "DistributedError: rank 0 of 2" in message and "Another rank probably raised" in message
+    ), message
     assert time.perf_counter() - start < 40
 
 
@@ -258,7 +303,9 @@ def test_sharded_runs_refuse_steps_that_do_not_support_them():
 
 def test_ordinary_runs_keep_their_random_stream(single):
     """distributed=False is the default without a group; it differs from the per-particle scheme."""
-    res = sampler.sample("gmm40", "smc", n_particles=N, n_replicas=R, seed=SEED, progress=False, distributed=False, **SMALL)
+    res = sampler.sample(
+        "gmm40", "smc", n_particles=N, n_replicas=R, seed=SEED, progress=False, distributed=False, **SMALL
+    )
     plain = sampler.sample("gmm40", "smc", n_particles=N, n_replicas=R, seed=SEED, progress=False, **SMALL)
     assert torch.equal(res.samples, plain.samples)
     assert not torch.equal(res.samples, single["gmm40"]["samples"])
@@ -269,14 +316,34 @@ def test_cli_under_torchrun_prints_and_writes_once(tmp_path):
     out = tmp_path / "result.nc"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SAMPLER_DIST_TIMEOUT": "60"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "sampler",
-        "run", "gmm40", "--particles", "200", "--replicas", "2", "--seed", "4", "-o", "n_steps=2", "--out", str(out), "-q",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "sampler",
+        "run",
+        "gmm40",
+        "--particles",
+        "200",
+        "--replicas",
+        "2",
+        "--seed",
+        "4",
+        "-o",
+        "n_steps=2",
+        "--out",
+        str(out),
+        "-q",
     ]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("replicas x particles") == 1 and proc.stdout.count("saved") == 1, proc.stdout
     res = sampler.load(out)
-    single = sampler.sample("gmm40", "smc", n_particles=200, n_replicas=2, seed=4, progress=False, n_steps=2, distributed=True)
+    single = sampler.sample(
+        "gmm40", "smc", n_particles=200, n_replicas=2, seed=4, progress=False, n_steps=2, distributed=True
+    )
     np.testing.assert_array_equal(res.log_Z_per_replica.numpy(), single.log_Z_per_replica.numpy())
     np.testing.assert_array_equal(res.samples.numpy(), single.samples.numpy())
 
@@ -331,7 +398,9 @@ def _worker_ddp(rank: int, world: int, rendezvous: str, workdir: str) -> None:
     out: dict = {"grads": _dp_gradients(rank, world)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        jko = sampler.sample("double-well", "neural-jko", n_particles=64, n_replicas=1, seed=3, progress=False, **JKO_DDP)
+        jko = sampler.sample(
+            "double-well", "neural-jko", n_particles=64, n_replicas=1, seed=3, progress=False, **JKO_DDP
+        )
         snf = sampler.sample("double-well", "snf", n_particles=64, n_replicas=1, seed=3, progress=False, **SNF_DDP)
     out["warnings"] = [str(w.message) for w in caught]
     out["jko"] = {
@@ -416,7 +485,9 @@ def test_a_rank_that_raises_during_training_fails_the_run(tmp_path):
     with pytest.raises(mp.ProcessRaisedException) as info:
         _spawn(_worker_faulty_training, 2, tmp_path)
     message = str(info.value)
-    assert "rank 1 target exploded" in message or ("DistributedError: rank 0 of 2" in message and "Another rank probably raised" in message), message
+    assert "rank 1 target exploded" in message or (
+        "DistributedError: rank 0 of 2" in message and "Another rank probably raised" in message
+    ), message
     assert time.perf_counter() - start < 40
 
 

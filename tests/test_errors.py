@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
@@ -143,7 +142,14 @@ class NegativeDim(ZeroDim):
 @pytest.mark.parametrize("method", ["smc", "ais", "mala", "hmc"])
 @pytest.mark.parametrize(
     "obj, words",
-    [(NoLogProb(), "log_prob"), (object(), "log_prob"), (42, "log_prob"), (ZeroDim(), "dim"), (NegativeDim(), "dim"), (FloatDim(), "dim")],
+    [
+        (NoLogProb(), "log_prob"),
+        (object(), "log_prob"),
+        (42, "log_prob"),
+        (ZeroDim(), "dim"),
+        (NegativeDim(), "dim"),
+        (FloatDim(), "dim"),
+    ],
     ids=["no-log_prob", "object", "int", "dim-0", "dim-negative", "dim-float"],
 )
 def test_not_a_target(method, obj, words):
@@ -217,8 +223,7 @@ def test_some_nonfinite_particles_smc_completes_with_right_log_Z(bad, kernel):
 
 
 def test_some_nonfinite_particles_mcmc_chains_count_them():
-    res = sampler.sample(TruncatedNormal(), method="mala",
-                         n_particles=200, n_replicas=4, seed=0, n_warmup=50)
+    res = sampler.sample(TruncatedNormal(), method="mala", n_particles=200, n_replicas=4, seed=0, n_warmup=50)
     assert res.n_nonfinite > 0
     assert int(res.stats["nonfinite"].sum()) <= res.n_nonfinite
     assert bool((res.samples[..., 0] <= 1.0).all())
@@ -252,7 +257,15 @@ def test_all_particles_of_one_replica_nonfinite_names_replica():
         return out
 
     with pytest.raises(NonFiniteError, match=r"replica\(s\) \[0\].*step 1"):
-        sampler.sample(Returns(lp), method="smc", n_particles=100, n_replicas=3, seed=0, kernel="rwmh", schedule=Adaptive(max_steps=50))
+        sampler.sample(
+            Returns(lp),
+            method="smc",
+            n_particles=100,
+            n_replicas=3,
+            seed=0,
+            kernel="rwmh",
+            schedule=Adaptive(max_steps=50),
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,15 +290,31 @@ _IN_SMC_RESAMPLE = "method 'smc' (plugin 'mcmc'): corrector 'resample' (plugin '
         (lambda: sampler.sample("gmm4", method="smc", **SMALL), "target", "gmm4", "gmm40", ""),
         (
             lambda: sampler.sample(_GAUSS, method="smc", scheme="sytematic", **SMALL),
-            "resampling scheme", "sytematic", "systematic", _IN_SMC_RESAMPLE,
+            "resampling scheme",
+            "sytematic",
+            "systematic",
+            _IN_SMC_RESAMPLE,
         ),
         (
             lambda: sampler.corrector("resample", scheme="sytematic"),
-            "resampling scheme", "sytematic", "systematic", "corrector 'resample' (plugin 'mcmc'): ",
+            "resampling scheme",
+            "sytematic",
+            "systematic",
+            "corrector 'resample' (plugin 'mcmc'): ",
         ),
         (lambda: sampler.unregister_plugin("mcmx"), "plugin", "mcmx", "mcmc", ""),
     ],
-    ids=["method", "method-builder", "corrector", "corrector-2", "target", "target-by-sample", "scheme", "scheme-corrector", "plugin"],
+    ids=[
+        "method",
+        "method-builder",
+        "corrector",
+        "corrector-2",
+        "target",
+        "target-by-sample",
+        "scheme",
+        "scheme-corrector",
+        "plugin",
+    ],
 )
 def test_unknown_name_suggests_closest(call, kind, name, suggestion, where):
     with pytest.raises(UnknownNameError) as err:
@@ -372,14 +401,37 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize(
     "method, kwargs, message",
     [
-        ("smc", dict(step_size=-0.1), "method 'smc' (plugin 'mcmc'): corrector 'mala' (plugin 'mcmc'): step_size must be positive"),
-        ("smc", dict(n_steps=0), "method 'smc' (plugin 'mcmc'): corrector 'mala' (plugin 'mcmc'): n_steps must be a positive integer"),
-        ("smc", dict(resample_threshold=2.0), "method 'smc' (plugin 'mcmc'): corrector 'resample' (plugin 'mcmc'): resampling threshold"),
+        (
+            "smc",
+            dict(step_size=-0.1),
+            "method 'smc' (plugin 'mcmc'): corrector 'mala' (plugin 'mcmc'): step_size must be positive",
+        ),
+        (
+            "smc",
+            dict(n_steps=0),
+            "method 'smc' (plugin 'mcmc'): corrector 'mala' (plugin 'mcmc'): n_steps must be a positive integer",
+        ),
+        (
+            "smc",
+            dict(resample_threshold=2.0),
+            "method 'smc' (plugin 'mcmc'): corrector 'resample' (plugin 'mcmc'): resampling threshold",
+        ),
         ("smc", dict(target_ess=1.0), "method 'smc' (plugin 'mcmc'): target_ess must lie in (0, 1)"),
-        ("hmc", dict(n_leapfrog=0), "method 'hmc' (plugin 'mcmc'): corrector 'hmc' (plugin 'mcmc'): n_leapfrog must be a positive integer"),
+        (
+            "hmc",
+            dict(n_leapfrog=0),
+            "method 'hmc' (plugin 'mcmc'): corrector 'hmc' (plugin 'mcmc'): n_leapfrog must be a positive integer",
+        ),
         ("mala", dict(n_warmup=-1), "method 'mala' (plugin 'mcmc'): n_warmup must be a non-negative integer"),
     ],
-    ids=["smc-mala-step_size", "smc-mala-n_steps", "smc-resample-threshold", "smc-target_ess", "hmc-n_leapfrog", "mala-n_warmup"],
+    ids=[
+        "smc-mala-step_size",
+        "smc-mala-n_steps",
+        "smc-resample-threshold",
+        "smc-target_ess",
+        "hmc-n_leapfrog",
+        "mala-n_warmup",
+    ],
 )
 def test_configuration_error_names_where_it_happened(method, kwargs, message):
     """A bad option of a nested component names every component it was built in, once."""
@@ -403,7 +455,11 @@ def test_adaptive_schedule_out_of_steps_is_a_run_error():
     assert issubclass(NonFiniteError, RunError)
 
 
-@pytest.mark.parametrize("method, kwargs, word", BAD_CONFIGS, ids=[f"{m}-{next(iter(k))}={next(iter(k.values()))!r}" for m, k, _ in BAD_CONFIGS])
+@pytest.mark.parametrize(
+    "method, kwargs, word",
+    BAD_CONFIGS,
+    ids=[f"{m}-{next(iter(k))}={next(iter(k.values()))!r}" for m, k, _ in BAD_CONFIGS],
+)
 def test_bad_configuration_before_any_evaluation(method, kwargs, word):
     tgt = Counting()
     args = {**SMALL, **METHOD_BUDGET[method], **kwargs}

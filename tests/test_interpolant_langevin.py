@@ -52,7 +52,9 @@ def exact_posterior(x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tens
 def exact_pt(n: int, t: float, gen: torch.Generator) -> torch.Tensor:
     """``n`` exact draws of X_t = (1 - t) X0 + t X1."""
     x0 = torch.randn(n, 2, generator=gen, dtype=DTYPE)
-    x1 = torch.tensor(MEAN, dtype=DTYPE) + torch.tensor(SCALE, dtype=DTYPE) * torch.randn(n, 2, generator=gen, dtype=DTYPE)
+    x1 = torch.tensor(MEAN, dtype=DTYPE) + torch.tensor(SCALE, dtype=DTYPE) * torch.randn(
+        n, 2, generator=gen, dtype=DTYPE
+    )
     return (1 - t) * x0 + t * x1
 
 
@@ -131,7 +133,9 @@ def test_velocity_closed_form_mixture_near_one():
     warm = estimate_posterior(path, x, t, inner=InnerSampler(n_chains=8, n_steps=30), generator=gen)
     e1 = estimate_posterior(path, x, t, inner=InnerSampler(n_chains=8, n_steps=20), chains=warm.chains, generator=gen)
     e2 = estimate_posterior(path, x, t, inner=InnerSampler(n_chains=8, n_steps=20), chains=e1.chains, generator=gen)
-    ratio = float(((e1.velocity() - u_exact) ** 2).sum(-1).mean() / (((e1.velocity() - e2.velocity()) ** 2).sum(-1).mean() / 2))
+    ratio = float(
+        ((e1.velocity() - u_exact) ** 2).sum(-1).mean() / (((e1.velocity() - e2.velocity()) ** 2).sum(-1).mean() / 2)
+    )
     assert 1 / 1.75 < ratio < 1.75, ratio
 
 
@@ -144,7 +148,9 @@ def test_flow_maps_reference_to_gaussian_moments():
     SE(var_i) = b_i^2 sqrt(2 / RN). The samples of one replica are not independent (they share
     the flow), so this is a test that the flow is right to within iid Monte Carlo error.
     """
-    res = sampler.sample(gaussian(), method="interpolant-langevin", n_particles=1000, n_replicas=2, seed=1, progress=False, dtype=DTYPE)
+    res = sampler.sample(
+        gaussian(), method="interpolant-langevin", n_particles=1000, n_replicas=2, seed=1, progress=False, dtype=DTYPE
+    )
     x = res.samples.reshape(-1, 2)
     n = x.shape[0]
     a, b = torch.tensor(MEAN, dtype=DTYPE), torch.tensor(SCALE, dtype=DTYPE)
@@ -182,7 +188,16 @@ def test_two_mode_mixture_weights():
     16 inner chains per particle: with the default 8 the finite-chain bias of the mode weight
     is ~0.03-0.07 (documented in docs/interpolant_langevin.md); it vanishes as chains grow.
     """
-    res = sampler.sample(TwoModes(), method="interpolant-langevin", n_particles=600, n_replicas=1, seed=2, progress=False, dtype=DTYPE, n_chains=16)
+    res = sampler.sample(
+        TwoModes(),
+        method="interpolant-langevin",
+        n_particles=600,
+        n_replicas=1,
+        seed=2,
+        progress=False,
+        dtype=DTYPE,
+        n_chains=16,
+    )
     x = res.samples.reshape(-1)
     frac = float((x < 0).double().mean())
     se = math.sqrt(0.25 * 0.75 / x.numel())
@@ -196,11 +211,15 @@ def test_energy_distance_against_exact_floor_8modes():
     mean + 4 sd (the sliced energy distance of two exact samples fluctuates by about its mean)."""
     tgt = sampler.get_target("8modes")
     n = 500
-    res = sampler.sample(tgt, method="interpolant-langevin", n_particles=n, n_replicas=1, seed=4, progress=False, dtype=DTYPE)
+    res = sampler.sample(
+        tgt, method="interpolant-langevin", n_particles=n, n_replicas=1, seed=4, progress=False, dtype=DTYPE
+    )
     gen = torch.Generator().manual_seed(40)
     ed = sliced_energy_distance(res.samples[0], tgt.sample(n, gen, dtype=DTYPE), n_directions=200, generator=gen)
     floors = [
-        sliced_energy_distance(tgt.sample(n, gen, dtype=DTYPE), tgt.sample(n, gen, dtype=DTYPE), n_directions=200, generator=gen)
+        sliced_energy_distance(
+            tgt.sample(n, gen, dtype=DTYPE), tgt.sample(n, gen, dtype=DTYPE), n_directions=200, generator=gen
+        )
         for _ in range(10)
     ]
     assert ed < np.mean(floors) + Z_MAX * np.std(floors), (ed, floors)
@@ -212,7 +231,9 @@ def test_result_has_no_log_Z_and_counts_every_gradient():
     N R [M (1 + init_steps * init_inner_steps + (2K - 1) inner_steps) + final_mala_steps + K + 2]."""
     k, m, n, r = 3, 4, 50, 2
     opts = dict(n_ode_steps=k, n_chains=m, inner_steps=2, init_steps=5, init_inner_steps=1, final_mala_steps=3)
-    res = sampler.sample(gaussian(), method="interpolant-langevin", n_particles=n, n_replicas=r, seed=0, progress=False, **opts)
+    res = sampler.sample(
+        gaussian(), method="interpolant-langevin", n_particles=n, n_replicas=r, seed=0, progress=False, **opts
+    )
     expected = n * r * (m * (1 + 5 * 1 + (2 * k - 1) * 2) + 3 + k + 2)
     assert res.n_grad_evals == expected
     assert res.log_Z is None and res.log_Z_stderr is None and res.kind == "flow"
@@ -228,8 +249,15 @@ def test_result_has_no_log_Z_and_counts_every_gradient():
 def test_float32_and_extras_survive_resampling():
     """float32 positions stay float32; a user-added resampling corrector at t = 1 (weights equal:
     a permutation) composes; samples are finite."""
-    pipe = sampler.method("interpolant-langevin", n_ode_steps=2, n_chains=2, inner_steps=1, init_steps=2, final_mala_steps=0,
-                          correctors=[sampler.corrector("resample", threshold=1.0)])
+    pipe = sampler.method(
+        "interpolant-langevin",
+        n_ode_steps=2,
+        n_chains=2,
+        inner_steps=1,
+        init_steps=2,
+        final_mala_steps=0,
+        correctors=[sampler.corrector("resample", threshold=1.0)],
+    )
     assert isinstance(pipe, InterpolantPipeline)
     out = pipe.run(sampler.get_target("8modes"), n_particles=20, n_replicas=2, seed=0, dtype=torch.float32)
     assert out.samples.dtype == torch.float32 and torch.isfinite(out.samples).all()
@@ -263,9 +291,20 @@ def test_ode_times():
 
 @pytest.mark.parametrize(
     "options",
-    [dict(t0=1.0), dict(t0=-0.1), dict(t_max=1.0), dict(grid="cubic"), dict(finish="median"), dict(integrator="rk4"),
-     dict(n_chains=0), dict(inner_steps=2, burn_in=2), dict(inner_kernel="hmc"), dict(init_step_size=0.0),
-     dict(final_mala_steps=-1), dict(n_ode_steps=0)],
+    [
+        dict(t0=1.0),
+        dict(t0=-0.1),
+        dict(t_max=1.0),
+        dict(grid="cubic"),
+        dict(finish="median"),
+        dict(integrator="rk4"),
+        dict(n_chains=0),
+        dict(inner_steps=2, burn_in=2),
+        dict(inner_kernel="hmc"),
+        dict(init_step_size=0.0),
+        dict(final_mala_steps=-1),
+        dict(n_ode_steps=0),
+    ],
 )
 def test_bad_options_raise_configuration_error(options):
     with pytest.raises(sampler.errors.ConfigurationError):

@@ -13,7 +13,6 @@ from sampler import metrics
 from sampler.errors import ConfigurationError
 from sampler_plugins.mmd_flow import (
     FlowSettings,
-    MMDDeweight,
     conditional_mmd_flow,
     deweight,
     draw_directions,
@@ -156,7 +155,7 @@ def test_d_dimensional_gradient_against_autograd_within_slicing_error():
     g = gen(4)
     x = torch.randn(60, 3, dtype=F64, generator=g).requires_grad_(True)
     y = torch.randn(70, 3, dtype=F64, generator=g) + 0.5
-    ed = (torch.cdist(x, y).mean() - 0.5 * (x[:, None] - x[None]).pow(2).sum(-1).add(1e-300).sqrt().mean())
+    ed = torch.cdist(x, y).mean() - 0.5 * (x[:, None] - x[None]).pow(2).sum(-1).add(1e-300).sqrt().mean()
     (expected,) = torch.autograd.grad(ed, x)
     torch.testing.assert_close(exact_energy_distance_gradient(x.detach(), y), expected, rtol=1e-8, atol=1e-10)
     got = energy_distance_gradient(x.detach(), y, n_directions=4096, scheme="orthogonal", generator=g)[0]
@@ -191,7 +190,9 @@ def test_kernel_sums_exact_in_1d(epsilon):
     x, y = torch.randn(70, 1, dtype=F64, generator=g), 2 * torch.randn(45, 1, dtype=F64, generator=g)
     w = torch.randn(70, dtype=F64, generator=g)  # signed weights
     expected = -(smoothed_abs(y - x.T, epsilon) @ w)
-    torch.testing.assert_close(energy_kernel_sum(x, y, w, n_directions=1, epsilon=epsilon), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        energy_kernel_sum(x, y, w, n_directions=1, epsilon=epsilon), expected, rtol=0, atol=1e-12
+    )
     if epsilon == 0:
         torch.testing.assert_close(exact_energy_kernel_sum(x, y, w), expected, rtol=0, atol=1e-12)
 
@@ -256,7 +257,10 @@ def test_flow_converges_to_the_target_sample(name):
         assert ed < 0.1 * floor  # the flow reaches its target sample far below the sampling floor
         fresh = target.sample(n, gen(12 + r)).to(F64)
         # sqrt(ED) is a metric: the flow is as close to fresh exact samples as the target sample is
-        assert math.sqrt(metrics.energy_distance(res.x[r], fresh)) <= math.sqrt(metrics.energy_distance(y, fresh)) + math.sqrt(ed) + 1e-12
+        assert (
+            math.sqrt(metrics.energy_distance(res.x[r], fresh))
+            <= math.sqrt(metrics.energy_distance(y, fresh)) + math.sqrt(ed) + 1e-12
+        )
     trace = res.energy_distance.mean(1)  # average over replicas, at iterations 0, 30, ..., 150
     assert bool((trace[1:] <= trace[:-1] * 1.05).all()), trace
     assert float(trace[-1]) < 0.01 * float(trace[0])

@@ -186,7 +186,12 @@ def test_rejection_layer_output_has_the_stated_density(n_layers):
     is off by at most |r_bar_est - r_bar| per layer, ~ sd(r)/sqrt(20000) <= 0.4/141 = 0.003
     each (4 sd: 0.011 per layer); the KS critical value at 1e-3 for n = 40k is
     1.95/sqrt(40000) = 0.0098; so 0.01 + 0.011 n_layers bounds both."""
-    target = sampler.target(log_prob=lambda x: torch.logsumexp(torch.stack([-((x - 1.0) ** 2).sum(-1) / 0.5, -((x + 1.5) ** 2).sum(-1)]), 0), dim=1)
+    target = sampler.target(
+        log_prob=lambda x: torch.logsumexp(
+            torch.stack([-((x - 1.0) ** 2).sum(-1) / 0.5, -((x + 1.5) ** 2).sum(-1)]), 0
+        ),
+        dim=1,
+    )
     model = NeuralJKOModel(1, latent_scale=1.5)
     path = GeometricPath(model.latent_reference(), target, EvaluationCounter())
     for i in range(n_layers):
@@ -217,7 +222,21 @@ def test_one_cnf_layer_reaches_the_jko_optimum_on_a_gaussian():
     the MC error of the 4000-draw mean is 1/sqrt(4000) = 0.016) and reduce the KL."""
     m = np.array([2.0, -1.0])
     target = sampler.targets.Gaussian(mean=m)
-    config = resolve_config("tiny", "", dict(n_flow=1, n_blocks=0, tau0=2.0, n_iters=150, batch_size=256, n_train=4000, n_rk4_steps=3, lr=1e-2, lr_decay=0.9))
+    config = resolve_config(
+        "tiny",
+        "",
+        dict(
+            n_flow=1,
+            n_blocks=0,
+            tau0=2.0,
+            n_iters=150,
+            batch_size=256,
+            n_train=4000,
+            n_rk4_steps=3,
+            lr=1e-2,
+            lr_decay=0.9,
+        ),
+    )
     path = GeometricPath(GaussianReference(2), target, EvaluationCounter())
     model = train_model(target, config, path, gen(11), dtype=torch.float32)
     assert path.counter.grad_evals == 150 * 256  # every training gradient is counted
@@ -263,7 +282,11 @@ def mixture_target():
 @pytest.fixture(scope="module")
 def trained(mixture_target):
     """A small model on the mixture (2 CNF layers + 3 rejection layers), trained in seconds."""
-    config = resolve_config("tiny", "", dict(n_flow=1, n_blocks=1, tau0=0.5, n_iters=60, batch_size=256, n_train=6000, n_rk4_steps=3, latent_scale=1.5))
+    config = resolve_config(
+        "tiny",
+        "",
+        dict(n_flow=1, n_blocks=1, tau0=0.5, n_iters=60, batch_size=256, n_train=6000, n_rk4_steps=3, latent_scale=1.5),
+    )
     path = GeometricPath(GaussianReference(2), mixture_target, EvaluationCounter())
     return train_model(mixture_target, config, path, gen(13), dtype=torch.float32)
 
@@ -278,7 +301,11 @@ def test_log_Z_from_the_model_weights_is_unbiased(trained, mixture_target):
     lw = draws.log_weights.reshape(20, 500)
     log_z_r = log_mean_exp(lw)
     pooled, se = sampler.core.result.pooled_log_Z(log_z_r)
-    bias = sum(4 * math.sqrt(float(l.r_bar) * (1 - float(l.r_bar)) / int(l.n_fit)) / float(l.r_bar) for l in trained.layers if l.kind == "rejection")
+    bias = sum(
+        4 * math.sqrt(float(l.r_bar) * (1 - float(l.r_bar)) / int(l.n_fit)) / float(l.r_bar)
+        for l in trained.layers
+        if l.kind == "rejection"
+    )
     assert abs(pooled - mixture_target.log_Z) < 4 * se + bias
     # the model's density is normalized: ELBO <= log Z up to MC error
     assert float(lw.mean()) < mixture_target.log_Z + 4 * float(lw.std()) / math.sqrt(lw.numel())
@@ -287,7 +314,9 @@ def test_log_Z_from_the_model_weights_is_unbiased(trained, mixture_target):
 def test_cnf_only_model_log_Z_is_unbiased(mixture_target):
     """Without rejection layers the density is exact (up to RK4 error ~1e-5), so the importance
     estimate is unbiased: within 4 standard errors over 20 replicas."""
-    config = resolve_config("tiny", "", dict(n_flow=2, n_blocks=0, tau0=0.5, n_iters=40, n_rk4_steps=4, latent_scale=1.5))
+    config = resolve_config(
+        "tiny", "", dict(n_flow=2, n_blocks=0, tau0=0.5, n_iters=40, n_rk4_steps=4, latent_scale=1.5)
+    )
     path = GeometricPath(GaussianReference(2), mixture_target, EvaluationCounter())
     model = train_model(mixture_target, config, path, gen(15), dtype=torch.float32)
     lw = model.sample(20 * 500, gen(16)).log_weights.reshape(20, 500)
@@ -302,15 +331,37 @@ def test_samples_match_exact_samples(trained, mixture_target):
     x its mean, an energy distance is a squared distance) sets the bound: 4 floors. A Gaussian
     target is checked the same way. (The tiny test models are not accurate enough for their raw
     draws to reach the floor; the importance weights make the resampled draws exact as N grows.)"""
-    res = sampler.sample(mixture_target, method="neural-jko", model=trained, importance_resample=True, n_particles=4000, n_replicas=1, seed=17)
+    res = sampler.sample(
+        mixture_target,
+        method="neural-jko",
+        model=trained,
+        importance_resample=True,
+        n_particles=4000,
+        n_replicas=1,
+        seed=17,
+    )
     exact = mixture_target.sample(4000, gen(18), dtype=DTYPE)
     ed = metrics.sliced_energy_distance(res.samples[0].double(), exact, 200, gen(19))
     floor = metrics.exact_floor(mixture_target, 4000, gen(20), 200)
     assert ed < 4 * floor, (ed, floor)
 
     target = sampler.targets.Gaussian(mean=np.array([1.0, -0.5]), scale=np.array([0.8, 1.3]))
-    res = sampler.sample(target, method="neural-jko", preset="tiny", n_flow=2, n_blocks=0, n_iters=100, tau0=1.0, importance_resample=True, n_particles=4000, n_replicas=1, seed=21)
-    ed = metrics.sliced_energy_distance(res.samples[0].double(), target.sample(4000, gen(22), dtype=DTYPE), 200, gen(23))
+    res = sampler.sample(
+        target,
+        method="neural-jko",
+        preset="tiny",
+        n_flow=2,
+        n_blocks=0,
+        n_iters=100,
+        tau0=1.0,
+        importance_resample=True,
+        n_particles=4000,
+        n_replicas=1,
+        seed=21,
+    )
+    ed = metrics.sliced_energy_distance(
+        res.samples[0].double(), target.sample(4000, gen(22), dtype=DTYPE), 200, gen(23)
+    )
     floor = metrics.exact_floor(target, 4000, gen(24), 200)
     assert ed < 4 * floor, (ed, floor)
 
@@ -328,7 +379,9 @@ def test_method_result_weights_and_counts(trained, mixture_target):
     lp = trained.log_prob(res.weighted_samples, target=mixture_target)
     # backward vs forward RK4 with 3 steps (h = 1/3): the two discretizations differ by O(h^4);
     # 1e-3 bounds it here (the exact-density tests use h = 1/16 and 1e-5)
-    torch.testing.assert_close(res.log_weights, mixture_target.log_prob(res.weighted_samples.double()) - lp, rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        res.log_weights, mixture_target.log_prob(res.weighted_samples.double()) - lp, rtol=0, atol=1e-3
+    )
     torch.testing.assert_close(res.log_Z_per_replica, log_mean_exp(res.log_weights), rtol=0, atol=1e-10)
     torch.testing.assert_close(res.elbo_per_replica, res.log_weights.mean(-1))
     # sampling cost: at least one evaluation per particle, about cost-per-sample of them overall
@@ -336,7 +389,17 @@ def test_method_result_weights_and_counts(trained, mixture_target):
 
 
 def test_training_costs_are_in_the_result(mixture_target):
-    res = sampler.sample(mixture_target, method="neural-jko", preset="tiny", n_iters=5, batch_size=64, n_train=200, n_particles=50, n_replicas=1, seed=0)
+    res = sampler.sample(
+        mixture_target,
+        method="neural-jko",
+        preset="tiny",
+        n_iters=5,
+        batch_size=64,
+        n_train=200,
+        n_particles=50,
+        n_replicas=1,
+        seed=0,
+    )
     assert res.training_grad_evals == 2 * 5 * 64  # two CNF layers
     assert res.n_grad_evals == res.training_grad_evals
     assert res.n_target_evals > res.training_target_evals > res.training_grad_evals
@@ -349,19 +412,29 @@ def test_layers_compose_with_engine_steps(trained, mixture_target):
     log Z is the importance estimate."""
     pipe = sampler.Pipeline(
         schedule=Linear(1),
-        steps=[*layer_transports(trained), sampler.corrector("resample", threshold=1.0), sampler.corrector("mala", n_steps=3)],
+        steps=[
+            *layer_transports(trained),
+            sampler.corrector("resample", threshold=1.0),
+            sampler.corrector("mala", n_steps=3),
+        ],
         reference=trained.latent_reference(),
     )
     res = pipe.run(mixture_target, n_particles=400, n_replicas=2, seed=26)
     lp = trained.log_prob(res.weighted_samples, target=mixture_target)
     # backward vs forward RK4 with 3 steps (h = 1/3): the two discretizations differ by O(h^4);
     # 1e-3 bounds it here (the exact-density tests use h = 1/16 and 1e-5)
-    torch.testing.assert_close(res.log_weights, mixture_target.log_prob(res.weighted_samples.double()) - lp, rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        res.log_weights, mixture_target.log_prob(res.weighted_samples.double()) - lp, rtol=0, atol=1e-3
+    )
     assert res.n_grad_evals > 0 and res.samples.shape == (2, 400, 2)
     with pytest.raises(sampler.errors.ConfigurationError, match="latent"):
-        sampler.Pipeline(schedule=Linear(1), steps=[LayerTransport(trained, 0)]).run(mixture_target, n_particles=10, seed=0)
+        sampler.Pipeline(schedule=Linear(1), steps=[LayerTransport(trained, 0)]).run(
+            mixture_target, n_particles=10, seed=0
+        )
     with pytest.raises(sampler.errors.RunError, match="one-stage"):
-        sampler.Pipeline(schedule=Linear(2), steps=[LayerTransport(trained, 0)], reference=trained.latent_reference()).run(mixture_target, n_particles=10, seed=0)
+        sampler.Pipeline(
+            schedule=Linear(2), steps=[LayerTransport(trained, 0)], reference=trained.latent_reference()
+        ).run(mixture_target, n_particles=10, seed=0)
 
 
 def test_save_load_reproduces_samples_and_densities(trained, mixture_target, tmp_path):

@@ -10,8 +10,8 @@ import torch
 from scipy import stats
 
 import sampler
-from sampler.errors import ConfigurationError, TargetError
 from sampler.core.particles import ess
+from sampler.errors import ConfigurationError, TargetError
 from sampler.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation
 from sampler.targets import Gaussian
 

@@ -19,20 +19,35 @@ def test_plugin_package_is_found_through_its_entry_point(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(PACKAGE, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     site = tmp_path / "site"
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site), str(src)]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--target",
+        str(site),
+        str(src),
+    ]
     proc = subprocess.run(pip, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
 
     def sampler_cli(*args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "sampler", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "sampler", *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout
 
     listing = sampler_cli("plugins")
     assert "ring  [ok]  entry point, sampler-ring 0.1.0" in listing
     assert "methods: rw-smc" in listing and "targets: ring" in listing
-    summary = sampler_cli("run", "ring", "--method", "rw-smc", "--particles", "1000", "--replicas", "4", "--seed", "0", "--quiet")
+    summary = sampler_cli(
+        "run", "ring", "--method", "rw-smc", "--particles", "1000", "--replicas", "4", "--seed", "0", "--quiet"
+    )
     log_z, stderr = map(float, re.search(r"log Z\s+(-?[\d.]+) ± ([\d.e-]+)", summary).groups())
     exact = float(re.search(r"exact log Z\s+(-?[\d.]+)", summary).group(1))
     # 4 replicas give a rough standard error; 5 of them (plus rounding) is a loose but honest bound.

@@ -9,19 +9,23 @@ import pytest
 import torch
 
 import sampler
-from sampler.io._arviz import arviz
 from sampler.core.result import pooled_log_Z
+from sampler.io._arviz import arviz
 
 
 @pytest.fixture(scope="module")
 def smc_result():
-    return sampler.sample("double-well", method="smc", n_particles=500, n_replicas=4, seed=3, n_steps=3, dtype=torch.float64)
+    return sampler.sample(
+        "double-well", method="smc", n_particles=500, n_replicas=4, seed=3, n_steps=3, dtype=torch.float64
+    )
 
 
 @pytest.fixture(scope="module")
 def mcmc_result():
     target = sampler.targets.Gaussian(mean=[1.0, -1.0], cov=[[1.0, 0.5], [0.5, 2.0]])
-    return sampler.sample(target, method="mala", n_particles=300, n_replicas=3, seed=0, n_warmup=200, dtype=torch.float64)
+    return sampler.sample(
+        target, method="mala", n_particles=300, n_replicas=3, seed=0, n_warmup=200, dtype=torch.float64
+    )
 
 
 def test_result_shapes_and_counts(smc_result):

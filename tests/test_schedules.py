@@ -13,7 +13,6 @@ from sampler import schedules
 from sampler.errors import ConfigurationError, RunError, SamplerError
 from sampler.targets import Gaussian
 
-
 R = 3  # replicas of the particle sets the schedules are given
 
 
@@ -86,7 +85,9 @@ def test_fixed_schedules_are_strictly_increasing_from_0_to_1(schedule, n_steps):
 
 
 @pytest.mark.parametrize(
-    "schedule", [schedules.Fixed([0.0, 0.2, 0.7, 1.0]), schedules.Linear(5), schedules.Power(4), schedules.Geometric(6)], ids=repr
+    "schedule",
+    [schedules.Fixed([0.0, 0.2, 0.7, 1.0]), schedules.Linear(5), schedules.Power(4), schedules.Geometric(6)],
+    ids=repr,
 )
 def test_fixed_schedules_give_every_replica_the_same_time(schedule):
     """A fixed schedule's next time depends only on the step: one time for all replicas, whatever
@@ -356,7 +357,9 @@ def test_adaptive_replica_at_one_stays_at_one_with_zero_log_z_increment():
     assert dlogz[0] == 0.0
     assert (dlogz[1:] != 0).all()
     # All replicas at 1: all stay there.
-    assert torch.equal(sched.next_time(4, torch.ones(3, dtype=torch.float64), particles, path), torch.ones(3, dtype=torch.float64))
+    assert torch.equal(
+        sched.next_time(4, torch.ones(3, dtype=torch.float64), particles, path), torch.ones(3, dtype=torch.float64)
+    )
     assert torch.equal(sched.next_time(4, 1.0, particles, path), torch.ones(3, dtype=torch.float64))
 
 
@@ -433,4 +436,3 @@ def test_adaptive_max_steps_exceeded():
         sched.next_time(3, torch.tensor([0.5, 0.7, 1.0], dtype=torch.float64), particles, path)
     assert isinstance(err.value, SamplerError) and not isinstance(err.value, ConfigurationError)
     assert "t=0.5" in str(err.value)  # the least advanced replica
-

@@ -150,7 +150,11 @@ FIXED_KERNEL = dict(kernel="mala", n_steps=2, step_size=0.5, adapt=False)
     [
         pytest.param("ais", dict(n_temps=10, schedule="linear"), id="ais-linear10"),
         *[
-            pytest.param("smc", dict(schedule=Linear(10), resample_threshold=1.0, scheme=scheme), id=f"smc-linear10-always-{scheme}")
+            pytest.param(
+                "smc",
+                dict(schedule=Linear(10), resample_threshold=1.0, scheme=scheme),
+                id=f"smc-linear10-always-{scheme}",
+            )
             for scheme in ("systematic", "stratified", "residual", "multinomial")
         ],
         pytest.param("smc", dict(schedule=Linear(10), resample_threshold=0.5), id="smc-linear10-adaptive-resample"),
@@ -166,7 +170,14 @@ def test_z_estimate_is_unbiased_on_fixed_schedule(method, options):
     """
     target = sampler.get_target("double-well")
     res = sampler.sample(
-        target, method=method, n_particles=UNBIASED_N, n_replicas=UNBIASED_R, seed=77, dtype=DTYPE, **FIXED_KERNEL, **options
+        target,
+        method=method,
+        n_particles=UNBIASED_N,
+        n_replicas=UNBIASED_R,
+        seed=77,
+        dtype=DTYPE,
+        **FIXED_KERNEL,
+        **options,
     )
     assert len(res.steps) == 10
     ratio = torch.exp(res.log_Z_per_replica - target.log_Z).numpy()
@@ -190,7 +201,14 @@ def test_adaptive_schedule_holds_conditional_ess_via_stats():
     whose conditional ESS is >= the goal)."""
     target = sampler.get_target("double-well")
     res = sampler.sample(
-        target, method="smc", n_particles=1000, n_replicas=4, seed=5, dtype=DTYPE, target_ess=0.6, resample_threshold=1.0
+        target,
+        method="smc",
+        n_particles=1000,
+        n_replicas=4,
+        seed=5,
+        dtype=DTYPE,
+        target_ess=0.6,
+        resample_threshold=1.0,
     )
     stats = res.stats
     t = stats["t"]
@@ -266,7 +284,9 @@ def test_adaptive_schedule_conditional_ess_and_log_z_bookkeeping(target, n_repli
             assert float(t[k, r]) == 1.0
             assert float(stats["log_Z_increment"][k, r]) == 0.0
             assert float(stats["acceptance"][k, r]) > 0
-            assert not torch.equal(recorder.starts[k].x[r], recorder.current.x[r] if k == n_stages - 1 else recorder.starts[k + 1].x[r])
+            assert not torch.equal(
+                recorder.starts[k].x[r], recorder.current.x[r] if k == n_stages - 1 else recorder.starts[k + 1].x[r]
+            )
 
 
 def test_replicas_choose_their_own_times_in_a_run():

@@ -174,7 +174,9 @@ def test_langevin_reverse_is_minus_forward_increment_of_the_same_move():
 # Metropolis layers leave pi_t invariant
 
 
-def geometric_gaussian(t: float, ref_scale: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def geometric_gaussian(
+    t: float, ref_scale: np.ndarray, mean: np.ndarray, cov: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """pi_t ∝ ref^(1-t) target^t for ref = N(0, diag(ref_scale^2)), target = N(mean, cov): a Gaussian."""
     prec = (1 - t) * np.diag(ref_scale**-2.0) + t * np.linalg.inv(cov)
     cov_t = np.linalg.inv(prec)
@@ -191,7 +193,7 @@ def test_metropolis_layer_leaves_intermediate_target_invariant(kernel):
     t, n = 0.4, 20_000
     mean, cov = geometric_gaussian(t, ref_scale, np.array([1.0, -0.5]), np.array([[1.0, 0.4], [0.4, 0.6]]))
     chol = torch.as_tensor(np.linalg.cholesky(cov))
-    x = (torch.as_tensor(mean) + torch.randn(1, n, 2, generator=gen(0), dtype=DTYPE) @ chol.T)
+    x = torch.as_tensor(mean) + torch.randn(1, n, 2, generator=gen(0), dtype=DTYPE) @ chol.T
     layer = MetropolisLayer(n_steps=5, kernel=kernel, step_size=0.8 if kernel == "rw" else 0.3).to(DTYPE)
     out = layer.apply(start(path, x), None, ctx_at(path, t, 1, seed=1))
     acc = float(out.info["acceptance"])
@@ -269,7 +271,10 @@ def test_registered_layers_compose_into_an_unbiased_pipeline():
     target = gaussian_target()
     pipe = sampler.Pipeline(
         schedule=sampler.schedules.Linear(5),
-        steps=[sampler.transport("snf-langevin", step_size=0.3), sampler.corrector("snf-metropolis", kernel="mala", step_size=0.2)],
+        steps=[
+            sampler.transport("snf-langevin", step_size=0.3),
+            sampler.corrector("snf-metropolis", kernel="mala", step_size=0.2),
+        ],
     )
     res = pipe.run(target, n_particles=20, n_replicas=400, seed=1, dtype=DTYPE)
     ratio = torch.exp(res.log_Z_per_replica - target.log_Z)
@@ -315,14 +320,34 @@ def test_trained_snf_samples_match_exact_samples_on_a_mixture():
     n_eff = ESS * N: mean + 4 sd over 10 independent exact pairs at that size."""
     means = np.array([[-1.2, 0.0], [1.2, 0.5]])
     target = sampler.targets.GaussianMixture(means, std=0.6, name="two-gaussians")
-    res = sampler.sample(target, method="snf", n_particles=2000, n_replicas=1, seed=0, dtype=DTYPE, iterations=100, batch_size=128, hidden=(32,), n_stages=2)
+    res = sampler.sample(
+        target,
+        method="snf",
+        n_particles=2000,
+        n_replicas=1,
+        seed=0,
+        dtype=DTYPE,
+        iterations=100,
+        batch_size=128,
+        hidden=(32,),
+        n_stages=2,
+    )
     ess = float(sampler.metrics.kish_ess(res.log_weights))
     n_eff = max(int(ess * 2000), 50)
     g = gen(9)
-    ed = sampler.metrics.sliced_energy_distance(res.samples[0], target.sample(2000, g, dtype=DTYPE), n_directions=200, generator=g)
-    floors = [sampler.metrics.sliced_energy_distance(target.sample(n_eff, g, dtype=DTYPE), target.sample(2000, g, dtype=DTYPE), n_directions=200, generator=g) for _ in range(10)]
+    ed = sampler.metrics.sliced_energy_distance(
+        res.samples[0], target.sample(2000, g, dtype=DTYPE), n_directions=200, generator=g
+    )
+    floors = [
+        sampler.metrics.sliced_energy_distance(
+            target.sample(n_eff, g, dtype=DTYPE), target.sample(2000, g, dtype=DTYPE), n_directions=200, generator=g
+        )
+        for _ in range(10)
+    ]
     assert ed < np.mean(floors) + Z_MAX * np.std(floors), (ed, floors, ess)
-    assert abs(res.log_Z - target.log_Z) < Z_MAX * 1.5 / math.sqrt(ess * 2000)  # relative sd of w/Z <~ 1.5 / sqrt(ESS N)
+    assert abs(res.log_Z - target.log_Z) < Z_MAX * 1.5 / math.sqrt(
+        ess * 2000
+    )  # relative sd of w/Z <~ 1.5 / sqrt(ESS N)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +386,18 @@ def test_save_load_roundtrip_gives_identical_samples(tmp_path):
 
 def test_result_save_stores_the_trained_flow_and_load_rebuilds_it(tmp_path):
     target = sampler.get_target("double-well")
-    res = sampler.sample(target, "snf", n_stages=2, hidden=(8,), iterations=3, batch_size=32, n_particles=100, n_replicas=1, seed=4, dtype=DTYPE)
+    res = sampler.sample(
+        target,
+        "snf",
+        n_stages=2,
+        hidden=(8,),
+        iterations=3,
+        batch_size=32,
+        n_particles=100,
+        n_replicas=1,
+        seed=4,
+        dtype=DTYPE,
+    )
     flow = res.models["snf"]
     res.save(tmp_path / "run.nc")
     loaded = sampler.load(tmp_path / "run.nc").models["snf"]
@@ -404,7 +440,9 @@ def test_float32_and_differentiable_path_counts():
 
 
 def inverse_problem() -> LinearGaussianProblem:
-    return LinearGaussianProblem(A=[[1.0, 0.5], [0.0, 1.0], [0.3, -0.4]], prior_mean=[0.0, 1.0], prior_std=[1.0, 0.8], noise_std=0.3)
+    return LinearGaussianProblem(
+        A=[[1.0, 0.5], [0.0, 1.0], [0.3, -0.4]], prior_mean=[0.0, 1.0], prior_std=[1.0, 0.8], noise_std=0.3
+    )
 
 
 def test_linear_gaussian_closed_forms_match_numerics():

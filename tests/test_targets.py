@@ -563,7 +563,9 @@ def test_get_target_with_options():
     assert set(sampler.list_targets()) >= {"gaussian", "double-well", "gmm40"}
 
 
-@pytest.mark.parametrize("name, suggestion", [("gmm4", "gmm40"), ("double_well", "double-well"), ("gausian", "gaussian")])
+@pytest.mark.parametrize(
+    "name, suggestion", [("gmm4", "gmm40"), ("double_well", "double-well"), ("gausian", "gaussian")]
+)
 def test_get_target_unknown_name_suggests_close_names(name, suggestion):
     with pytest.raises(UnknownNameError) as info:
         sampler.get_target(name)

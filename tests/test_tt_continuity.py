@@ -87,7 +87,9 @@ def test_tt_value_gradient_hessian_and_divergence_match_autograd(kind, n):
     assert torch.allclose(hess, h_ad.detach(), rtol=0, atol=1e-12 * scale)
     assert torch.allclose(ftt.laplacian(bv), div_ad.detach(), rtol=0, atol=1e-12 * scale)
     drift = torch.randn(r, npts, d, generator=_gen(2), dtype=DTYPE)
-    assert torch.allclose(ftt.generator(bv, drift), div_ad.detach() + (drift * g_ad.detach()).sum(-1), atol=1e-11 * scale)
+    assert torch.allclose(
+        ftt.generator(bv, drift), div_ad.detach() + (drift * g_ad.detach()).sum(-1), atol=1e-11 * scale
+    )
     # points outside the box see a zero field
     outside = (x.abs() > 3.0).any(-1)
     assert bool(outside.any()) and float(grad[outside].abs().max()) == 0.0
@@ -107,7 +109,9 @@ def test_rounding_and_padding_keep_the_function():
     assert torch.allclose(big.value_and_grad(bv)[0], ref, atol=1e-12)
     other = FunctionalTT.random(r, d, n, 3, _gen(5))
     mixed = small.where(torch.tensor([True, False]), other)
-    assert torch.allclose(mixed.value_and_grad(bv)[0], torch.stack([ref[0], other.value_and_grad(bv)[0][1]]), atol=1e-13)
+    assert torch.allclose(
+        mixed.value_and_grad(bv)[0], torch.stack([ref[0], other.value_and_grad(bv)[0][1]]), atol=1e-13
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +239,12 @@ def _stage(path, particles, gen, t0: float, t1: float, **options):
     r = particles.n_replicas
     flow = TTFlow(**options)
     ctx = sampler.StepContext(
-        path=path, t=torch.full((r,), t1, dtype=DTYPE), t_from=torch.full((r,), t0, dtype=DTYPE), step=1, generator=gen, needs_grad=True
+        path=path,
+        t=torch.full((r,), t1, dtype=DTYPE),
+        t_from=torch.full((r,), t0, dtype=DTYPE),
+        step=1,
+        generator=gen,
+        needs_grad=True,
     )
     return flow, ctx, flow.apply(particles, flow.init(particles, ctx), ctx)
 
@@ -253,6 +262,7 @@ def test_flow_log_weight_increment_is_the_change_of_variables_log_det():
     # per replica: the Jacobian of replica r's map at (the first 40 of) its own particles, by autograd
     logdets = []
     for rep in range(2):
+
         def f(z, rep=rep):
             return euler_map(st.potential, st.basis, z.reshape(1, 1, 2).expand(2, 1, 2), st.eps)[0][rep, 0]
 
@@ -300,7 +310,10 @@ def test_flow_moves_particles_toward_the_next_density_on_a_gaussian():
     gen = _gen(0)
     x = reference.sample((2, 1000), gen, DTYPE)
     particles = sampler.Particles(
-        x=x, log_weights=torch.full((2, 1000), -math.log(1000), dtype=DTYPE), log_Z=torch.zeros(2, dtype=DTYPE), evaluation=path.evaluate(x, grad=True)
+        x=x,
+        log_weights=torch.full((2, 1000), -math.log(1000), dtype=DTYPE),
+        log_Z=torch.zeros(2, dtype=DTYPE),
+        evaluation=path.evaluate(x, grad=True),
     )
     flow, ctx, out = _stage(path, particles, gen, 0.0, 0.1)
     info = out.info
@@ -326,7 +339,9 @@ def far_gaussian() -> sampler.targets.Gaussian:
 @pytest.mark.parametrize(
     "target, options",
     [
-        pytest.param(far_gaussian, dict(reference_scale=1.0, reference_loc=0.0, target_ess=0.5), id="gaussian-d10-mean3"),
+        pytest.param(
+            far_gaussian, dict(reference_scale=1.0, reference_loc=0.0, target_ess=0.5), id="gaussian-d10-mean3"
+        ),
         pytest.param(lambda: sampler.get_target("double-well"), dict(), id="double-well"),
     ],
 )
@@ -338,7 +353,9 @@ def test_tt_smc_log_z_within_three_standard_errors(target, options):
     step lengths and schedule chosen from the particles) is O(1/N), small against the error bar.
     """
     tgt = target()
-    res = sampler.sample(tgt, method="tt-smc", n_particles=400, n_replicas=16, seed=2024, dtype=DTYPE, n_steps=2, **options)
+    res = sampler.sample(
+        tgt, method="tt-smc", n_particles=400, n_replicas=16, seed=2024, dtype=DTYPE, n_steps=2, **options
+    )
     se = res.log_Z_stderr
     assert 0 < se < 0.2
     assert abs(res.log_Z - tgt.log_Z) < 3 * se, f"log Z {res.log_Z:.4f} +- {se:.4f} vs exact {tgt.log_Z:.4f}"
@@ -433,10 +450,22 @@ def test_run_reports_tt_statistics_and_respects_dtype():
     """float32 run: samples come back in float32, weights in float64; per-stage TT statistics exist;
     every target/gradient evaluation is counted (the flow's one per particle and stage, plus MALA's)."""
     target = sampler.get_target("double-well")
-    res = sampler.sample(target, method="tt-smc", n_particles=200, n_replicas=2, seed=0, dtype=torch.float32, n_steps=1, progress=False)
+    res = sampler.sample(
+        target, method="tt-smc", n_particles=200, n_replicas=2, seed=0, dtype=torch.float32, n_steps=1, progress=False
+    )
     assert res.samples.dtype == torch.float32 and res.log_weights.dtype == torch.float64
     st = res.stats
-    for key in ("tt_rank", "tt_residual", "tt_residual_fit", "flow_scale", "flow_share", "cess_flow", "cess_no_flow", "outside_box", "not_moved"):
+    for key in (
+        "tt_rank",
+        "tt_residual",
+        "tt_residual_fit",
+        "flow_scale",
+        "flow_share",
+        "cess_flow",
+        "cess_no_flow",
+        "outside_box",
+        "not_moved",
+    ):
         assert key in st and st[key].shape == st["t"].shape, key
     k = len(res.steps)
     per_stage = 2 * 200  # R x N particles
@@ -448,6 +477,8 @@ def test_run_reports_tt_statistics_and_respects_dtype():
 
 def test_flow_until_turns_the_flow_off():
     target = sampler.get_target("double-well")
-    res = sampler.sample(target, method="tt-smc", n_particles=100, n_replicas=1, seed=0, n_steps=1, flow_until=0.0, progress=False)
+    res = sampler.sample(
+        target, method="tt-smc", n_particles=100, n_replicas=1, seed=0, n_steps=1, flow_until=0.0, progress=False
+    )
     assert torch.all(res.stats["flow_scale"] == 0)
     assert res.n_grad_evals == 100 * (1 + len(res.steps))

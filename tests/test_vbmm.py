@@ -60,7 +60,9 @@ def _scipy_optimum(s: np.ndarray, lower: float | None = None) -> tuple[np.ndarra
 
     bounds = None if lower is None else [(math.log(lower), None)] * len(s)
     z0 = np.zeros(len(s)) if lower is None else np.full(len(s), math.log(lower) + 0.1)
-    out = scipy.optimize.minimize(fun, z0, jac=True, method="L-BFGS-B", bounds=bounds, options=dict(ftol=1e-15, gtol=1e-12, maxiter=20000))
+    out = scipy.optimize.minimize(
+        fun, z0, jac=True, method="L-BFGS-B", bounds=bounds, options=dict(ftol=1e-15, gtol=1e-12, maxiter=20000)
+    )
     return np.exp(out.x), float(out.fun)
 
 

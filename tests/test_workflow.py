@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import sampler
-from sampler.io.checkpoint import read_checkpoint
 from sampler.cli import build_parser, main
 from sampler.errors import ConfigurationError, Interrupted, PersistenceError
+from sampler.io.checkpoint import read_checkpoint
 from sampler.io.persistence import FORMAT_VERSION, load_weights, models_dir
 
 
@@ -30,7 +30,9 @@ def _smc(**kw):
 
 
 def _mcmc():
-    return sampler.sample("double-well", method="mala", n_particles=200, n_replicas=3, seed=2, n_warmup=50, progress=False)
+    return sampler.sample(
+        "double-well", method="mala", n_particles=200, n_replicas=3, seed=2, n_warmup=50, progress=False
+    )
 
 
 def _same_tensor(a, b) -> bool:
@@ -50,7 +52,12 @@ def assert_same_result(a: sampler.Result, b: sampler.Result, wall_time: bool = T
         elif f.name == "steps":
             assert len(x) == len(y)
             for s, u in zip(x, y):
-                assert (s.step, s.target_evals, s.grad_evals, s.nonfinite) == (u.step, u.target_evals, u.grad_evals, u.nonfinite)
+                assert (s.step, s.target_evals, s.grad_evals, s.nonfinite) == (
+                    u.step,
+                    u.target_evals,
+                    u.grad_evals,
+                    u.nonfinite,
+                )
                 for name in ("t", "ess", "log_Z_increment"):
                     assert _same_tensor(getattr(s, name), getattr(u, name)), name
                 assert s.info.keys() == u.info.keys()
@@ -76,8 +83,18 @@ def test_to_arviz_smc_layout_and_arviz_functions():
         assert stats[name].dims == ("chain", "step") and stats[name].shape == (3, k), name
     assert stats["t"].values[:, -1].tolist() == [1.0, 1.0, 1.0]
     assert stats["target_evals"].dims == ("step",) and int(stats["target_evals"].sum()) + 3 * 300 == res.n_target_evals
-    for key in ("method", "options", "seed", "log_Z", "log_Z_stderr", "n_target_evals", "n_grad_evals",
-                "inference_library_version", "torch_version", "arviz_version"):
+    for key in (
+        "method",
+        "options",
+        "seed",
+        "log_Z",
+        "log_Z_stderr",
+        "n_target_evals",
+        "n_grad_evals",
+        "inference_library_version",
+        "torch_version",
+        "arviz_version",
+    ):
         assert key in post.attrs, key
     assert post.attrs["log_Z"] == pytest.approx(res.log_Z) and post.attrs["seed"] == 1
     with warnings.catch_warnings():
@@ -125,7 +142,7 @@ def test_save_load_is_lossless(tmp_path, kind):
     path = res.save(tmp_path / "run.nc")
     back = sampler.load(path)
     assert_same_result(res, back)
-    assert str(sampler.summary(back)) .splitlines()[:5] == str(sampler.summary(res)).splitlines()[:5]
+    assert str(sampler.summary(back)).splitlines()[:5] == str(sampler.summary(res)).splitlines()[:5]
 
 
 def test_load_refuses_newer_format_naming_the_version(tmp_path):
@@ -274,7 +291,8 @@ def test_mcmc_chains_resume_to_the_uninterrupted_result(tmp_path):
 
 def test_a_pipeline_run_directly_resumes_through_the_pipeline(tmp_path):
     pipe = sampler.Pipeline(
-        schedule=sampler.schedules.Linear(6), steps=[sampler.corrector("mala", n_steps=2), sampler.corrector("resample")]
+        schedule=sampler.schedules.Linear(6),
+        steps=[sampler.corrector("mala", n_steps=2), sampler.corrector("resample")],
     )
     target = sampler.get_target("double-well")
     full = pipe.run(target, n_particles=200, n_replicas=2, seed=3)
@@ -316,7 +334,21 @@ class SlowWell(sampler.BoltzmannTarget):
         return x[..., 0] ** 4 - 6 * x[..., 0] ** 2 - 0.5 * x[..., 0] + 0.5 * x[..., 1] ** 2
 """
 
-RUN = ["-m", "ais", "-o", "n_temps=60", "-o", "n_steps=1", "--particles", "200", "--replicas", "2", "--seed", "3", "--quiet"]
+RUN = [
+    "-m",
+    "ais",
+    "-o",
+    "n_temps=60",
+    "-o",
+    "n_steps=1",
+    "--particles",
+    "200",
+    "--replicas",
+    "2",
+    "--seed",
+    "3",
+    "--quiet",
+]
 
 
 def _start(tmp_path, *extra):
@@ -352,7 +384,16 @@ def test_killed_process_resumes_to_the_uninterrupted_result(tmp_path, capsys):
 
     from sampler.cli import load_target
 
-    full = sampler.sample(load_target(target, {}), method="ais", n_temps=60, n_steps=1, n_particles=200, n_replicas=2, seed=3, progress=False)
+    full = sampler.sample(
+        load_target(target, {}),
+        method="ais",
+        n_temps=60,
+        n_steps=1,
+        n_particles=200,
+        n_replicas=2,
+        seed=3,
+        progress=False,
+    )
     assert _same_tensor(resumed.samples, full.samples.cpu())
     assert _same_tensor(resumed.log_Z_per_replica, full.log_Z_per_replica)
     assert resumed.n_target_evals == full.n_target_evals and len(resumed.steps) == len(full.steps)

@@ -15,12 +15,11 @@ Public pieces: :class:`InterpolantFlow` (transport ``interpolant-flow``), :class
 from __future__ import annotations
 
 import sampler
-
 from sampler_plugins.interpolant_langevin.method import (
     AtTarget,
-    VelocitySettings,
     InterpolantPipeline,
     TimeGrid,
+    VelocitySettings,
     build_interpolant_langevin,
     ode_times,
 )

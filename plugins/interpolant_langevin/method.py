@@ -10,10 +10,8 @@ import attrs
 import torch
 
 from sampler.ext import (
-    check_positive_int,
     ConfigurationError,
     Corrector,
-    corrector,
     Fixed,
     Particles,
     Pipeline,
@@ -21,8 +19,9 @@ from sampler.ext import (
     Schedule,
     StepContext,
     StepOutput,
+    check_positive_int,
+    corrector,
 )
-
 from sampler_plugins.interpolant_langevin.posterior import InnerSampler
 from sampler_plugins.interpolant_langevin.transport import InterpolantFlow
 
@@ -63,7 +62,10 @@ class AtTarget(Corrector):
             x=torch.where(m[..., None], new.x, particles.x),
             log_weights=torch.where(m, new.log_weights, particles.log_weights),
             evaluation=new.evaluation.where(m.expand_as(new.log_weights), particles.evaluation),
-            extras={k: torch.where(m.reshape(m.shape + (1,) * (v.ndim - 2)), v, particles.extras[k]) for k, v in new.extras.items()},
+            extras={
+                k: torch.where(m.reshape(m.shape + (1,) * (v.ndim - 2)), v, particles.extras[k])
+                for k, v in new.extras.items()
+            },
         )
         return StepOutput(merged, out.state, out.info)
 

@@ -36,15 +36,15 @@ import torch
 from torch import Tensor
 
 from sampler.ext import (
-    as_target,
-    check_positive_int,
     ConfigurationError,
     EvaluationCounter,
     GaussianReference,
     GeometricPath,
+    Target,
+    as_target,
+    check_positive_int,
     make_reference,
     systematic,
-    Target,
 )
 
 __all__ = [
@@ -218,7 +218,9 @@ def _times(t: float | Tensor, x: Tensor) -> Tensor:
     try:
         tt = torch.broadcast_to(tt, x.shape[:-1])
     except RuntimeError:
-        raise ConfigurationError(f"times of shape {tuple(tt.shape)} do not broadcast to the points' batch shape {tuple(x.shape[:-1])}") from None
+        raise ConfigurationError(
+            f"times of shape {tuple(tt.shape)} do not broadcast to the points' batch shape {tuple(x.shape[:-1])}"
+        ) from None
     if bool(((tt < 0) | (tt >= 1) | torch.isnan(tt)).any()):
         raise ConfigurationError("the posterior is defined for times in [0, 1); got a time outside")
     return tt
@@ -266,11 +268,15 @@ def init_chains(
     p = _preconditioner(tt, scale)[..., 0, :]  # (..., d)
     tx = tt.to(x.dtype)[..., None]
     mean = p * (loc / scale**2 + tx * (x - (1 - tx) * loc) / ((1 - tx) ** 2 * scale**2))
-    noise = torch.randn(*x.shape[:-1], config.n_chains, x.shape[-1], generator=generator, device=x.device, dtype=x.dtype)
+    noise = torch.randn(
+        *x.shape[:-1], config.n_chains, x.shape[-1], generator=generator, device=x.device, dtype=x.dtype
+    )
     y = mean[..., None, :] + p.sqrt()[..., None, :] * noise
     log_target, grad = _evaluate(path, y)
     if step_size is None:
-        step_size = torch.full(x.shape[:-1], config.default_step_size(x.shape[-1]), dtype=torch.float64, device=x.device)
+        step_size = torch.full(
+            x.shape[:-1], config.default_step_size(x.shape[-1]), dtype=torch.float64, device=x.device
+        )
     if config.init_weights:
         log_w = log_target - path.reference.log_prob(y)
         log_w = log_w - torch.logsumexp(log_w, -1, keepdim=True).nan_to_num(nan=0.0, neginf=0.0, posinf=0.0)
@@ -287,7 +293,9 @@ def init_chains(
     )
 
 
-def move_chains(path: GeometricPath, chains: PosteriorChains, x: Tensor, t: float | Tensor, config: InnerSampler) -> PosteriorChains:
+def move_chains(
+    path: GeometricPath, chains: PosteriorChains, x: Tensor, t: float | Tensor, config: InnerSampler
+) -> PosteriorChains:
     """Re-anchor warm-started chains at new points/times ``(t, x)``.
 
     With ``config.reweight`` the chain weights are multiplied by ``g_{t,x}(y) / g_{t_old,x_old}(y)``,
@@ -322,7 +330,13 @@ def _resample(chains: PosteriorChains, generator: torch.Generator, threshold: fl
         return torch.gather(v, -2, idx[..., None].expand(v.shape))
 
     log_w = torch.where(low[..., None], torch.zeros_like(chains.log_weights), chains.log_weights)
-    return attrs.evolve(chains, y=take(chains.y), log_target=take(chains.log_target), grad_target=take(chains.grad_target), log_weights=log_w), ess
+    return attrs.evolve(
+        chains,
+        y=take(chains.y),
+        log_target=take(chains.log_target),
+        grad_target=take(chains.grad_target),
+        log_weights=log_w,
+    ), ess
 
 
 def run_chains(

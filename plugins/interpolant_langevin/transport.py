@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 from sampler.ext import ConfigurationError, Particles, RunError, StepContext, StepOutput, Transport
-
 from sampler_plugins.interpolant_langevin.posterior import (
     InnerSampler,
     PosteriorChains,
@@ -181,7 +180,9 @@ class InterpolantFlow(Transport):
         info = {"inner_acceptance": acc, "inner_step_size": chains.step_size.median(-1).values}
         return x, chains, info
 
-    def _estimate_at(self, x: Tensor, t: Tensor, ctx: StepContext, chains: PosteriorChains | None, n_steps: int) -> PosteriorEstimate:
+    def _estimate_at(
+        self, x: Tensor, t: Tensor, ctx: StepContext, chains: PosteriorChains | None, n_steps: int
+    ) -> PosteriorEstimate:
         if chains is None:
             chains = init_chains(ctx.path, x, t, self.inner, ctx.generator)
         else:
@@ -189,7 +190,13 @@ class InterpolantFlow(Transport):
         return run_chains(ctx.path, chains, self.inner, ctx.generator, n_steps)
 
     def _ode_step(
-        self, particles: Particles, x: Tensor, t_from: Tensor, t_to: Tensor, chains: PosteriorChains | None, ctx: StepContext
+        self,
+        particles: Particles,
+        x: Tensor,
+        t_from: Tensor,
+        t_to: Tensor,
+        chains: PosteriorChains | None,
+        ctx: StepContext,
     ) -> tuple[Tensor, PosteriorChains, dict[str, Tensor]]:
         """Euler step from ``t_from`` to ``t_to`` (``(R,)``), landing on ``m`` or a posterior draw at ``t_to = 1``."""
         r, n, d = x.shape

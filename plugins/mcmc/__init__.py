@@ -9,7 +9,6 @@ resampling), ``mala`` and ``hmc`` (plain MCMC chains: R chains x N draws).
 from __future__ import annotations
 
 import sampler
-
 from sampler_plugins.mcmc.chains import MCMCChains, build_chains
 from sampler_plugins.mcmc.kernels import HMC, MALA, RWMH, ULA, MetropolisCorrector
 from sampler_plugins.mcmc.methods import build_ais, build_smc

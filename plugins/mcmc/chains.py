@@ -30,7 +30,6 @@ from sampler.ext import (
     record,
     reopen,
 )
-
 from sampler_plugins.mcmc.kernels import KernelState
 
 
@@ -135,10 +134,14 @@ class MCMCChains:
         draw from the reference and its evaluations are replaced by the saved ones.
         """
         cfg = session.cfg
-        particles = initial_particles(session.path, attrs.evolve(cfg, n_particles=1), session.generator, self.kernel.needs_grad)
+        particles = initial_particles(
+            session.path, attrs.evolve(cfg, n_particles=1), session.generator, self.kernel.needs_grad
+        )
         one = torch.ones(cfg.n_replicas, dtype=torch.float64, device=particles.x.device)
         kstate = self.kernel.init(particles, session.context(one, one, 0))
-        draws = torch.empty(cfg.n_replicas, cfg.n_particles, session.target.dim, dtype=cfg.dtype, device=particles.x.device)
+        draws = torch.empty(
+            cfg.n_replicas, cfg.n_particles, session.target.dim, dtype=cfg.dtype, device=particles.x.device
+        )
         aux = {"tuner": DualAveraging.start(kstate.step_size, self.kernel.target_acceptance), "draws": draws}
         state = LoopState(k=0, t=one, particles=particles, weighted=particles, step_states=(kstate,), aux=aux)
         return state if resume is None else session.restore(resume, state)
@@ -159,9 +162,20 @@ class MCMCChains:
         kept = it - self.n_warmup
         if kept >= 0 and (kept + 1) % self.thin == 0:
             draws[:, kept // self.thin] = particles.x[:, 0]
-        info = {"acceptance": acc, "step_size": kstate.step_size, "warmup": torch.full_like(acc, float(it < self.n_warmup))}
+        info = {
+            "acceptance": acc,
+            "step_size": kstate.step_size,
+            "warmup": torch.full_like(acc, float(it < self.n_warmup)),
+        }
         record(session, seen, it + 1, state.t, torch.ones_like(acc), torch.zeros_like(acc), info)
-        return attrs.evolve(state, k=it + 1, particles=particles, weighted=particles, step_states=(kstate,), aux={"tuner": tuner, "draws": draws})
+        return attrs.evolve(
+            state,
+            k=it + 1,
+            particles=particles,
+            weighted=particles,
+            step_states=(kstate,),
+            aux={"tuner": tuner, "draws": draws},
+        )
 
 
 @attrs.frozen
@@ -193,8 +207,13 @@ class DualAveraging:
     @classmethod
     def start(cls, step_size: torch.Tensor, target: float) -> DualAveraging:
         """The state before the first update, from the initial step sizes ``(R,)``."""
-        return cls(mu=torch.log(10 * step_size), h_bar=torch.zeros_like(step_size), log_eps=torch.log(step_size),
-                   log_eps_bar=torch.log(step_size), target=target)
+        return cls(
+            mu=torch.log(10 * step_size),
+            h_bar=torch.zeros_like(step_size),
+            log_eps=torch.log(step_size),
+            log_eps_bar=torch.log(step_size),
+            target=target,
+        )
 
     @property
     def step_size(self) -> torch.Tensor:

@@ -17,15 +17,14 @@ import torch
 from torch import Tensor
 
 from sampler.ext import (
-    check_positive_int,
     ConfigurationError,
     Corrector,
     Particles,
     PathEvaluation,
     StepContext,
     StepOutput,
+    check_positive_int,
 )
-
 
 #: Adapted step sizes stay within these bounds (a stuck acceptance cannot drive them to 0 or inf).
 STEP_SIZE_BOUNDS = (1e-10, 1e10)
@@ -167,9 +166,7 @@ class MALA(MetropolisCorrector):
         y = fwd_mean + eps * self._noise(x, ctx)
         ev_y = self._evaluate(y, ctx)
         bwd_mean = _langevin_mean(y, path.grad_log_prob(ev_y, t), eps)
-        log_alpha = (
-            path.log_prob(ev_y, t) - path.log_prob(ev, t) + _log_q(x, bwd_mean, eps) - _log_q(y, fwd_mean, eps)
-        )
+        log_alpha = path.log_prob(ev_y, t) - path.log_prob(ev, t) + _log_q(x, bwd_mean, eps) - _log_q(y, fwd_mean, eps)
         return Proposal(y, ev_y, log_alpha)
 
 

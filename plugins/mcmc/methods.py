@@ -6,14 +6,14 @@ from typing import Any
 
 from sampler.ext import (
     Adaptive,
-    check_positive_int,
     ConfigurationError,
-    corrector,
     Geometric,
     Linear,
     Pipeline,
     Power,
     Schedule,
+    check_positive_int,
+    corrector,
 )
 
 _KERNELS = ("mala", "hmc", "rwmh", "ula")
@@ -61,7 +61,14 @@ def build_smc(
         corrector("resample", scheme=scheme, threshold=resample_threshold),
         _kernel(kernel, n_steps, kernel_options),
     ]
-    options = dict(kernel=kernel, n_steps=n_steps, target_ess=target_ess, resample_threshold=resample_threshold, scheme=scheme, **kernel_options)
+    options = dict(
+        kernel=kernel,
+        n_steps=n_steps,
+        target_ess=target_ess,
+        resample_threshold=resample_threshold,
+        scheme=scheme,
+        **kernel_options,
+    )
     return Pipeline(
         schedule=schedule if schedule is not None else Adaptive(target_ess=target_ess),
         steps=steps,

@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from sampler.ext import ConfigurationError, Corrector, ess as _ess, get_scheme, Particles, StepContext, StepOutput
+from sampler.ext import ConfigurationError, Corrector, Particles, StepContext, StepOutput, get_scheme
+from sampler.ext import ess as _ess
 
 
 class Resample(Corrector):

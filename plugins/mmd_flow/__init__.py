@@ -20,7 +20,6 @@ from sorting, in O((N + M) log(N + M)) per direction instead of O(N^2 + N M).
 from __future__ import annotations
 
 import sampler
-
 from sampler_plugins.mmd_flow.conditional import conditional_mmd_flow
 from sampler_plugins.mmd_flow.deweight import MMDDeweight, deweight
 from sampler_plugins.mmd_flow.directions import distance_design, draw_directions

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from sampler.ext import ConfigurationError, slicing_constant
-
 from sampler_plugins.mmd_flow.directions import draw_directions
 from sampler_plugins.mmd_flow.flow import FlowSettings, sample_scale
 from sampler_plugins.mmd_flow.sliced import witness_field_1d, witness_slope_1d
@@ -60,11 +59,15 @@ def conditional_mmd_flow(
     """
     settings = FlowSettings(**options) if settings is None else settings
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ConfigurationError(f"x and y must be paired samples (M, dx) and (M, dy), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ConfigurationError(
+            f"x and y must be paired samples (M, dx) and (M, dy), got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     y_obs = torch.as_tensor(y_obs)
     single = y_obs.ndim == 1
     if y_obs.ndim not in (1, 2) or y_obs.shape[-1] != y.shape[1] or y_obs.numel() == 0:
-        raise ConfigurationError(f"y_obs must have shape ({y.shape[1]},) or (B, {y.shape[1]}), got {tuple(y_obs.shape)}")
+        raise ConfigurationError(
+            f"y_obs must have shape ({y.shape[1]},) or (B, {y.shape[1]}), got {tuple(y_obs.shape)}"
+        )
     obs = y_obs.to(dtype=x.dtype, device=x.device).reshape(-1, y.shape[1])
     if n_samples < 1:
         raise ConfigurationError(f"n_samples must be >= 1, got {n_samples}")

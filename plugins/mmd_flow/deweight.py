@@ -22,13 +22,14 @@ import torch
 from torch import Tensor
 
 from sampler.ext import ConfigurationError, Corrector, Particles, StepContext, StepOutput
-
 from sampler_plugins.mmd_flow.flow import FlowSettings, mmd_flow
 
 __all__ = ["deweight", "MMDDeweight", "DEWEIGHT_DEFAULTS"]
 
 #: Flow options of deweighting: a short local flow from the weighted points themselves.
-DEWEIGHT_DEFAULTS = dict(n_iter=100, step_size=1.0, momentum=0.8, n_directions=64, scheme="qmc", decay_start=0.5, final_step_size=0.05)
+DEWEIGHT_DEFAULTS = dict(
+    n_iter=100, step_size=1.0, momentum=0.8, n_directions=64, scheme="qmc", decay_start=0.5, final_step_size=0.05
+)
 
 
 def deweight(
@@ -49,7 +50,9 @@ def deweight(
     if lw.ndim == 1:
         lw = lw.unsqueeze(0)
     if lw.ndim != 2 or lw.shape[-1] != x.shape[-2]:
-        raise ConfigurationError(f"log_weights must have shape (N,) or (R, N) matching x {tuple(x.shape)}, got {tuple(lw.shape)}")
+        raise ConfigurationError(
+            f"log_weights must have shape (N,) or (R, N) matching x {tuple(x.shape)}, got {tuple(lw.shape)}"
+        )
     if bool((~torch.isfinite(torch.logsumexp(lw, -1))).any()):
         raise ConfigurationError("every weight of some replica is zero or not finite")
     w = torch.softmax(lw.nan_to_num(nan=-math.inf), dim=-1)
@@ -95,7 +98,12 @@ class MMDDeweight(Corrector):
             return StepOutput(particles, state, {"resampled": due.to(torch.float64), "deweight_ed": nan})
         idx = due.nonzero().flatten()
         res = mmd_flow(
-            particles.x[idx], particles.x[idx], torch.softmax(logw[idx], -1), self.flow, ctx.generator, record_every=self.flow.n_iter
+            particles.x[idx],
+            particles.x[idx],
+            torch.softmax(logw[idx], -1),
+            self.flow,
+            ctx.generator,
+            record_every=self.flow.n_iter,
         )
         new_x = particles.x.clone()
         new_x[idx] = res.x

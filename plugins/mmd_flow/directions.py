@@ -43,7 +43,9 @@ def check_scheme(scheme: str) -> str:
     return scheme
 
 
-def haar_orthogonal(k: int, d: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+def haar_orthogonal(
+    k: int, d: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> Tensor:
     """``k`` Haar-random orthogonal matrices ``(k, d, d)`` float64 (QR of Gaussians, signs fixed).
 
     Drawn on the generator's device, returned on ``device``.

@@ -26,8 +26,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from sampler.ext import check_positive_int, ConfigurationError, projected_energy_distances, slicing_constant
-
+from sampler.ext import ConfigurationError, check_positive_int, projected_energy_distances, slicing_constant
 from sampler_plugins.mmd_flow.directions import check_scheme, draw_directions
 from sampler_plugins.mmd_flow.sliced import _as_batched, _weights, sliced_witness_gradient
 
@@ -158,7 +157,11 @@ def mmd_flow(
     x = x.expand(r, *x.shape[1:]).clone()
     y3 = y3.expand(r, *y3.shape[1:])
     b = _weights(y_weights, (r, y3.shape[1]), x, "y_weights")
-    scale = sample_scale(y3, b) if settings.scale is None else torch.full((r,), settings.scale, dtype=torch.float64, device=x.device)
+    scale = (
+        sample_scale(y3, b)
+        if settings.scale is None
+        else torch.full((r,), settings.scale, dtype=torch.float64, device=x.device)
+    )
     # The smoothing width must be one number per call of the 1D routines: use the replicas' mean.
     eps = settings.epsilon * float(scale.mean())
     h0 = (settings.step_size * scale).to(x.dtype)[:, None, None]

@@ -29,14 +29,15 @@ import torch
 from torch import Tensor
 
 import sampler
-from sampler.ext import as_target, ConfigurationError, make_reference, progress_bar, Result, RunSettings, Target
-
+from sampler.ext import ConfigurationError, Result, RunSettings, Target, as_target, make_reference, progress_bar
 from sampler_plugins.mmd_flow.flow import FlowSettings, mmd_flow
 
 __all__ = ["MMDFlowMethod", "build_mmd_flow", "METHOD_DEFAULTS"]
 
 #: Flow options of the method (from the reference: a longer flow than deweighting's).
-METHOD_DEFAULTS = dict(n_iter=200, step_size=1.0, momentum=0.8, n_directions=64, scheme="qmc", decay_start=0.5, final_step_size=0.05)
+METHOD_DEFAULTS = dict(
+    n_iter=200, step_size=1.0, momentum=0.8, n_directions=64, scheme="qmc", decay_start=0.5, final_step_size=0.05
+)
 
 
 class MMDFlowMethod:
@@ -56,7 +57,9 @@ class MMDFlowMethod:
         if data is not None:
             data = torch.as_tensor(data)
             if data.ndim not in (2, 3) or not data.is_floating_point():
-                raise ConfigurationError(f"data must be a floating tensor of shape (M, d) or (R, M, d), got {tuple(data.shape)}")
+                raise ConfigurationError(
+                    f"data must be a floating tensor of shape (M, d) or (R, M, d), got {tuple(data.shape)}"
+                )
         elif weights is not None:
             raise ConfigurationError("weights were given without data")
         self.data = data
@@ -95,7 +98,13 @@ class MMDFlowMethod:
             w = None if self.weights is None else self.weights.to(device=cfg.device, dtype=torch.float64)
         else:
             src = sampler.method(self.source, **self.source_options).run(
-                target, n_particles=cfg.n_particles, n_replicas=cfg.n_replicas, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, progress=progress
+                target,
+                n_particles=cfg.n_particles,
+                n_replicas=cfg.n_replicas,
+                seed=cfg.seed,
+                device=cfg.device,
+                dtype=cfg.dtype,
+                progress=progress,
             )
             if src.kind == "smc":
                 y, w = src.weighted_samples, torch.softmax(src.log_weights.to(torch.float64), -1)
@@ -126,7 +135,14 @@ class MMDFlowMethod:
             )
         options["log_Z_from"] = None
         return Result.from_run(
-            target, cfg, "mmd-flow", samples=x, evals=(0, 0, 0), kind="flow", wall_time=time.perf_counter() - start, options=options
+            target,
+            cfg,
+            "mmd-flow",
+            samples=x,
+            evals=(0, 0, 0),
+            kind="flow",
+            wall_time=time.perf_counter() - start,
+            options=options,
         )
 
 

@@ -40,7 +40,6 @@ import torch
 from torch import Tensor
 
 from sampler.ext import ConfigurationError, slicing_constant
-
 from sampler_plugins.mmd_flow.directions import draw_directions
 
 __all__ = [
@@ -85,7 +84,9 @@ def _as_batched(x: Tensor, name: str) -> Tensor:
     raise ConfigurationError(f"{name} must have shape (n, d) or (R, n, d), got {tuple(x.shape)}")
 
 
-def _weights(w: Tensor | None, shape: tuple[int, int], like: Tensor, name: str, normalize: bool = True) -> Tensor | None:
+def _weights(
+    w: Tensor | None, shape: tuple[int, int], like: Tensor, name: str, normalize: bool = True
+) -> Tensor | None:
     """Weights ``(R, n)`` float64 (broadcast from ``(n,)``), normalized per row, or None."""
     if w is None:
         return None
@@ -93,7 +94,9 @@ def _weights(w: Tensor | None, shape: tuple[int, int], like: Tensor, name: str, 
     if w.ndim == 1:
         w = w.unsqueeze(0)
     if w.ndim != 2 or w.shape[-1] != shape[1] or w.shape[0] not in (1, shape[0]):
-        raise ConfigurationError(f"{name} must have shape ({shape[1]},) or ({shape[0]}, {shape[1]}), got {tuple(w.shape)}")
+        raise ConfigurationError(
+            f"{name} must have shape ({shape[1]},) or ({shape[0]}, {shape[1]}), got {tuple(w.shape)}"
+        )
     w = w.expand(shape)
     if not bool(torch.isfinite(w).all()):
         raise ConfigurationError(f"{name} must be finite")
@@ -118,7 +121,12 @@ def _check_epsilon(epsilon: float) -> None:
 
 
 def _directions(
-    directions: Tensor | None, n_directions: int, d: int, scheme: str, generator: torch.Generator | None, device: torch.device
+    directions: Tensor | None,
+    n_directions: int,
+    d: int,
+    scheme: str,
+    generator: torch.Generator | None,
+    device: torch.device,
 ) -> Tensor:
     """The given ``directions`` ``(P, d)`` (checked), or ``n_directions`` drawn by ``scheme``."""
     if directions is None:
@@ -169,7 +177,9 @@ def _slope_union_1d(px: Tensor, py: Tensor, a: Tensor | None, b: Tensor | None) 
         slope = (2.0 * y_below - 1.0) - (2.0 * a_before + w - 1.0)
     lead = px.shape[:-1]
     idx = (order - m).masked_select(is_x).view(*lead, n)
-    return torch.empty(px.shape, dtype=torch.float64, device=px.device).scatter_(-1, idx, slope.masked_select(is_x).view(*lead, n))
+    return torch.empty(px.shape, dtype=torch.float64, device=px.device).scatter_(
+        -1, idx, slope.masked_select(is_x).view(*lead, n)
+    )
 
 
 def _smoothed_attraction_1d(q: Tensor, pts: Tensor, w: Tensor | None, epsilon: float) -> Tensor:
@@ -315,7 +325,11 @@ def energy_distance_gradient(
     x3 = _as_batched(x, "x")
     g = sliced_witness_gradient(x, y, x_weights, y_weights, **options)
     a = _weights(x_weights, (g.shape[0], x3.shape[1]), x3, "x_weights")
-    scale = torch.full((1, x3.shape[1], 1), 1.0 / x3.shape[1], dtype=g.dtype, device=g.device) if a is None else a[..., None].to(g.dtype)
+    scale = (
+        torch.full((1, x3.shape[1], 1), 1.0 / x3.shape[1], dtype=g.dtype, device=g.device)
+        if a is None
+        else a[..., None].to(g.dtype)
+    )
     return g * scale
 
 
@@ -378,7 +392,11 @@ def kernel_sum_1d(q: Tensor, pts: Tensor, w: Tensor | None = None, epsilon: floa
     centre = pts.mean(-1, keepdim=True)
     q, pts = q - centre, pts - centre
     sp, order = torch.sort(pts, dim=-1)
-    ws = torch.ones_like(sp) if w is None else torch.gather(torch.as_tensor(w, dtype=torch.float64, device=pts.device).expand_as(pts), -1, order)
+    ws = (
+        torch.ones_like(sp)
+        if w is None
+        else torch.gather(torch.as_tensor(w, dtype=torch.float64, device=pts.device).expand_as(pts), -1, order)
+    )
     cw, ct = _prefix(ws), _prefix(ws * sp)
     total_w, total_t = cw[..., -1:], ct[..., -1:]
     if epsilon <= 0:
@@ -418,7 +436,9 @@ def energy_kernel_sum(
     O((N + M) chunk).
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ConfigurationError(f"expected (N, d) sources and (M, d) targets, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ConfigurationError(
+            f"expected (N, d) sources and (M, d) targets, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     _check_epsilon(epsilon)
     n, d = x.shape
     w = None
@@ -439,5 +459,9 @@ def energy_kernel_sum(
 def exact_energy_kernel_sum(x: Tensor, y: Tensor, weights: Tensor | None = None, chunk: int = 1024) -> Tensor:
     """Brute-force ``s_m = -sum_n w_n |x_n - y_m|``, ``(M,)`` float64, O(N M d) in chunks."""
     x64, y64 = x.to(torch.float64), y.to(torch.float64)
-    w = torch.ones(x.shape[0], dtype=torch.float64, device=x.device) if weights is None else torch.as_tensor(weights, dtype=torch.float64, device=x.device)
+    w = (
+        torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
+        if weights is None
+        else torch.as_tensor(weights, dtype=torch.float64, device=x.device)
+    )
     return torch.cat([-(torch.cdist(y64[s : s + chunk], x64) @ w) for s in range(0, y64.shape[0], chunk)])

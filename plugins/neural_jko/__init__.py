@@ -13,7 +13,6 @@ See docs/neural_jko.md.
 from __future__ import annotations
 
 import sampler
-
 from sampler_plugins.neural_jko.cnf import CNFLayer
 from sampler_plugins.neural_jko.method import NeuralJKO, NeuralJKOResult, build_neural_jko
 from sampler_plugins.neural_jko.model import ModelSample, NeuralJKOModel, neural_jko_from_config

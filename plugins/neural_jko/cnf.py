@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from sampler.ext import ConfigurationError
-
 from sampler_plugins.neural_jko.velocity import VelocityField
 
 __all__ = ["CNFLayer", "Flow"]
@@ -79,7 +78,9 @@ class CNFLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, width={self.width}, tau={float(self.tau):.4g}, n_steps={self.n_steps}"
 
-    def _field(self, z: Tensor, t: float, probes: Tensor | None, exact: bool, track: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _field(
+        self, z: Tensor, t: float, probes: Tensor | None, exact: bool, track: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
         if not track:
             v, _ = self.velocity(z, t)
             zero = z.new_zeros(z.shape[0], 1)
@@ -148,7 +149,9 @@ class CNFLayer(nn.Module):
         """Inference: ``(z, ell, ell_stderr)`` for ``x`` ``(B, d)``, in chunks, ``ell`` in float64."""
         zs, ells, ses = [], [], []
         for start in range(0, x.shape[0], chunk):
-            f = self.integrate(x[start : start + chunk], reverse=reverse, exact=exact, n_probes=n_probes, generator=generator)
+            f = self.integrate(
+                x[start : start + chunk], reverse=reverse, exact=exact, n_probes=n_probes, generator=generator
+            )
             zs.append(f.z)
             ells.append(f.ell.to(torch.float64))
             ses.append(f.ell_stderr.to(torch.float64))

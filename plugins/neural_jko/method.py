@@ -27,25 +27,24 @@ import attrs
 import torch
 
 from sampler.ext import (
-    agree,
-    all_reduce_sum,
-    as_target,
     ConfigurationError,
     Corrector,
     EvaluationCounter,
     GaussianReference,
     GeometricPath,
-    is_main_process,
     Linear,
     Pipeline,
-    rank_seed,
-    replicated_sampling,
     Result,
     RunSettings,
     Target,
+    agree,
+    all_reduce_sum,
+    as_target,
+    is_main_process,
+    rank_seed,
+    replicated_sampling,
     world_size,
 )
-
 from sampler_plugins.neural_jko.model import NeuralJKOModel
 from sampler_plugins.neural_jko.train import NeuralJKOConfig, resolve_config, train_model
 from sampler_plugins.neural_jko.transports import ModelTransport
@@ -144,9 +143,14 @@ class NeuralJKO:
             gen = torch.Generator(device=cfg.device).manual_seed(rank_seed(cfg.seed))
             path = GeometricPath(GaussianReference(target.dim), target, counter)  # counts training evaluations
             progress = cfg.progress if is_main_process() else False
-            model = train_model(target, config, path, gen, device=cfg.device, dtype=cfg.dtype, progress=progress, data_parallel=parallel)
+            model = train_model(
+                target, config, path, gen, device=cfg.device, dtype=cfg.dtype, progress=progress, data_parallel=parallel
+            )
             if parallel:  # the training work of all ranks
-                totals = all_reduce_sum(torch.tensor([counter.target_evals, counter.grad_evals, counter.nonfinite], dtype=torch.int64), "evaluation counts")
+                totals = all_reduce_sum(
+                    torch.tensor([counter.target_evals, counter.grad_evals, counter.nonfinite], dtype=torch.int64),
+                    "evaluation counts",
+                )
                 counter = EvaluationCounter(*(int(v) for v in totals.tolist()))
         else:
             model = self.model
@@ -212,4 +216,6 @@ def build_neural_jko(
         correctors: correctors run at t = 1 after the model.
         **options: :class:`NeuralJKOConfig` fields overriding the preset.
     """
-    return NeuralJKO(preset=preset, model=model, importance_resample=importance_resample, correctors=correctors, **options)
+    return NeuralJKO(
+        preset=preset, model=model, importance_resample=importance_resample, correctors=correctors, **options
+    )

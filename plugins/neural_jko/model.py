@@ -30,7 +30,6 @@ from sampler.ext import (
     PersistenceError,
     Target,
 )
-
 from sampler_plugins.neural_jko.cnf import CNFLayer
 from sampler_plugins.neural_jko.rejection import RejectionLayer
 
@@ -121,13 +120,22 @@ class NeuralJKOModel(nn.Module):
     with :meth:`attach`. :meth:`save` / :meth:`load` keep the trained state.
     """
 
-    def __init__(self, dim: int, latent_loc: float | Tensor = 0.0, latent_scale: float | Tensor = 1.0, exact_max_dim: int = 32, n_probes: int = 16):
+    def __init__(
+        self,
+        dim: int,
+        latent_loc: float | Tensor = 0.0,
+        latent_scale: float | Tensor = 1.0,
+        exact_max_dim: int = 32,
+        n_probes: int = 16,
+    ):
         super().__init__()
         self.dim = int(dim)
         loc = torch.as_tensor(latent_loc, dtype=torch.float64).detach().cpu().expand(self.dim).clone()
         scale = torch.as_tensor(latent_scale, dtype=torch.float64).detach().cpu().expand(self.dim).clone()
         if not (torch.isfinite(scale).all() and (scale > 0).all() and torch.isfinite(loc).all()):
-            raise ConfigurationError(f"latent scale must be positive and loc finite, got loc={latent_loc!r}, scale={latent_scale!r}")
+            raise ConfigurationError(
+                f"latent scale must be positive and loc finite, got loc={latent_loc!r}, scale={latent_scale!r}"
+            )
         self.register_buffer("latent_loc", loc)
         self.register_buffer("latent_scale", scale)
         self.exact_max_dim = int(exact_max_dim)
@@ -183,7 +191,9 @@ class NeuralJKOModel(nn.Module):
     def attach(self, target: Target) -> NeuralJKOModel:
         """Remember the target the rejection layers use (not saved by :meth:`save`)."""
         if getattr(target, "dim", None) != self.dim:
-            raise ConfigurationError(f"target has dim {getattr(target, 'dim', None)!r} but the model has dim {self.dim}")
+            raise ConfigurationError(
+                f"target has dim {getattr(target, 'dim', None)!r} but the model has dim {self.dim}"
+            )
         self.target = target
         return self
 
@@ -194,9 +204,13 @@ class NeuralJKOModel(nn.Module):
         if target is None:
             if self.n_rejection == 0:
                 return GeometricPath(self.latent_reference(), _NoTarget(self.dim), EvaluationCounter())
-            raise ConfigurationError("the model has rejection layers and needs the target: pass target= or call model.attach(target)")
+            raise ConfigurationError(
+                "the model has rejection layers and needs the target: pass target= or call model.attach(target)"
+            )
         if getattr(target, "dim", None) != self.dim:
-            raise ConfigurationError(f"target has dim {getattr(target, 'dim', None)!r} but the model has dim {self.dim}")
+            raise ConfigurationError(
+                f"target has dim {getattr(target, 'dim', None)!r} but the model has dim {self.dim}"
+            )
         return GeometricPath(self.latent_reference(), target, EvaluationCounter())
 
     # -- drawing -----------------------------------------------------------------------------
@@ -268,7 +282,13 @@ class NeuralJKOModel(nn.Module):
         return self._draw(len(self.layers) if level is None else level, n, _Draw(generator, path))
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, target: Target | None = None, path: GeometricPath | None = None) -> ModelSample:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        target: Target | None = None,
+        path: GeometricPath | None = None,
+    ) -> ModelSample:
         """``n`` iid samples with the model's log density and the target's log density.
 
         Args:
@@ -279,7 +299,11 @@ class NeuralJKOModel(nn.Module):
         """
         path = self._path(target, path)
         before = path.counter.target_evals
-        gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, ())))
+        gen = (
+            generator
+            if generator is not None
+            else torch.Generator(device=self.device).manual_seed(int(torch.randint(2**62, ())))
+        )
         st = _Draw(gen, path)
         b = self._draw(len(self.layers), n, st)
         if not isinstance(path.target, _NoTarget):
@@ -287,7 +311,14 @@ class NeuralJKOModel(nn.Module):
         return ModelSample(b.x, -b.e, b.log_target, b.e_var.sqrt(), path.counter.target_evals - before)
 
     @torch.no_grad()
-    def log_prob(self, x: Tensor, target: Target | None = None, path: GeometricPath | None = None, generator: torch.Generator | None = None, return_stderr: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def log_prob(
+        self,
+        x: Tensor,
+        target: Target | None = None,
+        path: GeometricPath | None = None,
+        generator: torch.Generator | None = None,
+        return_stderr: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """The model's normalized log density at ``x`` ``(..., d)``, float64 ``(...)``.
 
         Integrates every CNF backwards to get the chain of pre-images, then goes forward from
@@ -331,13 +362,22 @@ class NeuralJKOModel(nn.Module):
                 layers.append({"kind": "cnf", "width": layer.width, "n_steps": layer.n_steps})
             else:
                 layers.append({"kind": "rejection", "rate": layer.rate})
-        return {"format": _FORMAT, "dim": self.dim, "exact_max_dim": self.exact_max_dim, "n_probes": self.n_probes, "layers": layers, "dtype": str(self.dtype).replace("torch.", "")}
+        return {
+            "format": _FORMAT,
+            "dim": self.dim,
+            "exact_max_dim": self.exact_max_dim,
+            "n_probes": self.n_probes,
+            "layers": layers,
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> NeuralJKOModel:
         """An untrained model with the structure ``spec`` (load a state dict into it)."""
         if spec.get("format") != _FORMAT:
-            raise ConfigurationError(f"not a saved neural JKO model (format {spec.get('format')!r}, expected {_FORMAT!r})")
+            raise ConfigurationError(
+                f"not a saved neural JKO model (format {spec.get('format')!r}, expected {_FORMAT!r})"
+            )
         model = cls(spec["dim"], exact_max_dim=spec["exact_max_dim"], n_probes=spec["n_probes"])
         dtype = getattr(torch, spec.get("dtype", "float32"))
         for layer in spec["layers"]:
@@ -359,7 +399,9 @@ class NeuralJKOModel(nn.Module):
         torch.save({"spec": self.spec(), "state_dict": self.state_dict(), "history": self.history}, file)
 
     @classmethod
-    def load(cls, file: str | Path, target: Target | None = None, map_location: str | torch.device | None = None) -> NeuralJKOModel:
+    def load(
+        cls, file: str | Path, target: Target | None = None, map_location: str | torch.device | None = None
+    ) -> NeuralJKOModel:
         """Load a model saved with :meth:`save` (attach ``target`` for sampling).
 
         The file is read with ``torch.load(..., weights_only=True)``: tensors and plain

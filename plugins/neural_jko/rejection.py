@@ -66,7 +66,9 @@ def fit_log_c(lq: Tensor, rate: float, tol: float = 1e-4, max_iter: int = 200, r
     if n_finite == 0:
         raise ConfigurationError("rejection layer: every training point has zero target density (log q = -inf)")
     # -inf entries (zero target density) are always rejected; they enter the rate as 1.
-    return _bisect(lambda log_c: float(reduce(_rejections(lq, log_c))) / n_total, float(sums[0]) / n_finite, rate, tol, max_iter)
+    return _bisect(
+        lambda log_c: float(reduce(_rejections(lq, log_c))) / n_total, float(sums[0]) / n_finite, rate, tol, max_iter
+    )
 
 
 def _bisect(rate_at: Callable[[float], float], start: float, rate: float, tol: float, max_iter: int) -> float:
@@ -110,7 +112,9 @@ class RejectionLayer(nn.Module):
         self.register_buffer("n_fit", torch.tensor(0, dtype=torch.int64))
 
     def extra_repr(self) -> str:
-        return f"rate={self.rate}, log_c={float(self.log_c):.4g}, r_bar={float(self.r_bar):.4f}, n_fit={int(self.n_fit)}"
+        return (
+            f"rate={self.rate}, log_c={float(self.log_c):.4g}, r_bar={float(self.r_bar):.4f}, n_fit={int(self.n_fit)}"
+        )
 
     @torch.no_grad()
     def fit(self, lq: Tensor, reduce: Reduce | None = None) -> None:

@@ -36,22 +36,29 @@ import torch
 from torch import Tensor
 
 from sampler.ext import (
-    all_reduce_sum,
-    broadcast_parameters,
     ConfigurationError,
     GeometricPath,
-    local_batch,
     PathEvaluation,
+    all_reduce_sum,
+    broadcast_parameters,
+    local_batch,
     progress_bar,
     sum_gradients,
     world_size,
 )
-
 from sampler_plugins.neural_jko.cnf import CNFLayer, Flow
 from sampler_plugins.neural_jko.model import NeuralJKOModel, _Draw
 from sampler_plugins.neural_jko.rejection import RejectionLayer
 
-__all__ = ["NeuralJKOConfig", "PRESETS", "PRESET_OVERRIDES", "resolve_config", "train_model", "fit_cnf", "cnf_surrogate"]
+__all__ = [
+    "NeuralJKOConfig",
+    "PRESETS",
+    "PRESET_OVERRIDES",
+    "resolve_config",
+    "train_model",
+    "fit_cnf",
+    "cnf_surrogate",
+]
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -116,7 +123,9 @@ class NeuralJKOConfig:
 
     def __attrs_post_init__(self) -> None:
         if not 0.0 < self.rejection_rate < 1.0:
-            raise ConfigurationError(f"neural-jko option rejection_rate must lie in (0, 1), got {self.rejection_rate!r}")
+            raise ConfigurationError(
+                f"neural-jko option rejection_rate must lie in (0, 1), got {self.rejection_rate!r}"
+            )
         if self.n_flow + self.n_blocks == 0:
             raise ConfigurationError("neural-jko needs at least one CNF layer (n_flow + n_blocks > 0)")
 
@@ -173,7 +182,9 @@ def resolve_config(preset: str, target_name: str, overrides: Mapping[str, Any] |
     known = {f.name for f in attrs.fields(NeuralJKOConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigurationError(f"unknown neural-jko option(s) {', '.join(unknown)}; options are: {', '.join(sorted(known))}")
+        raise ConfigurationError(
+            f"unknown neural-jko option(s) {', '.join(unknown)}; options are: {', '.join(sorted(known))}"
+        )
     return NeuralJKOConfig(**values)
 
 
@@ -184,8 +195,9 @@ def _latent(value: Any, hint: Any, dim: int) -> Tensor:
     return torch.as_tensor(v, dtype=torch.float64).expand(dim).clone()
 
 
-
-def cnf_surrogate(layer: CNFLayer, x: Tensor, path: GeometricPath, tau: float, exact: bool, generator: torch.Generator) -> tuple[Tensor, Tensor, Flow, PathEvaluation]:
+def cnf_surrogate(
+    layer: CNFLayer, x: Tensor, path: GeometricPath, tau: float, exact: bool, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Flow, PathEvaluation]:
     """The training loss of ``layer`` on the batch ``x`` ``(B, d)``.
 
     Returns the surrogate (a scalar whose gradient is that of the batch mean of
@@ -320,10 +332,14 @@ def train_model(
                 batch = model.draw(n_draw, generator, path)
             if kind == "cnf":
                 tau = config.tau0 * config.tau_growth**k_cnf
-                layer = CNFLayer(d, width=config.width, tau=tau, n_steps=config.n_rk4_steps).to(device=model.device, dtype=dtype)
+                layer = CNFLayer(d, width=config.width, tau=tau, n_steps=config.n_rk4_steps).to(
+                    device=model.device, dtype=dtype
+                )
                 if data_parallel:  # every rank starts from rank 0's initialization
                     broadcast_parameters([*layer.parameters(), *layer.buffers()])
-                record = fit_cnf(layer, batch.x.to(dtype), path, config, tau, train_exact, generator, data_parallel=data_parallel)
+                record = fit_cnf(
+                    layer, batch.x.to(dtype), path, config, tau, train_exact, generator, data_parallel=data_parallel
+                )
                 k_cnf += 1
             else:
                 with torch.no_grad():
@@ -331,7 +347,9 @@ def train_model(
                 layer = RejectionLayer(rate=config.rejection_rate).to(model.device)
                 layer.fit(batch.e + batch.log_target, reduce=reduce)
                 record = {"kind": "rejection", "log_c": float(layer.log_c), "r_bar": float(layer.r_bar)}
-            counts = torch.tensor([path.counter.target_evals - seen[0], path.counter.grad_evals - seen[1]], dtype=torch.int64)
+            counts = torch.tensor(
+                [path.counter.target_evals - seen[0], path.counter.grad_evals - seen[1]], dtype=torch.int64
+            )
             if data_parallel:
                 elbo = _elbo_sharded(batch)
                 counts = all_reduce_sum(counts.to(model.device), "evaluation counts").cpu()
@@ -357,7 +375,13 @@ def _elbo_sharded(batch: Any) -> float | None:
     evaluated = not bool(torch.isnan(lt).any())
     lw = lt + batch.e if evaluated else torch.zeros_like(lt)
     ok = torch.isfinite(lw)
-    sums = torch.stack([torch.where(ok, lw, torch.zeros_like(lw)).sum(), ok.sum().double(), torch.tensor(float(not evaluated), dtype=torch.float64, device=lt.device)])
+    sums = torch.stack(
+        [
+            torch.where(ok, lw, torch.zeros_like(lw)).sum(),
+            ok.sum().double(),
+            torch.tensor(float(not evaluated), dtype=torch.float64, device=lt.device),
+        ]
+    )
     sums = all_reduce_sum(sums, "ELBO statistics")
     if float(sums[2]) > 0 or float(sums[1]) == 0:
         return None

@@ -23,10 +23,8 @@ from __future__ import annotations
 import attrs
 import numpy as np
 import torch
-from torch import Tensor
 
 from sampler.ext import ConfigurationError, Particles, PathEvaluation, RunError, StepContext, StepOutput, Transport
-
 from sampler_plugins.neural_jko.model import Batch, NeuralJKOModel, _Draw
 
 __all__ = ["ModelTransport", "LayerTransport", "layer_transports", "E_KEY", "E_STDERR_KEY"]
@@ -49,7 +47,9 @@ def _check_reference(model: NeuralJKOModel, ctx: StepContext) -> None:
 
 def _check_stage(step: Transport, ctx: StepContext) -> None:
     if not bool(((ctx.t_from == 0.0) & (ctx.t == 1.0)).all()):
-        raise RunError(f"{type(step).__name__} maps the latent (t = 0) to the target (t = 1): use a one-stage schedule, sampler.core.schedules.Linear(1)")
+        raise RunError(
+            f"{type(step).__name__} maps the latent (t = 0) to the target (t = 1): use a one-stage schedule, sampler.core.schedules.Linear(1)"
+        )
 
 
 def _evaluation(model: NeuralJKOModel, b: Batch, ctx: StepContext, shape: tuple[int, ...]) -> PathEvaluation:
@@ -91,7 +91,12 @@ class ModelTransport(Transport):
             evaluation=_evaluation(self.model, b, ctx, (r, n, d)),
             extras={**particles.extras, E_KEY: b.e.reshape(r, n), E_STDERR_KEY: se},
         )
-        info = {"log_prob_stderr": se.mean(-1), "model_draws_per_sample": torch.full((r,), self.model.sampling_cost(), dtype=torch.float64, device=x.device)}
+        info = {
+            "log_prob_stderr": se.mean(-1),
+            "model_draws_per_sample": torch.full(
+                (r,), self.model.sampling_cost(), dtype=torch.float64, device=x.device
+            ),
+        }
         return StepOutput(new, state, info, log_weight_increment=increment)
 
 
@@ -123,7 +128,9 @@ class LayerTransport(Transport):
         elif self.index == 0:
             e, se = self.model.latent_energy(x), torch.zeros(r * n, dtype=torch.float64, device=x.device)
         else:
-            raise RunError(f"layer {self.index} needs the model energy of its input: run the model's layers in order from layer 0")
+            raise RunError(
+                f"layer {self.index} needs the model energy of its input: run the model's layers in order from layer 0"
+            )
         lt = particles.evaluation.log_target.reshape(-1).clone()
         b = Batch(x, e, lt, se * se)
         with torch.no_grad():
@@ -133,7 +140,9 @@ class LayerTransport(Transport):
         new = attrs.evolve(
             particles,
             x=pos,
-            evaluation=_evaluation(self.model, Batch(pos.reshape(-1, d), out.e, out.log_target, out.e_var), ctx, (r, n, d)),
+            evaluation=_evaluation(
+                self.model, Batch(pos.reshape(-1, d), out.e, out.log_target, out.e_var), ctx, (r, n, d)
+            ),
             extras={**particles.extras, E_KEY: out.e.reshape(r, n), E_STDERR_KEY: new_se},
         )
         return StepOutput(new, state, {}, log_weight_increment=(out.e - e).reshape(r, n))
@@ -145,4 +154,3 @@ class LayerTransport(Transport):
 def layer_transports(model: NeuralJKOModel) -> list[LayerTransport]:
     """One :class:`LayerTransport` per layer of ``model``, in order."""
     return [LayerTransport(model, i) for i in range(len(model.layers))]
-

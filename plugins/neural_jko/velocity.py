@@ -35,7 +35,9 @@ class VelocityField(nn.Module):
         nn.init.zeros_(self.linears[-1].weight)
         nn.init.zeros_(self.linears[-1].bias)
 
-    def forward(self, x: Tensor, t: float | Tensor, tangents: Tensor | None = None, identity: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, t: float | Tensor, tangents: Tensor | None = None, identity: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """Velocity and Jacobian-vector products.
 
         Args:

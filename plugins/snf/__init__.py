@@ -15,7 +15,6 @@ Registered: method ``snf``; transport ``snf-langevin``; corrector ``snf-metropol
 from __future__ import annotations
 
 import sampler
-
 from sampler_plugins.snf.flow import SNF, PathSample, SNFCorrector, SNFTransport, Stage, snf_from_config
 from sampler_plugins.snf.inverse import ConditionalSNF, InverseProblem, LinearGaussianProblem, PosteriorTarget
 from sampler_plugins.snf.layers import AffineCoupling, CouplingBlock, ElementwiseAffine, LangevinLayer, MetropolisLayer
@@ -53,5 +52,9 @@ def sampler_register(registry) -> None:
     """Register the ``snf`` method, the ``snf-langevin`` transport and the ``snf-metropolis`` corrector."""
     registry.add_method("snf", build_snf)
     registry.add_model("snf", snf_from_config, "trained stochastic normalizing flow (SNF.model_config + weights)")
-    registry.add_transport("snf-langevin", LangevinLayer, "SNF unadjusted Langevin layer: moves at pi_t, increment = path-weight ΔS")
-    registry.add_corrector("snf-metropolis", MetropolisLayer, "SNF Metropolis layer (random walk or MALA) at pi_t, fixed step size")
+    registry.add_transport(
+        "snf-langevin", LangevinLayer, "SNF unadjusted Langevin layer: moves at pi_t, increment = path-weight ΔS"
+    )
+    registry.add_corrector(
+        "snf-metropolis", MetropolisLayer, "SNF Metropolis layer (random walk or MALA) at pi_t, fixed step size"
+    )

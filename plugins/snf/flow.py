@@ -29,8 +29,6 @@ from torch import Tensor, nn
 
 import sampler
 from sampler.ext import (
-    as_target,
-    check_positive_int,
     ConfigurationError,
     Corrector,
     EvaluationCounter,
@@ -43,8 +41,9 @@ from sampler.ext import (
     StepOutput,
     Target,
     Transport,
+    as_target,
+    check_positive_int,
 )
-
 from sampler_plugins.snf.layers import CouplingBlock, LangevinLayer, MetropolisLayer
 from sampler_plugins.snf.paths import DifferentiablePath
 
@@ -221,7 +220,9 @@ class SNF(nn.Module):
         return out
 
     # -- paths outside the engine (training) ---------------------------------------------------
-    def make_path(self, target: Target, counter: EvaluationCounter | None = None, differentiable: bool = False) -> GeometricPath:
+    def make_path(
+        self, target: Target, counter: EvaluationCounter | None = None, differentiable: bool = False
+    ) -> GeometricPath:
         """The geometric path from this flow's reference to ``target`` (differentiable for training)."""
         cls = DifferentiablePath if differentiable else GeometricPath
         return cls(self.reference, as_target(target), counter if counter is not None else EvaluationCounter())
@@ -288,7 +289,13 @@ class SNF(nn.Module):
         return PathSample(particles.x, log_w)
 
     # -- the engine --------------------------------------------------------------------------
-    def pipeline(self, resample_threshold: float | None = None, scheme: str = "systematic", name: str = "snf", options: dict | None = None) -> sampler.Pipeline:
+    def pipeline(
+        self,
+        resample_threshold: float | None = None,
+        scheme: str = "systematic",
+        name: str = "snf",
+        options: dict | None = None,
+    ) -> sampler.Pipeline:
         """This flow as a :class:`sampler.Pipeline`: a fixed schedule at the stage times, the
         stages' transports and correctors, and (if ``resample_threshold`` is given) ESS-triggered
         resampling after each reweighting (SMC with SNF layers; Z stays unbiased)."""
@@ -306,13 +313,27 @@ class SNF(nn.Module):
         )
 
     @torch.no_grad()
-    def run(self, target: Target, n_particles: int, n_replicas: int = 1, seed: int | None = None, progress: bool | None = False, **kwargs: Any) -> sampler.Result:
+    def run(
+        self,
+        target: Target,
+        n_particles: int,
+        n_replicas: int = 1,
+        seed: int | None = None,
+        progress: bool | None = False,
+        **kwargs: Any,
+    ) -> sampler.Result:
         """Sample with the engine on the flow's device and dtype: a :class:`sampler.Result`
         whose ``weighted_samples`` / ``log_weights`` are the SNF outputs and path weights
         (``kwargs`` go to :meth:`pipeline`)."""
         self._check_target(target)
         return self.pipeline(**kwargs).run(
-            target, n_particles=n_particles, n_replicas=n_replicas, seed=seed, device=self.device, dtype=self.dtype, progress=progress
+            target,
+            n_particles=n_particles,
+            n_replicas=n_replicas,
+            seed=seed,
+            device=self.device,
+            dtype=self.dtype,
+            progress=progress,
         )
 
     def sample(self, target: Target, n: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
@@ -356,7 +377,13 @@ class SNF(nn.Module):
 
 
 def _record(info: dict[str, Tensor], k: int, step: object, new: Mapping[str, Tensor]) -> None:
-    kind = "langevin" if isinstance(step, LangevinLayer) else "metropolis" if isinstance(step, MetropolisLayer) else "block"
+    kind = (
+        "langevin"
+        if isinstance(step, LangevinLayer)
+        else "metropolis"
+        if isinstance(step, MetropolisLayer)
+        else "block"
+    )
     for key, value in new.items():
         info[f"stage{k}.{kind}"] = value
 

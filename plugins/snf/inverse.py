@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from sampler.ext import ConfigurationError, EvaluationCounter, Result, Target
-
 from sampler_plugins.snf.flow import SNF
 from sampler_plugins.snf.training import TrainingLog, fit
 
@@ -52,7 +51,9 @@ class InverseProblem(abc.ABC):
         """``log p(y | x)`` for ``y`` ``(..., obs_dim)`` and ``x`` ``(..., dim)`` (broadcast), shape ``(...)``."""
 
     @abc.abstractmethod
-    def sample_joint(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    def sample_joint(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``n`` joint draws ``(x (n, dim), y (n, obs_dim))`` on the generator's device."""
 
     def posterior(self, y: Tensor) -> PosteriorTarget:
@@ -95,7 +96,9 @@ class LinearGaussianProblem(InverseProblem):
         dtype = dtype or torch.get_default_dtype()
         e = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
         x = self._t("prior_loc", e) + self._t("prior_scale", e) * e
-        y = x @ self._t("A", x).T + self.noise_std * torch.randn(n, self.obs_dim, generator=generator, device=device, dtype=dtype)
+        y = x @ self._t("A", x).T + self.noise_std * torch.randn(
+            n, self.obs_dim, generator=generator, device=device, dtype=dtype
+        )
         return x, y
 
     def posterior_moments(self, y) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +174,9 @@ class ConditionalSNF:
 
     def __init__(self, problem: InverseProblem, **flow_options: Any):
         self.problem = problem
-        self.model = SNF(problem.dim, problem.prior_loc, problem.prior_scale, context_dim=problem.obs_dim, **flow_options)
+        self.model = SNF(
+            problem.dim, problem.prior_loc, problem.prior_scale, context_dim=problem.obs_dim, **flow_options
+        )
 
     def to(self, *args: Any, **kwargs: Any) -> ConditionalSNF:
         """Move the flow (``torch.nn.Module.to``)."""
@@ -217,10 +222,16 @@ class ConditionalSNF:
             **options,
         )
 
-    def posterior(self, y: Tensor, n_particles: int = 2000, n_replicas: int = 1, seed: int | None = None, **kwargs: Any) -> Result:
+    def posterior(
+        self, y: Tensor, n_particles: int = 2000, n_replicas: int = 1, seed: int | None = None, **kwargs: Any
+    ) -> Result:
         """Sample the posterior of ``y`` ``(obs_dim,)``: a :class:`sampler.Result` with weighted
         samples, equally weighted ``samples`` and ``log_Z`` estimating ``log p(y)``."""
         y = torch.as_tensor(y, dtype=self.model.dtype, device=self.model.device)
         if y.shape != (self.problem.obs_dim,):
-            raise ConfigurationError(f"posterior() takes one observation of shape ({self.problem.obs_dim},), got {tuple(y.shape)}")
-        return self.model.run(PosteriorTarget(self.problem, y), n_particles=n_particles, n_replicas=n_replicas, seed=seed, **kwargs)
+            raise ConfigurationError(
+                f"posterior() takes one observation of shape ({self.problem.obs_dim},), got {tuple(y.shape)}"
+            )
+        return self.model.run(
+            PosteriorTarget(self.problem, y), n_particles=n_particles, n_replicas=n_replicas, seed=seed, **kwargs
+        )

@@ -38,7 +38,6 @@ import torch
 from torch import Tensor, nn
 
 from sampler.ext import (
-    check_positive_int,
     ConfigurationError,
     Corrector,
     Particles,
@@ -46,6 +45,7 @@ from sampler.ext import (
     StepContext,
     StepOutput,
     Transport,
+    check_positive_int,
 )
 
 __all__ = [
@@ -168,7 +168,9 @@ class AffineCoupling(nn.Module):
     def _params(self, u_a: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.context_dim:
             if context is None:
-                raise ConfigurationError("this coupling is conditional: the target must carry a 'condition' (observation)")
+                raise ConfigurationError(
+                    "this coupling is conditional: the target must carry a 'condition' (observation)"
+                )
             u_a = torch.cat([u_a, context], dim=-1)
         s, m = self.net(u_a).chunk(2, dim=-1)
         return self.clamp * torch.tanh(s / self.clamp), m
@@ -409,7 +411,11 @@ class MetropolisLayer(_StochasticLayer, Corrector):
     """
 
     def __init__(
-        self, n_steps: int = 2, kernel: str = "mala", step_size: float | None = None, target_acceptance: float | None = None
+        self,
+        n_steps: int = 2,
+        kernel: str = "mala",
+        step_size: float | None = None,
+        target_acceptance: float | None = None,
     ):
         if kernel not in ("rw", "mala"):
             raise ConfigurationError(f"kernel must be 'rw' or 'mala', got {kernel!r}")

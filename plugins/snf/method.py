@@ -19,23 +19,22 @@ import torch
 from torch import Tensor
 
 from sampler.ext import (
+    ConfigurationError,
+    EvaluationCounter,
+    Result,
+    RunSettings,
     agree,
     as_target,
     broadcast_parameters,
     check_positive_int,
-    ConfigurationError,
-    EvaluationCounter,
     is_main_process,
     make_reference,
     rank_seed,
     replicated_sampling,
-    Result,
-    RunSettings,
     world_size,
 )
-
 from sampler_plugins.snf.flow import SNF
-from sampler_plugins.snf.training import fit, TrainingLog, TrainingSettings
+from sampler_plugins.snf.training import TrainingLog, TrainingSettings, fit
 
 __all__ = ["SNFMethod", "build_snf"]
 
@@ -127,10 +126,21 @@ class SNFMethod:
 
     def options(self) -> dict[str, Any]:
         """The options as recorded in results."""
-        samples = self.train_samples if isinstance(self.train_samples, str) or self.train_samples is None else f"tensor{tuple(self.train_samples.shape)}"
-        return {**self.flow_options, **self.train_options, "train_samples": samples, "resample_threshold": self.resample_threshold}
+        samples = (
+            self.train_samples
+            if isinstance(self.train_samples, str) or self.train_samples is None
+            else f"tensor{tuple(self.train_samples.shape)}"
+        )
+        return {
+            **self.flow_options,
+            **self.train_options,
+            "train_samples": samples,
+            "resample_threshold": self.resample_threshold,
+        }
 
-    def run(self, target, *, n_particles: int, n_replicas: int = 1, seed=None, device=None, dtype=None, progress=None) -> Result:
+    def run(
+        self, target, *, n_particles: int, n_replicas: int = 1, seed=None, device=None, dtype=None, progress=None
+    ) -> Result:
         """Train an SNF on ``target`` and sample R x N particles with it; see the class docstring."""
         cfg = RunSettings.create(target, n_particles, n_replicas, seed, device, dtype, progress)
         target = as_target(target)
@@ -148,7 +158,9 @@ class SNFMethod:
             try:
                 samples = target.sample(self.n_train_samples, generator=gen, device=cfg.device, dtype=cfg.dtype)
             except NotImplementedError:
-                raise ConfigurationError(f"train_samples='exact' needs a target with an exact sampler; {target.name} has none") from None
+                raise ConfigurationError(
+                    f"train_samples='exact' needs a target with an exact sampler; {target.name} has none"
+                ) from None
         if parallel:  # rank 0's initial flow everywhere; each rank its own stream of training batches
             broadcast_parameters([*model.parameters(), *model.buffers()])
             gen = torch.Generator(device=cfg.device).manual_seed(rank_seed(train_seed))
@@ -166,8 +178,18 @@ class SNFMethod:
         )
         self.model, self.training = model, log
         options = {**self.options(), "training": log.summary()}
-        with replicated_sampling("snf", model.pipeline(self.resample_threshold).unshardable(short=True), trained=parallel):
-            res = model.run(target, n_particles=cfg.n_particles, n_replicas=cfg.n_replicas, seed=cfg.seed, progress=cfg.progress, resample_threshold=self.resample_threshold, options=options)
+        with replicated_sampling(
+            "snf", model.pipeline(self.resample_threshold).unshardable(short=True), trained=parallel
+        ):
+            res = model.run(
+                target,
+                n_particles=cfg.n_particles,
+                n_replicas=cfg.n_replicas,
+                seed=cfg.seed,
+                progress=cfg.progress,
+                resample_threshold=self.resample_threshold,
+                options=options,
+            )
         return attrs.evolve(
             res,
             n_target_evals=res.n_target_evals + log.target_evals,

@@ -35,18 +35,17 @@ import torch
 from torch import Tensor
 
 from sampler.ext import (
-    all_reduce_sum,
-    check_positive_int,
     ConfigurationError,
     EvaluationCounter,
+    RunError,
+    Target,
+    all_reduce_sum,
+    check_positive_int,
     local_batch,
     progress_bar,
-    RunError,
     sum_gradients,
-    Target,
     world_size,
 )
-
 from sampler_plugins.snf.flow import SNF
 
 __all__ = ["TrainingLog", "TrainingSettings", "fit"]

@@ -11,7 +11,6 @@ with the TT flow at the start of every stage.
 from __future__ import annotations
 
 import sampler
-
 from sampler_plugins.tt_continuity.als import ALSResult, fit_potential
 from sampler_plugins.tt_continuity.basis import TensorBasis
 from sampler_plugins.tt_continuity.ftt import FunctionalTT

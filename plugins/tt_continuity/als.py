@@ -124,6 +124,7 @@ def fit_potential(
     d = ftt.dim
     phi = bv.values
     psi = bv.d2 + drift[..., None] * bv.d1  # l_j phi_k at each point: (R, N, d, n)
+
     def residual(lphi: Tensor) -> Tensor:
         if fit_constant:
             lphi = lphi - (weights * lphi).sum(-1, keepdim=True)

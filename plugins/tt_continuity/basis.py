@@ -187,7 +187,10 @@ class TensorBasis:
 
     def _orthonormalizer(self) -> Tensor:
         """``T^{-1}`` ``(R, d, n, n)`` with ``T T^t`` the H² Gram matrix of the windowed functions on each box."""
-        g0, g1, g2 = (torch.as_tensor(g, dtype=self.lower.dtype, device=self.lower.device) for g in _reference_grams(self.kind, self.n, self.margin))
+        g0, g1, g2 = (
+            torch.as_tensor(g, dtype=self.lower.dtype, device=self.lower.device)
+            for g in _reference_grams(self.kind, self.n, self.margin)
+        )
         length = self.width[..., None, None]
         # x = a + L u: int f^2 dx = L G0, int f'^2 dx = G1 / L, int f''^2 dx = G2 / L^3
         gram = length * g0 + g1 / length + g2 / length**3

@@ -58,20 +58,39 @@ class FunctionalTT:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def random(
-        cls, n_replicas: int, dim: int, n: int, rank: int, generator: torch.Generator, dtype: torch.dtype = torch.float64, scale: float = 1.0
+        cls,
+        n_replicas: int,
+        dim: int,
+        n: int,
+        rank: int,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float64,
+        scale: float = 1.0,
     ) -> FunctionalTT:
         """Random Gaussian cores with bond ranks ``min(rank, caps)``, right-orthogonalized, scaled by ``scale``."""
         ranks = [1, *rank_caps(dim, n, rank), 1]
         dev = generator.device
-        cores = [torch.randn(n_replicas, ranks[j], n, ranks[j + 1], generator=generator, device=dev, dtype=dtype) for j in range(dim)]
+        cores = [
+            torch.randn(n_replicas, ranks[j], n, ranks[j + 1], generator=generator, device=dev, dtype=dtype)
+            for j in range(dim)
+        ]
         out = cls(cores)
         out.tt.orthogonalize(0)
-        out.tt.cores[0] = out.tt.cores[0] * (scale / out.tt.cores[0].flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None, None])
+        out.tt.cores[0] = out.tt.cores[0] * (
+            scale / out.tt.cores[0].flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None, None]
+        )
         return out
 
     @classmethod
     def additive(
-        cls, n_replicas: int, dim: int, n: int, rank: int, generator: torch.Generator, dtype: torch.dtype = torch.float64, noise: float = 1e-3
+        cls,
+        n_replicas: int,
+        dim: int,
+        n: int,
+        rank: int,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float64,
+        noise: float = 1e-3,
     ) -> FunctionalTT:
         """The zero potential in the rank-2 "sum of univariate functions" form (a good ALS start).
 
@@ -237,7 +256,9 @@ class FunctionalTT:
                 continue
             a = cores[j]
             noise = torch.randn(*a.shape[:-1], k, generator=generator, device=a.device, dtype=a.dtype)
-            noise = noise * scale * a.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None, None] / a[0].numel() ** 0.5
+            noise = (
+                noise * scale * a.flatten(1).norm(dim=1).clamp_min(1e-300)[:, None, None, None] / a[0].numel() ** 0.5
+            )
             cores[j] = torch.cat([a, noise], -1)
             b = cores[j + 1]
             cores[j + 1] = torch.cat([b, b.new_zeros(b.shape[0], k, *b.shape[2:])], 1)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from sampler.ext import Adaptive, ConfigurationError, corrector, Pipeline, Schedule
-
+from sampler.ext import Adaptive, ConfigurationError, Pipeline, Schedule, corrector
 from sampler_plugins.tt_continuity.transport import TTFlow
 
 __all__ = ["build_tt_smc", "TT_OPTIONS"]
@@ -65,7 +64,13 @@ def build_tt_smc(
     if n_steps > 0:
         steps.append(corrector(kernel, n_steps=n_steps, **kernel_options))
     options = dict(
-        kernel=kernel, n_steps=n_steps, target_ess=target_ess, resample_threshold=resample_threshold, scheme=scheme, **tt, **kernel_options
+        kernel=kernel,
+        n_steps=n_steps,
+        target_ess=target_ess,
+        resample_threshold=resample_threshold,
+        scheme=scheme,
+        **tt,
+        **kernel_options,
     )
     return Pipeline(
         schedule=schedule if schedule is not None else Adaptive(target_ess=target_ess),

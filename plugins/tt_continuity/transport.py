@@ -39,15 +39,14 @@ import torch
 from torch import Tensor
 
 from sampler.ext import (
-    check_positive_int,
-    conditional_ess,
     ConfigurationError,
     Particles,
     StepContext,
     StepOutput,
     Transport,
+    check_positive_int,
+    conditional_ess,
 )
-
 from sampler_plugins.tt_continuity.als import fit_additive, fit_potential, weighted_residual
 from sampler_plugins.tt_continuity.basis import BASES, BasisValues, TensorBasis
 from sampler_plugins.tt_continuity.ftt import FunctionalTT, rank_caps
@@ -299,7 +298,9 @@ class TTFlow(Transport):
             order = torch.cat([order, order[:, :1]], -1)
         return order, 2
 
-    def fit(self, particles: Particles, state: TTFlowState, ctx: StepContext) -> tuple[TTFlowState, dict[str, Any], Tensor, int]:
+    def fit(
+        self, particles: Particles, state: TTFlowState, ctx: StepContext
+    ) -> tuple[TTFlowState, dict[str, Any], Tensor, int]:
         """Fit the potential(s) at pi_{t_from} to the current particles.
 
         Returns the new state, statistics, the particle order and the number of folds: the
@@ -363,7 +364,9 @@ class TTFlow(Transport):
             if start.tt.cores[0].shape[0] != r * folds:
                 start = additive.clone()
             target_rank = work if self.adaptive_rank else self.rank
-            start.enrich(max(target_rank - max(start.ranks, default=1), 0), [min(c, target_rank) for c in caps], ctx.generator)
+            start.enrich(
+                max(target_rank - max(start.ranks, default=1), 0), [min(c, target_rank) for c in caps], ctx.generator
+            )
             fit_potential(start, bv, drift, rhs, w, self.n_sweeps, self.ridge, self.fit_constant)
             start.round(self.round_eps, target_rank)
             res_tt = residual(start, *held)
@@ -374,7 +377,9 @@ class TTFlow(Transport):
             tt_won = float(better.to(torch.float64).mean())
         ema = self.ema * state.ema_residual + (1 - self.ema) * float(res_held.mean())
         rank = state.rank
-        if self.adaptive_rank and tt_won is not None:  # grow while higher ranks win on held-out data and the fit is poor
+        if (
+            self.adaptive_rank and tt_won is not None
+        ):  # grow while higher ranks win on held-out data and the fit is poor
             rank = min(rank + 1, self.rank) if tt_won > 0.5 and ema > self.target_residual else max(rank - 1, 3)
         info = {
             "tt_rank": torch.full_like(t, float(max(potential.ranks, default=1))),
@@ -401,7 +406,15 @@ class TTFlow(Transport):
         h = order.shape[1] // folds
         ok = torch.isfinite(particles.evaluation.log_target) & torch.isfinite(particles.log_weights)
         sw = lambda v: _swap(_gather(v, order).reshape(r * folds, h, *v.shape[2:]), r, folds)  # noqa: E731
-        move = flow_map(state.potential, state.basis, sw(particles.x), eps.repeat_interleave(folds), self.min_jacobian, valid=sw(ok), groups=folds)
+        move = flow_map(
+            state.potential,
+            state.basis,
+            sw(particles.x),
+            eps.repeat_interleave(folds),
+            self.min_jacobian,
+            valid=sw(ok),
+            groups=folds,
+        )
         back = lambda v: _scatter(_swap(v, r, folds).reshape(r, folds * h, *v.shape[2:]), order, n)  # noqa: E731
         eps_taken = move.eps.reshape(r, folds)[:, 0]
         moved = eps_taken > 0

@@ -18,7 +18,6 @@ Modules:
 from __future__ import annotations
 
 import sampler
-
 from sampler_plugins.vbmm.dirichlet import (
     SOLVERS,
     DirichletFit,
@@ -62,4 +61,6 @@ __all__ = [
 @sampler.hookimpl
 def sampler_register(registry) -> None:
     """Register the ``dirichlet-vbmm`` estimator."""
-    registry.add_estimator("dirichlet-vbmm", DirichletMLE, "Dirichlet MLE by variable Bregman majorization-minimization")
+    registry.add_estimator(
+        "dirichlet-vbmm", DirichletMLE, "Dirichlet MLE by variable Bregman majorization-minimization"
+    )

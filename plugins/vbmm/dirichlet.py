@@ -40,8 +40,7 @@ import torch
 from torch import Tensor
 
 from sampler.ext import ConfigurationError
-
-from sampler_plugins.vbmm.solver import FixedFamily, SeparableBregman, VBMMResult, solve_increasing, vbmm
+from sampler_plugins.vbmm.solver import FixedFamily, VBMMResult, solve_increasing, vbmm
 
 __all__ = [
     "SOLVERS",
@@ -139,7 +138,9 @@ class DirichletStats:
         rows = p.sum(-1)
         if bool(((rows - 1).abs() > 1e-6).any()):
             worst = float((rows - 1).abs().max())
-            raise ConfigurationError(f"Dirichlet observations must sum to 1 over the last axis (worst row is off by {worst:.3g})")
+            raise ConfigurationError(
+                f"Dirichlet observations must sum to 1 over the last axis (worst row is off by {worst:.3g})"
+            )
         n = p.shape[-2]
         var = p.var(-2) if n > 1 else torch.full_like(p[:, 0], math.nan)
         return cls(log_mean=p.log().mean(-2), mean=p.mean(-2), var=var, n_obs=n)
@@ -422,7 +423,9 @@ def newton(
         for _ in range(60):
             cand = x - step[:, None] * d
             inside = (cand > 0).all(-1)
-            fc = torch.where(inside, dirichlet_nll(torch.where(inside[:, None], cand, x), log_mean), torch.full_like(fx, math.inf))
+            fc = torch.where(
+                inside, dirichlet_nll(torch.where(inside[:, None], cand, x), log_mean), torch.full_like(fx, math.inf)
+            )
             accepted = accepted | (fc <= fx - 1e-4 * step * slope)
             if bool(accepted.all()):
                 break
@@ -439,7 +442,9 @@ def newton(
             history.append(fx)
         if bool(converged.all()) or (callback is not None and callback(it + 1, x)):
             break
-    return VBMMResult(x=x, objective=fx, n_iter=n_iter, converged=converged, history=torch.stack(history) if record else None)
+    return VBMMResult(
+        x=x, objective=fx, n_iter=n_iter, converged=converged, history=torch.stack(history) if record else None
+    )
 
 
 # ------------------------------------------------------------------------------------------

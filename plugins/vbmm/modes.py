@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from sampler.ext import ConfigurationError, nearest_mode
-
 from sampler_plugins.vbmm.dirichlet import DirichletFit, fit_dirichlet
 
 __all__ = ["mode_fractions_per_replica", "mode_weight_dirichlet"]

@@ -50,12 +50,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sampler.errors import ConfigurationError, SamplerError
 from sampler.analysis.stats import pareto_k
 from sampler.core.particles import ess as kish_ess
 from sampler.core.result import Result, provide
-from sampler.io._arviz import arviz
+from sampler.errors import ConfigurationError, SamplerError
 from sampler.host.building import get_target, list_targets
+from sampler.io._arviz import arviz
 from sampler.targets.base import Target, as_target
 
 if TYPE_CHECKING:  # matplotlib is imported lazily
@@ -469,8 +469,11 @@ def _draw_samples(ctx: _Context) -> None:
         ax.contour(g0, g1, rel, levels=levels, colors="steelblue", linewidths=0.6, alpha=0.9)
         from matplotlib.patches import Patch
 
-        contour_handle = Patch(facecolor="lightsteelblue", edgecolor="steelblue",
-                               label="target density\n(levels: log p − max = −s²/2,\ns = 0.5, 1, …, 3)")
+        contour_handle = Patch(
+            facecolor="lightsteelblue",
+            edgecolor="steelblue",
+            label="target density\n(levels: log p − max = −s²/2,\ns = 0.5, 1, …, 3)",
+        )
     else:
         contour_handle = None
     colors = _replica_colors(R)
@@ -587,13 +590,28 @@ def _draw_marginals(ctx: _Context) -> None:
                 v = x[i, :, col]
                 v = v[np.isfinite(v)]
                 if v.size > 1:
-                    az.plot_kde(v, ax=a, plot_kwargs={"color": colors[i], "linewidth": 0.8, "alpha": 0.6},
-                                label=f"{word} {i}" if col == 0 else None)
-        az.plot_dist(pooled, ax=a, color="black" if exact is None else "tab:red", label="pooled" if col == 0 else None,
-                     kind="kde", plot_kwargs={"linewidth": 1.6}, fill_kwargs={"alpha": 0.12})
+                    az.plot_kde(
+                        v,
+                        ax=a,
+                        plot_kwargs={"color": colors[i], "linewidth": 0.8, "alpha": 0.6},
+                        label=f"{word} {i}" if col == 0 else None,
+                    )
+        az.plot_dist(
+            pooled,
+            ax=a,
+            color="black" if exact is None else "tab:red",
+            label="pooled" if col == 0 else None,
+            kind="kde",
+            plot_kwargs={"linewidth": 1.6},
+            fill_kwargs={"alpha": 0.12},
+        )
         if exact is not None:
-            az.plot_kde(exact[:, col], ax=a, plot_kwargs={"color": "black", "linestyle": "--", "linewidth": 1.4},
-                        label="exact" if col == 0 else None)
+            az.plot_kde(
+                exact[:, col],
+                ax=a,
+                plot_kwargs={"color": "black", "linestyle": "--", "linewidth": 1.4},
+                label="exact" if col == 0 else None,
+            )
         if a.get_legend() is not None:  # ArviZ adds one per panel; the figure gets a single one
             a.get_legend().remove()
         if hi > lo:
@@ -677,8 +695,16 @@ def _draw_schedule(ctx: _Context) -> None:
     for a, (key, label, vals) in zip(axes, panels):
         for i in range(R):
             m = mask[:, i]
-            a.plot(steps[m], vals[m, i], color=colors[i], marker=marker, markersize=3, linewidth=1.0,
-                   label=f"{word} {i}" if R <= MAX_COLORED_REPLICAS else None, alpha=0.85 if mcmc else 1.0)
+            a.plot(
+                steps[m],
+                vals[m, i],
+                color=colors[i],
+                marker=marker,
+                markersize=3,
+                linewidth=1.0,
+                label=f"{word} {i}" if R <= MAX_COLORED_REPLICAS else None,
+                alpha=0.85 if mcmc else 1.0,
+            )
         if key == "ess" and "resampled" in st:
             res = (st["resampled"] > 0) & mask
             ks, rs = np.nonzero(res)
@@ -744,17 +770,32 @@ def _draw_log_Z(ctx: _Context) -> None:
     pos = R + 0.8
     if np.isfinite(se):
         a.axhspan(pooled - se - ref, pooled + se - ref, color="0.6", alpha=0.25, lw=0)
-        a.errorbar([pos], [pooled - ref], yerr=[[se]], fmt="D", color="black", capsize=5, markersize=6,
-                   label=f"pooled: {pooled:.4f} ± {se:.2g} (1 se)")
+        a.errorbar(
+            [pos],
+            [pooled - ref],
+            yerr=[[se]],
+            fmt="D",
+            color="black",
+            capsize=5,
+            markersize=6,
+            label=f"pooled: {pooled:.4f} ± {se:.2g} (1 se)",
+        )
     else:
         why = "one replica" if R == 1 else "no finite spread"
-        a.scatter([pos], [pooled - ref], marker="D", color="black", s=40,
-                  label=f"pooled: {pooled:.4f} ({why}: no error bar)")
+        a.scatter(
+            [pos], [pooled - ref], marker="D", color="black", s=40, label=f"pooled: {pooled:.4f} ({why}: no error bar)"
+        )
     if exact is not None:
-        a.axhline(exact - ref, color="tab:red", linestyle="--", linewidth=1.2,
-                  label=f"exact: {exact:.4f} (error {pooled - exact:+.2g})")
-    a.set_xticks([*xs, pos], [*(str(i) for i in xs), "pooled"], fontsize=7 if R <= 20 else 5,
-                 rotation=0 if R <= 20 else 90)
+        a.axhline(
+            exact - ref,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"exact: {exact:.4f} (error {pooled - exact:+.2g})",
+        )
+    a.set_xticks(
+        [*xs, pos], [*(str(i) for i in xs), "pooled"], fontsize=7 if R <= 20 else 5, rotation=0 if R <= 20 else 90
+    )
     a.set_xlabel(word)
     a.set_ylabel("log Z" if ref == 0.0 else f"log Z − {ref:.6f}")
     a.grid(alpha=0.3, axis="y")
@@ -768,8 +809,15 @@ def _draw_log_Z(ctx: _Context) -> None:
         mask = _finished_mask(t)
         for i in range(R):
             m = mask[:, i]
-            b.plot(np.r_[0.0, t[m, i]], np.r_[0.0, cum[m, i]], color=colors[i], marker="o" if len(t) <= 60 else None,
-                   markersize=2.5, linewidth=1.0, label=f"{word} {i}" if R <= MAX_COLORED_REPLICAS else None)
+            b.plot(
+                np.r_[0.0, t[m, i]],
+                np.r_[0.0, cum[m, i]],
+                color=colors[i],
+                marker="o" if len(t) <= 60 else None,
+                markersize=2.5,
+                linewidth=1.0,
+                label=f"{word} {i}" if R <= MAX_COLORED_REPLICAS else None,
+            )
         if exact is not None:
             b.axhline(exact, color="tab:red", linestyle="--", linewidth=1.0, label="exact log Z")
         b.set_xlabel("annealing time t")
@@ -805,8 +853,14 @@ def _draw_weights(ctx: _Context) -> None:
         kstr = "n/a (equal weights)" if flat or not np.isfinite(k[i]) else f"{k[i]:.2f} {_k_word(k[i])}"
         label = f"replica {i}: ESS/N = {ess[i]:.3f}, Pareto k = {kstr}"
         shown = np.zeros_like(v) if flat else np.clip(v, lo, hi)
-        ax.hist(shown, bins=bins, histtype="step", linewidth=1.3, color=colors[i],
-                label=label if R <= MAX_COLORED_REPLICAS else None)
+        ax.hist(
+            shown,
+            bins=bins,
+            histtype="step",
+            linewidth=1.3,
+            color=colors[i],
+            label=label if R <= MAX_COLORED_REPLICAS else None,
+        )
     ax.axvline(0.0, color="black", linestyle=":", linewidth=1.0, label="equal weights (w = 1/N)")
     ax.set_xlabel("log(N · normalized weight)   (0 = equal weight; right tail = dominant particles)")
     ax.set_ylabel("particles")
@@ -820,8 +874,13 @@ def _draw_weights(ctx: _Context) -> None:
         extra.append(f"{R} replicas: ESS/N {ess.min():.3f}–{ess.max():.3f}, max Pareto k {np.nanmax(k):.2f}")
     leg = ax.legend(fontsize=7, loc="upper left", title="\n".join(extra) or None, title_fontsize=7)
     leg.get_frame().set_alpha(0.9)
-    ax.set_title(ctx.title("Importance weights at t = 1 (before the final resampling)"
-                           "\nPareto k: < 0.5 good, 0.5–0.7 ok, ≥ 0.7 unreliable"), fontsize=9)
+    ax.set_title(
+        ctx.title(
+            "Importance weights at t = 1 (before the final resampling)"
+            "\nPareto k: < 0.5 good, 0.5–0.7 ok, ≥ 0.7 unreliable"
+        ),
+        fontsize=9,
+    )
 
 
 def _k_word(k: float) -> str:

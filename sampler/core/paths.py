@@ -177,7 +177,9 @@ class GeometricPath:
                 f"{tuple(x.shape)}; expected {expected} (one value per point, batched over the leading axes)"
             )
         if not value.is_floating_point():
-            raise TargetError(f"target {self.target.name!r}: {what} returned dtype {value.dtype}; expected a floating dtype")
+            raise TargetError(
+                f"target {self.target.name!r}: {what} returned dtype {value.dtype}; expected a floating dtype"
+            )
         if torch.finfo(value.dtype).bits < torch.finfo(x.dtype).bits:
             raise TargetError(
                 f"target {self.target.name!r}: {what} returned {value.dtype} for {x.dtype} input, losing precision; "

@@ -81,4 +81,3 @@ def capabilities_of(runner: Any) -> Capabilities:
     """The runner's declared :class:`Capabilities` (none declared: a plain ``run`` only)."""
     caps = getattr(runner, "capabilities", None)
     return caps if isinstance(caps, Capabilities) else Capabilities()
-

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError, RunError, check_positive_int
 from sampler.core.particles import Particles
 from sampler.core.paths import GeometricPath
+from sampler.errors import ConfigurationError, RunError, check_positive_int
 
 __all__ = ["Schedule", "Fixed", "Linear", "Geometric", "Power", "Adaptive", "conditional_ess", "as_times"]
 
@@ -59,7 +59,9 @@ class Fixed(Schedule):
         if not all(math.isfinite(t) for t in ts):
             raise ConfigurationError(f"schedule times must be finite, got {_show(ts)}")
         if len(ts) < 2 or ts[0] != 0.0 or ts[-1] != 1.0:
-            raise ConfigurationError(f"a schedule must start at 0 and end at 1 with at least two times, got {_show(ts)}")
+            raise ConfigurationError(
+                f"a schedule must start at 0 and end at 1 with at least two times, got {_show(ts)}"
+            )
         if any(b <= a for a, b in zip(ts, ts[1:])):
             raise ConfigurationError(f"schedule times must be strictly increasing, got {_show(ts)}")
         self.times = ts

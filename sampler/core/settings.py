@@ -84,7 +84,9 @@ def _default_device() -> torch.device:
 def check_target(target: Any) -> None:
     """Raise :class:`TargetError` unless ``target`` looks like a :class:`Target`."""
     if not callable(getattr(target, "log_prob", None)):
-        raise TargetError(f"{target!r} is not a target: it has no log_prob(x) method (see sampler.Target and sampler.target)")
+        raise TargetError(
+            f"{target!r} is not a target: it has no log_prob(x) method (see sampler.Target and sampler.target)"
+        )
     dim = getattr(target, "dim", None)
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise TargetError(f"target {getattr(target, 'name', target)!r} must have a positive integer dim, got {dim!r}")

@@ -16,8 +16,7 @@ engine alone owns reweighting, resampling bookkeeping and log Z.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs

@@ -264,7 +264,9 @@ class ParticleStreams:
     def _draw(self, fn, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
         r, n_local, *tail = shape
         if n_local != self.stop - self.start:
-            raise ValueError(f"per-particle draws must have shape (R, {self.stop - self.start}, ...), got {tuple(shape)}")
+            raise ValueError(
+                f"per-particle draws must have shape (R, {self.stop - self.start}, ...), got {tuple(shape)}"
+            )
         draw, self.counter = self.counter, self.counter + 1
         b, n = self.block, self.n_particles
         parts = []
@@ -622,7 +624,9 @@ def broadcast_parameters(tensors: Iterable[Tensor], src: int = 0, group: Any = N
 
 
 @contextlib.contextmanager
-def replicated_sampling(method: str, unsharded: Sequence[str], trained: bool = True, stacklevel: int = 3) -> Iterator[None]:
+def replicated_sampling(
+    method: str, unsharded: Sequence[str], trained: bool = True, stacklevel: int = 3
+) -> Iterator[None]:
     """Context for the sampling run of a method that trained data-parallel but cannot shard its sampling.
 
     Under a process group with ``unsharded`` steps (``Pipeline.unshardable(short=True)``), warns once

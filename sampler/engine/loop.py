@@ -150,7 +150,11 @@ class Session:
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise PersistenceError(f"the checkpoint's state does not fit this runner's steps: {exc}") from None
         if self.shard is not None:
-            state = attrs.evolve(state, particles=_local_share(state.particles, self.shard), weighted=_local_share(state.weighted, self.shard))
+            state = attrs.evolve(
+                state,
+                particles=_local_share(state.particles, self.shard),
+                weighted=_local_share(state.weighted, self.shard),
+            )
         self.stats = stats_from_tree(tree["stats"], self.cfg.device)
         self.path.counter = EvaluationCounter()
         if self.shard is None or self.shard.rank == 0:  # saved counts are totals over ranks: rank 0 carries them
@@ -188,7 +192,9 @@ def reopen(
     run = data.run
     target = as_target(target)
     check_resumable(data, target, list(steps))
-    cfg = RunSettings.create(target, run["n_particles"], run["n_replicas"], run["seed"], run["device"], run["dtype"], progress)
+    cfg = RunSettings.create(
+        target, run["n_particles"], run["n_replicas"], run["seed"], run["device"], run["dtype"], progress
+    )
     every = run.get("every") if checkpoint_every is None else checkpoint_every
     path = run["path"] if isinstance(checkpoint, CheckpointData) else checkpoint
     return Reopened(data, target, cfg, Checkpoint(path, every, run.get("metadata", {})))
@@ -225,7 +231,11 @@ class _Snapshot:
         """
         state, counts = self.state, [self.counts[0], self.counts[1], int(self.counts[2])]
         if session.shard is not None:
-            state = attrs.evolve(state, particles=_gathered(state.particles, session.shard), weighted=_gathered(state.weighted, session.shard))
+            state = attrs.evolve(
+                state,
+                particles=_gathered(state.particles, session.shard),
+                weighted=_gathered(state.weighted, session.shard),
+            )
             counts = session.shard.sum_ints(counts)
         tree = {
             **state_to_tree(state, "loop state"),  # k, t, particles, weighted, step_states, aux
@@ -272,11 +282,14 @@ class Loop:
     def run(self, state: LoopState, desc: str) -> LoopState:
         """Iterate from ``state`` until :attr:`finished`; return the final state."""
         session, ckpt = self.session, self.session.checkpoint
-        record = run_record(session.name, session.target, session.cfg, ckpt, list(session.steps)) if ckpt is not None else {}
+        record = (
+            run_record(session.name, session.target, session.cfg, ckpt, list(session.steps)) if ckpt is not None else {}
+        )
         if ckpt is not None and session.shard is not None:
             record["sharded"] = True
         snapshot = _Snapshot.capture(state, session) if ckpt is not None else None
         by_time = self.total is None
+
         def shown(st: LoopState) -> dict[str, Any]:
             return {"t": float(st.t.min())} if self.annealing else {}
 
@@ -288,7 +301,9 @@ class Loop:
                     new = self.iterate(state, session)
                     last = session.stats[-1]
                     amount = float(new.t.min() - state.t.min()) if by_time else 1
-                    bar.advance(amount, step=new.k, ess=last.ess if self.annealing else None, info=last.info, **shown(new))
+                    bar.advance(
+                        amount, step=new.k, ess=last.ess if self.annealing else None, info=last.info, **shown(new)
+                    )
                     state = new
                     if ckpt is not None:
                         snapshot = _Snapshot.capture(state, session)
@@ -366,7 +381,9 @@ def merge_info(info: dict[str, Tensor], new: Any, like: Tensor) -> None:
         name, i = key, 2
         while name in info:
             name, i = f"{key}_{i}", i + 1
-        info[name] = value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64, device=like.device)
+        info[name] = (
+            value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64, device=like.device)
+        )
 
 
 def _local_share(particles: Particles, shard: Shard) -> Particles:
@@ -406,13 +423,19 @@ def saved_particles(tree: Mapping[str, Any], device: torch.device, shard: Shard 
 def _gathered(particles: Particles, shard: Shard) -> Particles:
     """All N particles of a sharded state (positions, weights, cached evaluations, extras) on every rank."""
     ev = particles.evaluation
-    grads = {f: (None if getattr(ev, f) is None else shard.gather(getattr(ev, f), "cached gradients")) for f in ("grad_ref", "grad_target")}
+    grads = {
+        f: (None if getattr(ev, f) is None else shard.gather(getattr(ev, f), "cached gradients"))
+        for f in ("grad_ref", "grad_target")
+    }
     return attrs.evolve(
         particles,
         x=shard.gather(particles.x, "positions"),
         log_weights=shard.gather(particles.log_weights, "log weights"),
         evaluation=attrs.evolve(
-            ev, log_ref=shard.gather(ev.log_ref, "log densities"), log_target=shard.gather(ev.log_target, "log densities"), **grads
+            ev,
+            log_ref=shard.gather(ev.log_ref, "log densities"),
+            log_target=shard.gather(ev.log_target, "log densities"),
+            **grads,
         ),
         extras={k: shard.gather(v, "particle extras") for k, v in particles.extras.items()},
     )

@@ -58,7 +58,9 @@ def initial_particles(
     )
 
 
-def make_reference(target: Target, loc: float | Tensor | None = None, scale: float | Tensor | None = None) -> GaussianReference:
+def make_reference(
+    target: Target, loc: float | Tensor | None = None, scale: float | Tensor | None = None
+) -> GaussianReference:
     """The default reference: ``N(loc, scale^2 I)`` from the arguments or the target's hints."""
     loc = getattr(target, "reference_loc", 0.0) if loc is None else loc
     scale = getattr(target, "reference_scale", 1.0) if scale is None else scale
@@ -74,7 +76,9 @@ def reweight(particles: Particles, log_increment: Tensor, step: int, t: Tensor) 
     return attrs.evolve(particles, log_weights=log_weights, log_Z=log_Z), lse
 
 
-def _reweighted(log_weights: Tensor, log_increment: Tensor, log_Z: Tensor, step: int, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _reweighted(
+    log_weights: Tensor, log_increment: Tensor, log_Z: Tensor, step: int, t: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`reweight` on tensors: new normalized log weights ``(R, N)``, log Z ``(R,)``, increment ``(R,)``."""
     inc = log_increment.to(torch.float64)
     inc = inc.masked_fill(torch.isnan(inc), -math.inf)
@@ -93,7 +97,9 @@ def _reweighted(log_weights: Tensor, log_increment: Tensor, log_Z: Tensor, step:
     return unnorm - lse[:, None], log_Z + lse, lse
 
 
-def _reweight_sharded(particles: Particles, log_increment: Tensor, step: int, t: Tensor, shard: Shard) -> tuple[Particles, Tensor, Tensor]:
+def _reweight_sharded(
+    particles: Particles, log_increment: Tensor, step: int, t: Tensor, shard: Shard
+) -> tuple[Particles, Tensor, Tensor]:
     """:func:`reweight` of a shard from the gathered weights; also returns the new global log weights ``(R, N)``.
 
     Every rank computes the same full-length log-sum-exp as one process would, so log Z and
@@ -139,7 +145,9 @@ class Pipeline:
     ):
         self.schedule = schedule if schedule is not None else Adaptive()
         if not isinstance(self.schedule, Schedule):
-            raise ConfigurationError(f"schedule must be a sampler.core.schedules.Schedule, got {type(schedule).__name__}")
+            raise ConfigurationError(
+                f"schedule must be a sampler.core.schedules.Schedule, got {type(schedule).__name__}"
+            )
         steps = list(steps)
         for s in steps:
             if not isinstance(s, Step):
@@ -248,7 +256,14 @@ class Pipeline:
         # A sharded run resumes sharded, over however many ranks there are now; an ordinary one as
         # before (under a process group: the same run on every rank, rank 0 writing).
         shard = self._shard(True, opened.cfg) if opened.data.run.get("sharded") else None
-        return self._run(opened.target, opened.cfg, opened.checkpoint, opened.data, shard, main=shard is not None or is_main_process())
+        return self._run(
+            opened.target,
+            opened.cfg,
+            opened.checkpoint,
+            opened.data,
+            shard,
+            main=shard is not None or is_main_process(),
+        )
 
     def _run(
         self,
@@ -273,7 +288,9 @@ class Pipeline:
             checkpoint=ckpt,
             steps=[type(s).__name__ for s in self.steps],
             shard=shard,
-            streams=None if shard is None else ParticleStreams(cfg.seed, cfg.n_particles, shard.start, shard.stop, cfg.device),
+            streams=None
+            if shard is None
+            else ParticleStreams(cfg.seed, cfg.n_particles, shard.start, shard.stop, cfg.device),
             main=main and (shard is None or shard.rank == 0),
         )
         state = self._start(session, resume)
@@ -284,7 +301,9 @@ class Pipeline:
     def _start(self, session: Session, resume: CheckpointData | None) -> LoopState:
         """The state at t = 0 (R x N draws from the reference, each step's ``init``), or the saved one."""
         if resume is None:
-            particles = initial_particles(session.path, session.cfg, session.generator, session.needs_grad, session.streams)
+            particles = initial_particles(
+                session.path, session.cfg, session.generator, session.needs_grad, session.streams
+            )
             t = torch.zeros(session.cfg.n_replicas, dtype=torch.float64, device=particles.x.device)
             ctx = session.context(t, t, 0)
             states = tuple(s.init(particles, ctx) for s in self.steps)
@@ -309,7 +328,9 @@ class Pipeline:
         n_tr = len(self.transports)
 
         # move
-        moved, transport_states, increments = apply_steps(self.transports, particles, state.step_states[:n_tr], ctx, info)
+        moved, transport_states, increments = apply_steps(
+            self.transports, particles, state.step_states[:n_tr], ctx, info
+        )
         extra = torch.zeros_like(particles.log_weights)
         for step, inc in zip(self.transports, increments):
             if inc is not None:
@@ -342,12 +363,17 @@ class Pipeline:
         counts = [counter.target_evals, counter.grad_evals, counter.nonfinite]
         if shard is not None:
             logw, samples = shard.gather(logw, "log weights"), shard.gather(samples, "positions")
-            weighted_logw, weighted_x = shard.gather(weighted_logw, "log weights"), shard.gather(weighted_x, "positions")
+            weighted_logw, weighted_x = (
+                shard.gather(weighted_logw, "log weights"),
+                shard.gather(weighted_x, "positions"),
+            )
             counts = shard.sum_ints(counts)
         uniform = (logw == logw[:, :1]).all(-1)
         if not bool(uniform.all()):  # resample only the replicas whose weights are still unequal
             keep = torch.arange(logw.shape[1], device=logw.device).expand_as(logw)
-            samples = gather_particles(samples, torch.where(uniform[:, None], keep, self.final_scheme(logw, session.generator)))
+            samples = gather_particles(
+                samples, torch.where(uniform[:, None], keep, self.final_scheme(logw, session.generator))
+            )
         return Result.from_run(
             session.target,
             session.cfg,
@@ -378,7 +404,9 @@ def _global_view(particles: Particles, shard: Shard, uses_particles: bool) -> Pa
     log_w = shard.gather(particles.log_weights, "log weights", keep=True)
     r, n = log_w.shape
     x = particles.x.new_zeros(()).expand(r, n, particles.dim)
-    return Particles(x=x, log_weights=log_w, log_Z=particles.log_Z, evaluation=PathEvaluation(full[..., 0], full[..., 1]))
+    return Particles(
+        x=x, log_weights=log_w, log_Z=particles.log_Z, evaluation=PathEvaluation(full[..., 0], full[..., 1])
+    )
 
 
 def _checked_times(schedule: Schedule, t_next: Any, t: Tensor, particles: Particles) -> Tensor:
@@ -388,14 +416,18 @@ def _checked_times(schedule: Schedule, t_next: Any, t: Tensor, particles: Partic
     except (TypeError, RuntimeError, ValueError) as exc:
         raise RunError(f"schedule {schedule!r} returned {t_next!r}; expected one time per replica: {exc}") from None
     if bool(((out < t) | (out > 1) | torch.isnan(out)).any()):
-        raise RunError(f"schedule {schedule!r} returned times {out.tolist()} after {t.tolist()}; times must increase to 1")
+        raise RunError(
+            f"schedule {schedule!r} returned times {out.tolist()} after {t.tolist()}; times must increase to 1"
+        )
     return out
 
 
 def _checked_increment(step: Step, increment: Tensor, like: Tensor) -> Tensor:
     if not isinstance(increment, Tensor) or increment.shape != like.shape:
         shape = tuple(increment.shape) if isinstance(increment, Tensor) else type(increment).__name__
-        raise RunError(f"transport {step!r} returned a log-weight increment of shape {shape}; expected {tuple(like.shape)}")
+        raise RunError(
+            f"transport {step!r} returned a log-weight increment of shape {shape}; expected {tuple(like.shape)}"
+        )
     return increment.to(torch.float64)
 
 

@@ -54,7 +54,9 @@ def progress_bar(total: float | None, enabled: bool | None, desc: str) -> Iterat
         yield ProgressBar(None)
         return
     if total is None:
-        bar = tqdm(total=1.0, desc=desc, unit="t", bar_format="{l_bar}{bar}| t={n:.3f} [{elapsed}{postfix}]", leave=False)
+        bar = tqdm(
+            total=1.0, desc=desc, unit="t", bar_format="{l_bar}{bar}| t={n:.3f} [{elapsed}{postfix}]", leave=False
+        )
     else:
         bar = tqdm(total=total, desc=desc, unit="step", leave=False)
     try:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from sampler.errors import ConfigurationError, PluginError, SamplerError
 from sampler.core.steps import Corrector, Transport
+from sampler.errors import ConfigurationError, PluginError, SamplerError
 from sampler.host.loading import PluginInfo, host
 from sampler.targets.base import Target
 

@@ -46,4 +46,6 @@ def sampler_register(registry: Registrar) -> None:
             f"10 Gaussians (var 0.01) in d = {d}, means uniform on [-1, 1]^{d} (torch CPU generator, seed 0)",
         )
     registry.add_target("manywell", ManyWell, "16 independent 2D double wells, d = 32 (log Z ~ 164.696)")
-    registry.add_target("lgcp", LGCP, "log-Gaussian Cox process on a 40x40 grid, d = 1600 (simulated data; log Z unknown)")
+    registry.add_target(
+        "lgcp", LGCP, "log-Gaussian Cox process on a 40x40 grid, d = 1600 (simulated data; log Z unknown)"
+    )

@@ -19,8 +19,8 @@ from typing import Any
 import attrs
 import pluggy
 
-from sampler.host import builtin_targets, hookspecs
 from sampler.errors import PluginError, PluginLoadError, UnknownNameError
+from sampler.host import builtin_targets, hookspecs
 from sampler.host.registry import Registrar, Registry
 
 __all__ = [
@@ -112,7 +112,11 @@ class PluginHost:
                 if (other.distribution, other.version) != (info.distribution, info.version):
                     log.warning(
                         "plugin name %r of %s %s is already used by %s %s; skipped",
-                        ep.name, info.distribution, info.version, other.distribution, other.version,
+                        ep.name,
+                        info.distribution,
+                        info.version,
+                        other.distribution,
+                        other.version,
                     )
                 continue
             if ep.name in self.blocked:
@@ -217,7 +221,8 @@ def _check_hook_names(plugin: Any, name: str, pm: pluggy.PluginManager) -> None:
     """A plugin must implement at least one hook, and every ``sampler_*`` function must be one."""
     hooks = {h.name for h in (pm.get_hookcallers(plugin) or [])}
     loose = [
-        attr for attr in dir(plugin)
+        attr
+        for attr in dir(plugin)
         if attr.startswith("sampler_") and callable(getattr(plugin, attr, None)) and attr not in hooks
     ]
     if loose:
@@ -257,11 +262,15 @@ def host() -> PluginHost:
     return _HOST
 
 
-def reset_plugins(*, autoload: bool | None = None, strict: bool | None = None, blocked: set[str] | None = None) -> PluginHost:
+def reset_plugins(
+    *, autoload: bool | None = None, strict: bool | None = None, blocked: set[str] | None = None
+) -> PluginHost:
     """Forget every plugin and load again (entry points included unless ``autoload=False``)."""
     global _HOST
     _SETTINGS.clear()
-    _SETTINGS.update({k: v for k, v in (("autoload", autoload), ("strict", strict), ("blocked", blocked)) if v is not None})
+    _SETTINGS.update(
+        {k: v for k, v in (("autoload", autoload), ("strict", strict), ("blocked", blocked)) if v is not None}
+    )
     _HOST = None
     return host()
 

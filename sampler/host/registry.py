@@ -55,7 +55,9 @@ class Registrar:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"plugin {self.plugin!r}: a {kind} name must be a non-empty string, got {name!r}")
         if not callable(factory):
-            raise ConfigurationError(f"plugin {self.plugin!r}: {kind} {name!r} needs a callable factory, got {factory!r}")
+            raise ConfigurationError(
+                f"plugin {self.plugin!r}: {kind} {name!r} needs a callable factory, got {factory!r}"
+            )
         if any(e.kind == kind and e.name == name for e in self.entries):
             raise DuplicateNameError(f"plugin {self.plugin!r} registers {kind} {name!r} twice")
         self.entries.append(Entry(kind, name, factory, self.plugin, description or _summary(factory)))

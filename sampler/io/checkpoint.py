@@ -69,7 +69,9 @@ class Checkpoint:
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
-        if self.every is not None and (isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1):
+        if self.every is not None and (
+            isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1
+        ):
             raise ConfigurationError(f"checkpoint_every must be a positive integer, got {self.every!r}")
         try:
             json.dumps(dict(self.metadata))
@@ -149,14 +151,21 @@ def tree_to_state(tree: Any, template: Any, device: torch.device) -> Any:
         template.load_state_dict({k: v.to(device) for k, v in tree.items()})
         return template
     if template is not None and attrs.has(type(template)):
-        fields = {f.name: tree_to_state(tree[f.name], getattr(template, f.name), device) for f in attrs.fields(type(template)) if f.init}
+        fields = {
+            f.name: tree_to_state(tree[f.name], getattr(template, f.name), device)
+            for f in attrs.fields(type(template))
+            if f.init
+        }
         return attrs.evolve(template, **fields)
     if isinstance(tree, dict):
         sub = template if isinstance(template, Mapping) else {}
         return {k: tree_to_state(v, sub.get(k), device) for k, v in tree.items()}
     if isinstance(tree, list):
         items = list(template) if isinstance(template, (list, tuple)) else []
-        out = [tree_to_state(v, items[i] if i < len(items) else (items[0] if items else None), device) for i, v in enumerate(tree)]
+        out = [
+            tree_to_state(v, items[i] if i < len(items) else (items[0] if items else None), device)
+            for i, v in enumerate(tree)
+        ]
         return tuple(out) if isinstance(template, tuple) else out
     return tree
 
@@ -222,6 +231,7 @@ def restore_counter(counter: Any, tree: Mapping[str, int]) -> None:
 
 def stats_from_tree(trees: list[Mapping[str, Any]], device: torch.device) -> list[Any]:
     """Per-stage statistics (:class:`~sampler.core.result.StepStats`) from their saved trees."""
+
     def moved(s: Mapping[str, Any]) -> dict[str, Any]:
         tensors = {k: s[k].to(device) for k in ("t", "ess", "log_Z_increment")}
         return {**s, **tensors, "info": {k: v.to(device) for k, v in s["info"].items()}}
@@ -232,7 +242,13 @@ def stats_from_tree(trees: list[Mapping[str, Any]], device: torch.device) -> lis
 def write_checkpoint(path: Path, run: Mapping[str, Any], state: Mapping[str, Any]) -> None:
     """Write a checkpoint atomically (a temporary file renamed over ``path``)."""
 
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, "run": dict(run), "state": dict(state)}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "run": dict(run),
+        "state": dict(state),
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -272,4 +288,6 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointData:
             f"{str(path)!r} was written by sampler-engine {payload.get('package_version', '?')} in checkpoint format "
             f"{version}; this version reads format {FORMAT_VERSION}. Resume it with that version."
         )
-    return CheckpointData(run=payload["run"], state=payload["state"], package_version=str(payload.get("package_version", "?")))
+    return CheckpointData(
+        run=payload["run"], state=payload["state"], package_version=str(payload.get("package_version", "?"))
+    )

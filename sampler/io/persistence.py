@@ -39,12 +39,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sampler.io._arviz import arviz
-from sampler.io.checkpoint import load_plain
 from sampler._version import __version__
+from sampler.core.result import Result, StepStats, provide
 from sampler.errors import PersistenceError
 from sampler.host.loading import host
-from sampler.core.result import Result, provide, StepStats
+from sampler.io._arviz import arviz
+from sampler.io.checkpoint import load_plain
 
 __all__ = [
     "FORMAT_VERSION",
@@ -130,7 +130,9 @@ def _metadata(result: Result) -> dict[str, Any]:
     return meta
 
 
-def _step_variable(name: str, rows: list[Tensor | None], n_chains: int) -> tuple[tuple[str, ...], np.ndarray, dict[str, Any]]:
+def _step_variable(
+    name: str, rows: list[Tensor | None], n_chains: int
+) -> tuple[tuple[str, ...], np.ndarray, dict[str, Any]]:
     """Stack one per-step statistic over steps; ``(chain, step, ...)`` when it is per replica."""
     first = next(r for r in rows if r is not None)
     shape = tuple(first.shape)
@@ -214,7 +216,11 @@ def from_inference_data(idata: Any, source: str = "the data") -> Result:
     stats = idata.sample_stats if hasattr(idata, "sample_stats") else None
     samples = _tensor(post["x"].values)
     kind = str(_attr(meta, "kind", "smc"))
-    log_weights = _tensor(stats["log_weight"].values) if stats is not None and "log_weight" in stats else torch.zeros(samples.shape[:2], dtype=torch.float64)
+    log_weights = (
+        _tensor(stats["log_weight"].values)
+        if stats is not None and "log_weight" in stats
+        else torch.zeros(samples.shape[:2], dtype=torch.float64)
+    )
     weighted = _tensor(stats["weighted_x"].values) if stats is not None and "weighted_x" in stats else samples
     log_z = _tensor(stats["log_Z"].values) if stats is not None and "log_Z" in stats else None
     steps = _steps_from(stats) if stats is not None and "step" in stats.coords else ()
@@ -314,7 +320,9 @@ def load_result(path: str | os.PathLike) -> Result:
         models = load_models(models_dir(path))
         missing = sorted(set(json.loads(names)) - set(models))
         if missing:
-            raise PersistenceError(f"{str(path)!r} lists models {missing} that are missing from {str(models_dir(path))!r}")
+            raise PersistenceError(
+                f"{str(path)!r} lists models {missing} that are missing from {str(models_dir(path))!r}"
+            )
         result = result.with_models(models)
     return result
 
@@ -330,13 +338,21 @@ def save_models(models: Mapping[str, Any], directory: str | os.PathLike) -> None
                 f"model {name!r} ({type(model).__name__}) cannot be saved: it needs model_name, model_config(), "
                 "state_dict() and load_state_dict() (see sampler.io.persistence.SavableModel)"
             )
-        config = {"format_version": FORMAT_VERSION, "package_version": __version__, "model": model.model_name, "config": model.model_config()}
+        config = {
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "model": model.model_name,
+            "config": model.model_config(),
+        }
         try:
             text = json.dumps(config, indent=1)
         except TypeError as exc:
             raise PersistenceError(f"model {name!r}: model_config() must be JSON-serializable: {exc}") from None
         (directory / f"{name}.json").write_text(text)
-        torch.save({k: v.detach().to("cpu") if isinstance(v, Tensor) else v for k, v in model.state_dict().items()}, directory / f"{name}.pt")
+        torch.save(
+            {k: v.detach().to("cpu") if isinstance(v, Tensor) else v for k, v in model.state_dict().items()},
+            directory / f"{name}.pt",
+        )
 
 
 def load_models(directory: str | os.PathLike) -> dict[str, Any]:

@@ -87,7 +87,9 @@ class Target(abc.ABC):
         raise NotImplementedError(f"{self.name} has no exact sampler")
 
     @staticmethod
-    def sample_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device | str | None:
+    def sample_device(
+        generator: torch.Generator | None, device: torch.device | str | None
+    ) -> torch.device | str | None:
         """Where :meth:`sample` draws: ``device`` if given, else the generator's, else torch's default."""
         if device is not None:
             return device

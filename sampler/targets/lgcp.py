@@ -48,7 +48,9 @@ def bin_counts(points, grid_size: int = 40) -> np.ndarray:
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise ConfigurationError(f"points must have shape (n, 2), got {pts.shape}")
     if not np.isfinite(pts).all() or (pts < 0).any() or (pts > 1).any():
-        raise ConfigurationError("point coordinates must lie in [0, 1] (rescale the observation window to the unit square)")
+        raise ConfigurationError(
+            "point coordinates must lie in [0, 1] (rescale the observation window to the unit square)"
+        )
     cells = np.minimum(np.floor(pts * grid_size).astype(np.int64), grid_size - 1)
     return np.bincount(cells[:, 0] * grid_size + cells[:, 1], minlength=grid_size**2).astype(np.float64)
 
@@ -64,7 +66,9 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     if data.shape[0] and np.isnan(data[0]).any():
         data = data[1:]  # the header
     if data.shape[0] == 0 or data.shape[1] not in (2, 3):
-        raise ConfigurationError(f"{path}: expected rows of x,y (or index,x,y) comma-separated numbers, got shape {data.shape}")
+        raise ConfigurationError(
+            f"{path}: expected rows of x,y (or index,x,y) comma-separated numbers, got shape {data.shape}"
+        )
     if data.shape[1] == 3:
         data = data[:, 1:]  # the index column (R's write.csv quotes it, so it may read as NaN)
     if np.isnan(data).any():

@@ -32,7 +32,14 @@ class Ring(sampler.BoltzmannTarget):
         self.radius, self.width = float(radius), float(width)
         r, s = self.radius, self.width
         # Z = 2 pi * int_0^inf rho exp(-(rho - r)^2 / 2 s^2) d rho
-        z = 2 * math.pi * (s**2 * math.exp(-(r**2) / (2 * s**2)) + r * s * math.sqrt(math.pi / 2) * (1 + math.erf(r / (s * math.sqrt(2)))))
+        z = (
+            2
+            * math.pi
+            * (
+                s**2 * math.exp(-(r**2) / (2 * s**2))
+                + r * s * math.sqrt(math.pi / 2) * (1 + math.erf(r / (s * math.sqrt(2))))
+            )
+        )
         self.log_Z = math.log(z)
 
     @property
@@ -61,7 +68,10 @@ def build_rw_smc(n_steps: int = 10, target_ess: float = 0.9, scale: float = 0.5)
     """Adaptive tempered SMC with random-walk Metropolis moves (``n_steps`` per temperature)."""
     return sampler.Pipeline(
         schedule=sampler.schedules.Adaptive(target_ess=target_ess),
-        steps=[sampler.corrector("resample", threshold=1.0), sampler.corrector("rwmh", n_steps=n_steps, step_size=scale)],
+        steps=[
+            sampler.corrector("resample", threshold=1.0),
+            sampler.corrector("rwmh", n_steps=n_steps, step_size=scale),
+        ],
         name="rw-smc",
         options={"n_steps": n_steps, "target_ess": target_ess, "scale": scale},
     )
