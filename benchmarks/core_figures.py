@@ -97,7 +97,8 @@ def main() -> None:
     }
     med = report["smc_gmm40"]["median"]
     print(
-        f"smc on gmm40, N={args.particles}, 10 MALA sweeps/temperature, median of {args.seeds} seeds ({report['machine']}):"
+        f"smc on gmm40, N={args.particles}, 10 MALA sweeps/temperature, "
+        f"median of {args.seeds} seeds ({report['machine']}):"
     )
     for k, v in med.items():
         print(f"  {k:<16} {v:.4g}   [min {report['smc_gmm40']['min'][k]:.4g}, max {report['smc_gmm40']['max'][k]:.4g}]")

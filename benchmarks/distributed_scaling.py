@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     args.ranks = [int(k) for k in args.ranks.split(",")]
     rows = measure(args)
     print(
-        f"{args.target}, N={args.particles} x R={args.replicas}, {args.stages} stages x {args.kernel_steps} MALA sweeps, "
+        f"{args.target}, N={args.particles} x R={args.replicas}, "
+        f"{args.stages} stages x {args.kernel_steps} MALA sweeps, "
         f"{rows[0]['evals']:,} target evaluations; log Z identical for every rank count"
     )
     print("| processes | wall time (s) | speed-up | efficiency | CPU time of rank 0 (s) | in collectives, rank 0 (s) |")
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         s = rows[0]["wall"] / row["wall"]
         print(
-            f"| {row['ranks']} | {row['wall']:.2f} | {s:.2f} | {s / row['ranks']:.0%} | {row['cpu']:.2f} | {row['comm']:.2f} |"
+            f"| {row['ranks']} | {row['wall']:.2f} | {s:.2f} | {s / row['ranks']:.0%} "
+            f"| {row['cpu']:.2f} | {row['comm']:.2f} |"
         )
 
 

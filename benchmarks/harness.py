@@ -380,17 +380,23 @@ class Report:
         """The results table (median [min, max] over seeds), with how it was made."""
         lines = [
             f"Command: `{self.command}`  ",
-            f"Date: {date.today().isoformat()}; machine: {self.machine}; budget `{self.budget.name}`: {self.budget.description}.",
+            f"Date: {date.today().isoformat()}; machine: {self.machine}; "
+            f"budget `{self.budget.name}`: {self.budget.description}.",
             "",
             "Energy distance: sliced (docs/benchmarks.md convention, "
-            f"{self.budget.n_directions} directions), N samples vs N exact samples; floor = exact vs exact at the same N. "
+            f"{self.budget.n_directions} directions), N samples vs N exact samples; "
+            "floor = exact vs exact at the same N. "
             "Median [min, max] over seeds. Each run is one replica of N particles (MCMC methods: one chain of N draws "
             "after warm-up). Where the exact log Z is unknown the table shows the estimate (est.). "
-            "Peak memory: on CPU the process's peak resident set during the sampling run (interpreter and torch included), "
-            "on CUDA the peak allocated device memory. Energy distance scores the returned samples as equally weighted points; "
-            "weighted ED scores the weighted set a result with unequal weights represents (— when the weights are equal or absent).",
+            "Peak memory: on CPU the process's peak resident set during the sampling run "
+            "(interpreter and torch included), "
+            "on CUDA the peak allocated device memory. "
+            "Energy distance scores the returned samples as equally weighted points; "
+            "weighted ED scores the weighted set a result with unequal weights represents "
+            "(— when the weights are equal or absent).",
             "",
-            "| target | method | N | energy distance | weighted ED | floor | abs. log Z error | modes covered | mode weight err. | weight ESS | grad evals | target evals | wall time (s) | peak memory (MB) |",
+            "| target | method | N | energy distance | weighted ED | floor | abs. log Z error | modes covered "
+            "| mode weight err. | weight ESS | grad evals | target evals | wall time (s) | peak memory (MB) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in self.summary():
@@ -473,7 +479,10 @@ def machine_description(device: str | None = None) -> str:
     """Where the suite ran: CPU/GPU, threads, torch version."""
     dev = torch.device(device) if device else torch.device("cpu")
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.machine()} CPU"
-    return f"{where}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+    return (
+        f"{where}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def run_suite(
@@ -522,6 +531,7 @@ def run_suite(
                     if record.weighted_energy_distance is not None:
                         ed += f" (weighted {record.weighted_energy_distance:.3g})"
                     progress(
-                        f"{target:<11} {method:<6} seed {seed}: energy distance {ed}, {time.perf_counter() - start:.1f} s"
+                        f"{target:<11} {method:<6} seed {seed}: energy distance {ed}, "
+                        f"{time.perf_counter() - start:.1f} s"
                     )
     return report

@@ -68,7 +68,9 @@ def scaling(quick: bool) -> dict[str, Any]:
         x = torch.randn(n, d, generator=gen)
         y = torch.randn(n, d, generator=gen) + 0.1
         dirs = draw_directions(p, d, "iid", gen)
-        t, _ = _median_time(lambda: sliced_witness_gradient(x, y, directions=dirs), 1 if n >= 300_000 else 3)
+        t, _ = _median_time(
+            lambda x=x, y=y, dirs=dirs: sliced_witness_gradient(x, y, directions=dirs), 1 if n >= 300_000 else 3
+        )
         rows.append({"n": n, "seconds": t, "peak_rss_mb": _peak_rss_mb()})
         print(f"scaling: N = M = {n:>9,}  d = {d}  P = {p}: {t:.2f} s", flush=True)
     ln = torch.log(torch.tensor([r["n"] for r in rows], dtype=torch.float64))
@@ -109,7 +111,8 @@ def error_vs_P(quick: bool) -> dict[str, Any]:
                 }
             )
             print(
-                f"error_vs_P: {scheme:<10} P = {p:>5}: rel. error {rows[-1]['rel_error']:.3f}, {rows[-1]['seconds']:.2f} s, speed-up {rows[-1]['speedup']:.0f}x",
+                f"error_vs_P: {scheme:<10} P = {p:>5}: rel. error {rows[-1]['rel_error']:.3f}, "
+                f"{rows[-1]['seconds']:.2f} s, speed-up {rows[-1]['speedup']:.0f}x",
                 flush=True,
             )
         out["schemes"][scheme] = rows
@@ -129,7 +132,10 @@ def kernel_sum(quick: bool) -> dict[str, Any]:
     for scheme in ("iid", "qmc"):
         for p in (16, 64, 256, 1024):
             g = torch.Generator().manual_seed(3)
-            t, fast = _median_time(lambda: energy_kernel_sum(x, y, w, n_directions=p, scheme=scheme, generator=g), 3)
+            t, fast = _median_time(
+                lambda p=p, scheme=scheme, g=g: energy_kernel_sum(x, y, w, n_directions=p, scheme=scheme, generator=g),
+                3,
+            )
             err = float((fast - exact).abs().sum() / exact.abs().sum())
             rows.append({"scheme": scheme, "P": p, "rel_error": err, "seconds": t, "speedup": t_exact / t})
             print(
@@ -156,7 +162,7 @@ def deweight_vs_resampling(quick: bool) -> dict[str, Any]:
             t = time.perf_counter()
             dw = deweight(x, lw, generator=g).x[0]
             t_dw = time.perf_counter() - t
-            ed = lambda z, w=None: metrics.sliced_energy_distance(
+            ed = lambda z, w=None, exact=exact, seed=seed: metrics.sliced_energy_distance(
                 z, exact, generator=torch.Generator().manual_seed(seed), weights=w
             )  # noqa: E731
             rows.append(

@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         n_directions=args.directions,
         seeds=args.seeds,
         method_options={"neural-jko": options},
-        description=f"neural-jko preset {args.preset!r}, N = {args.particles} samples vs {args.particles} exact, {args.seeds} seeds",
+        description=(
+            f"neural-jko preset {args.preset!r}, N = {args.particles} samples vs {args.particles} exact, "
+            f"{args.seeds} seeds"
+        ),
     )
     command = "python -m sampler_benchmarks.neural_jko_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     start = time.perf_counter()
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     out = report.write(args.out, plots=False)
     print(report.markdown())
     print(
-        "| target | ICNJ published ED | ours: weighted ED (the result) | ours: ED of the raw model draws | floor | published log Z err. (ELBO) | ours: IS log Z err. | weight ESS |"
+        "| target | ICNJ published ED | ours: weighted ED (the result) | ours: ED of the raw model draws | floor "
+        "| published log Z err. (ELBO) | ours: IS log Z err. | weight ESS |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for row in report.summary():
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         pub = PUBLISHED.get(row["target"], (None, None))
         fmt = lambda v: "—" if v is None else f"{v:.2e}"  # noqa: E731
-        med = lambda col: row[col]["median"] if col in row else None  # noqa: E731
+        med = lambda col, row=row: row[col]["median"] if col in row else None  # noqa: E731
         cells = [
             fmt(pub[0]),
             fmt(med("weighted_energy_distance")),

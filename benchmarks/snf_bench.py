@@ -103,7 +103,8 @@ def suite(targets: list[str], seeds: list[int], iterations: int) -> list[dict]:
                 rec, _ = run_one(method, target, seed, budget, opts)
                 recs.append(rec)
                 print(
-                    f"{target} {method} seed {seed}: ed={rec.energy_distance} logZerr={rec.log_Z_error} ess={rec.weight_ess} grad={rec.grad_evals} t={rec.wall_time:.1f}s err={rec.error}",
+                    f"{target} {method} seed {seed}: ed={rec.energy_distance} logZerr={rec.log_Z_error} "
+                    f"ess={rec.weight_ess} grad={rec.grad_evals} t={rec.wall_time:.1f}s err={rec.error}",
                     flush=True,
                 )
             row = {"target": target, "method": method}
@@ -155,22 +156,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{out['machine']}; medians over seeds {seeds}; N = 2000; SNF training iterations {args.iterations}\n")
     if "double_well" in out:
         print(
-            "| double-well | mass x1>0 (resampled) | raw flow output | mode-weight err. | raw mode-weight err. | weight ESS | abs. log Z err. | grad evals | wall (s) |"
+            "| double-well | mass x1>0 (resampled) | raw flow output | mode-weight err. | raw mode-weight err. "
+            "| weight ESS | abs. log Z err. | grad evals | wall (s) |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for r in out["double_well"]:
             print(
-                f"| {r['variant']} | {_fmt(r['fraction'], '.4f')} | {_fmt(r['raw_fraction'], '.4f')} | {_fmt(r['mode_weight_error'])} | {_fmt(r['raw_mode_weight_error'])} | {_fmt(r['ess'], '.2f')} | {_fmt(r['log_Z_error'])} | {_fmt(r['grad_evals'], '.2g')} | {_fmt(r['wall_time'], '.1f')} |"
+                f"| {r['variant']} | {_fmt(r['fraction'], '.4f')} | {_fmt(r['raw_fraction'], '.4f')} "
+                f"| {_fmt(r['mode_weight_error'])} | {_fmt(r['raw_mode_weight_error'])} | {_fmt(r['ess'], '.2f')} "
+                f"| {_fmt(r['log_Z_error'])} | {_fmt(r['grad_evals'], '.2g')} | {_fmt(r['wall_time'], '.1f')} |"
             )
         print(f"(exact mass of x1 > 0: {out['double_well'][0]['exact_fraction']:.4f})\n")
     if out["suite"]:
         print(
-            "| target | method | energy distance | floor | abs. log Z err. | weight ESS | mode-weight err. | grad evals | wall (s) |"
+            "| target | method | energy distance | floor | abs. log Z err. | weight ESS | mode-weight err. "
+            "| grad evals | wall (s) |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for r in out["suite"]:
             print(
-                f"| {r['target']} | {r['method']} | {_fmt(r['energy_distance'])} | {_fmt(r['floor'])} | {_fmt(r['log_Z_error'])} | {_fmt(r['weight_ess'], '.2f')} | {_fmt(r['mode_weight_error'])} | {_fmt(r['grad_evals'], '.2g')} | {_fmt(r['wall_time'], '.1f')} |"
+                f"| {r['target']} | {r['method']} | {_fmt(r['energy_distance'])} | {_fmt(r['floor'])} "
+                f"| {_fmt(r['log_Z_error'])} | {_fmt(r['weight_ess'], '.2f')} | {_fmt(r['mode_weight_error'])} "
+                f"| {_fmt(r['grad_evals'], '.2g')} | {_fmt(r['wall_time'], '.1f')} |"
             )
     print(f"\ntotal wall time {out['wall_time']:.0f} s")
 

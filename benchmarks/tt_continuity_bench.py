@@ -104,7 +104,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown(summary: list[dict], floors: dict[str, float]) -> str:
     lines = [
-        "| target | method | MALA sweeps / stage | energy distance [floor] | abs. log Z error | grad evals | stages | wall time (s) | TT residual | flow share |",
+        "| target | method | MALA sweeps / stage | energy distance [floor] | abs. log Z error | grad evals | stages "
+        "| wall time (s) | TT residual | flow share |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -121,8 +122,10 @@ def markdown(summary: list[dict], floors: dict[str, float]) -> str:
 
     for row in summary:
         lines.append(
-            f"| {row['target']} | {row['method']} | {row['n_steps']} | {cell(row, 'energy_distance')} [{floors.get(row['target'], float('nan')):.1e}] | "
-            f"{cell(row, 'log_Z_error')} | {cell(row, 'grad_evals', '{:.2g}')} | {cell(row, 'stages', '{:.0f}')} | {cell(row, 'wall_time', '{:.1f}')} | "
+            f"| {row['target']} | {row['method']} | {row['n_steps']} | {cell(row, 'energy_distance')} "
+            f"[{floors.get(row['target'], float('nan')):.1e}] | "
+            f"{cell(row, 'log_Z_error')} | {cell(row, 'grad_evals', '{:.2g}')} | {cell(row, 'stages', '{:.0f}')} "
+            f"| {cell(row, 'wall_time', '{:.1f}')} | "
             f"{cell(row, 'tt_residual_median', '{:.2f}')} | {cell(row, 'flow_share_median', '{:.2f}')} |"
         )
     return "\n".join(lines) + "\n"
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
                 row = run_once(target, method, seed, args.particles, **opts)
                 rows.append(row)
                 print(
-                    f"{target:<12} {method:<6} n_steps {k:>2} seed {seed}: ED {row['energy_distance']:.2e} |dlogZ| {row['log_Z_error']:.3f} "
+                    f"{target:<12} {method:<6} n_steps {k:>2} seed {seed}: ED {row['energy_distance']:.2e} "
+                    f"|dlogZ| {row['log_Z_error']:.3f} "
                     f"grads {row['grad_evals']:.2e} {row['wall_time']:.1f}s",
                     file=sys.stderr,
                     flush=True,

@@ -110,7 +110,7 @@ def run_case(stats: DirichletStats, protocol: str, record: bool = False, timed: 
     for solver in SOLVERS:
         trace = []
 
-        def callback(it, x, trace=trace):
+        def callback(it, x, trace=trace, best=best):
             f = float(dirichlet_nll(x, s))
             trace.append(f)
             return (f - best) / abs(best) <= TOL
@@ -191,7 +191,8 @@ def main() -> None:
                         f"{protocol:7s} {kind:9s} K={k:5d} N={n:6d}  iterations vbmm/bpg/minka/newton = "
                         + " / ".join(str(row[f"{sv}_iterations"]) for sv in SOLVERS)
                         + wall
-                        + f"  fewer than minka on {row['vbmm_fewer_than_minka']}/{args.seeds}, dominant {row['dominant_at_mle']}/{args.seeds}",
+                        + f"  fewer than minka on {row['vbmm_fewer_than_minka']}/{args.seeds}, "
+                        f"dominant {row['dominant_at_mle']}/{args.seeds}",
                         flush=True,
                     )
     meta = dict(

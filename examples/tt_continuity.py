@@ -38,7 +38,8 @@ def main(n_particles: int = 500, n_replicas: int = 4) -> dict[str, sampler.Resul
     for k in range(len(results["tt-smc"].steps)):
         print(
             f"  {float(st['t'][k, 0]):.3f}  {float(st['ess'][k, 0]):.3f}  {float(st['tt_rank'][k, 0]):4.0f}  "
-            f"{float(st['tt_residual'][k, 0]):8.4f}  {float(st['flow_share'][k, 0]):10.3f}  {float(st['flow_scale'][k, 0]):10.2f}"
+            f"{float(st['tt_residual'][k, 0]):8.4f}  {float(st['flow_share'][k, 0]):10.3f}  "
+            f"{float(st['flow_scale'][k, 0]):10.2f}"
         )
     return results
 

@@ -79,7 +79,7 @@ def exact_particles(target, r: int, n: int, seed: int):
 
 
 def gaussian_z_scores(y: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """z-scores of the sample mean and of the upper-triangle sample covariance of iid rows ``y`` against N(mean, cov)."""
+    """z-scores of the sample mean and the upper-triangle sample covariance of iid rows ``y`` against N(mean, cov)."""
     n = y.shape[0]
     var = np.diag(cov)
     z_mean = (y.mean(0) - mean) / np.sqrt(var / n)

@@ -243,6 +243,7 @@ def _log_factor(y: Tensor, x: Tensor, t: Tensor, loc: Tensor, scale: Tensor) -> 
 
 def _evaluate(path: GeometricPath, y: Tensor) -> tuple[Tensor, Tensor]:
     ev = path.evaluate(y, grad=True)
+    assert ev.grad_target is not None  # evaluate(grad=True) always returns the gradient
     return ev.log_target, ev.grad_target
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import attrs
 import torch
@@ -31,6 +31,12 @@ from sampler.ext import (
     reopen,
 )
 from sampler_plugins.mcmc.kernels import KernelState
+
+
+class _Tunable(Protocol):
+    """A Metropolis corrector (any the chains accept): its step-size tuning aims at ``target_acceptance``."""
+
+    target_acceptance: float
 
 
 class MCMCChains:
@@ -142,7 +148,8 @@ class MCMCChains:
         draws = torch.empty(
             cfg.n_replicas, cfg.n_particles, session.target.dim, dtype=cfg.dtype, device=particles.x.device
         )
-        aux = {"tuner": DualAveraging.start(kstate.step_size, self.kernel.target_acceptance), "draws": draws}
+        target_acceptance = cast(_Tunable, self.kernel).target_acceptance
+        aux = {"tuner": DualAveraging.start(kstate.step_size, target_acceptance), "draws": draws}
         state = LoopState(k=0, t=one, particles=particles, weighted=particles, step_states=(kstate,), aux=aux)
         return state if resume is None else session.restore(resume, state)
 

@@ -108,10 +108,12 @@ def build_ais(
     if isinstance(schedule, str):
         if schedule not in _FIXED:
             raise ConfigurationError(f"schedule must be one of {', '.join(_FIXED)} or a Schedule, got {schedule!r}")
-        schedule = _FIXED[schedule](n_temps)
+        fixed: Schedule = _FIXED[schedule](n_temps)
+    else:
+        fixed = schedule
     options = dict(kernel=kernel, n_steps=n_steps, n_temps=n_temps, **kernel_options)
     return Pipeline(
-        schedule=schedule,
+        schedule=fixed,
         steps=[_kernel(kernel, n_steps, kernel_options)],
         reference_loc=reference_loc,
         reference_scale=reference_scale,

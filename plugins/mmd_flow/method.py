@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import attrs
 import torch
@@ -34,10 +34,27 @@ from sampler_plugins.mmd_flow.flow import FlowSettings, mmd_flow
 
 __all__ = ["MMDFlowMethod", "build_mmd_flow", "METHOD_DEFAULTS"]
 
+
+class _MethodDefaults(TypedDict):
+    n_iter: int
+    step_size: float
+    momentum: float
+    n_directions: int
+    scheme: str
+    decay_start: float
+    final_step_size: float
+
+
 #: Flow options of the method (from the reference: a longer flow than deweighting's).
-METHOD_DEFAULTS = dict(
-    n_iter=200, step_size=1.0, momentum=0.8, n_directions=64, scheme="qmc", decay_start=0.5, final_step_size=0.05
-)
+METHOD_DEFAULTS: _MethodDefaults = {
+    "n_iter": 200,
+    "step_size": 1.0,
+    "momentum": 0.8,
+    "n_directions": 64,
+    "scheme": "qmc",
+    "decay_start": 0.5,
+    "final_step_size": 0.05,
+}
 
 
 class MMDFlowMethod:

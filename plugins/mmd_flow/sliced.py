@@ -35,6 +35,7 @@ O((N + M) chunk) whatever P is.
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -84,6 +85,10 @@ def _as_batched(x: Tensor, name: str) -> Tensor:
     raise ConfigurationError(f"{name} must have shape (n, d) or (R, n, d), got {tuple(x.shape)}")
 
 
+@overload
+def _weights(w: Tensor, shape: tuple[int, int], like: Tensor, name: str, normalize: bool = True) -> Tensor: ...
+@overload
+def _weights(w: None, shape: tuple[int, int], like: Tensor, name: str, normalize: bool = True) -> None: ...
 def _weights(
     w: Tensor | None, shape: tuple[int, int], like: Tensor, name: str, normalize: bool = True
 ) -> Tensor | None:

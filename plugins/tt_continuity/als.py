@@ -20,7 +20,8 @@ over TT potentials (``C`` the coefficient tensor) at the current weighted partic
 ``l_j = d^2/dx_j^2 + s_j(x) d/dx_j`` (``s = grad log pi_t``, a known number at each particle), so
 ``L_t Phi`` is linear in each core: with the other cores fixed,
 
-    L_t Phi(x) = < A_j(x), vec(C_j) >,   A_j = Lo_j (x) phi_j (x) Rv_j + Lv_j (x) psi_j (x) Rv_j + Lv_j (x) phi_j (x) Ro_j,
+    L_t Phi(x) = < A_j(x), vec(C_j) >,
+    A_j = Lo_j (x) phi_j (x) Rv_j + Lv_j (x) psi_j (x) Rv_j + Lv_j (x) phi_j (x) Ro_j,
 
 where ``psi_j = phi_j'' + s_j phi_j'``, ``Lv_j``/``Rv_j`` are the left/right products of the
 other cores' matrices and ``Lo_j``/``Ro_j`` the same products with one ``l_i`` applied (kept by
@@ -145,16 +146,17 @@ def fit_potential(
         tt.cores[j] = c.reshape(tt.cores[j].shape)
         return (a @ c[..., None])[..., 0]
 
-    lphi = None
+    lphi: Tensor | None = None
     tt.orthogonalize(0)
-    rv, ro = [None] * (d + 1), [None] * (d + 1)
-    rv[d], ro[d] = one, zero
+    # right (rv, ro: index 1..d) and left (lv, lo: index 0..d-1) environments, filled as the sweeps go
+    rv: dict[int, Tensor] = {d: one}
+    ro: dict[int, Tensor] = {d: zero}
     for j in range(d - 1, 0, -1):
         m0, mp = mats(j)
         rv[j] = torch.einsum("rnab,rnb->rna", m0, rv[j + 1])
         ro[j] = torch.einsum("rnab,rnb->rna", m0, ro[j + 1]) + torch.einsum("rnab,rnb->rna", mp, rv[j + 1])
-    lv, lo = [None] * (d + 1), [None] * (d + 1)
-    lv[0], lo[0] = one, zero
+    lv: dict[int, Tensor] = {0: one}
+    lo: dict[int, Tensor] = {0: zero}
     for _ in range(n_sweeps):
         for j in range(d):  # left to right
             lphi = solve_core(j, lv[j], lo[j], rv[j + 1], ro[j + 1])
@@ -172,6 +174,7 @@ def fit_potential(
             ro[j] = torch.einsum("rnab,rnb->rna", m0, ro[j + 1]) + torch.einsum("rnab,rnb->rna", mp, rv[j + 1])
         if d > 1:
             lphi = solve_core(0, lv[0], lo[0], rv[1], ro[1])
+    assert lphi is not None, "fit_potential needs n_sweeps >= 1"  # every sweep solves core 0 at least
     return ALSResult(residual(lphi), initial)
 
 
@@ -197,15 +200,15 @@ def fit_additive(
         rhs = rhs - (weights * rhs).sum(-1, keepdim=True)
     e_val, e_gen = phi[..., 0], psi[..., 0]  # (R, N, d)
     one = torch.ones_like(e_val[..., 0])
-    pv, pd, sv, sd = [one], [torch.zeros_like(one)], [one], [torch.zeros_like(one)]
+    pvs, pds, svs, sds = [one], [torch.zeros_like(one)], [one], [torch.zeros_like(one)]
     for j in range(d - 1):  # prefix products and their one-coordinate generators
-        pd.append(pd[-1] * e_val[..., j] + pv[-1] * e_gen[..., j])
-        pv.append(pv[-1] * e_val[..., j])
+        pds.append(pds[-1] * e_val[..., j] + pvs[-1] * e_gen[..., j])
+        pvs.append(pvs[-1] * e_val[..., j])
     for j in range(d - 1, 0, -1):
-        sd.append(sd[-1] * e_val[..., j] + sv[-1] * e_gen[..., j])
-        sv.append(sv[-1] * e_val[..., j])
-    pv, pd = torch.stack(pv, -1), torch.stack(pd, -1)  # index j: over coordinates < j
-    sv, sd = torch.stack(sv[::-1], -1), torch.stack(sd[::-1], -1)  # index j: over coordinates > j
+        sds.append(sds[-1] * e_val[..., j] + svs[-1] * e_gen[..., j])
+        svs.append(svs[-1] * e_val[..., j])
+    pv, pd = torch.stack(pvs, -1), torch.stack(pds, -1)  # index j: over coordinates < j
+    sv, sd = torch.stack(svs[::-1], -1), torch.stack(sds[::-1], -1)  # index j: over coordinates > j
     others = pv * sv  # prod_{i != j} E_i
     others_gen = pd * sv + pv * sd
     design = (psi * others[..., None] + phi * others_gen[..., None]).flatten(2)  # (R, N, d n)

@@ -48,8 +48,8 @@ def reference_functions(kind: str, n: int, u: Tensor) -> tuple[Tensor, Tensor, T
         values, first and second derivatives, each ``(..., n)``.
     """
     if kind == "fourier":
-        k = torch.arange(1, n // 2 + 1, dtype=u.dtype, device=u.device)
-        w = 2 * math.pi * k
+        freq = torch.arange(1, n // 2 + 1, dtype=u.dtype, device=u.device)
+        w = 2 * math.pi * freq
         arg = u[..., None] * w
         c, s = torch.cos(arg), torch.sin(arg)
         one = torch.ones_like(u)[..., None]

@@ -155,11 +155,10 @@ class FunctionalTT:
         """``Rv[j] = C_j[phi] ... C_d[phi]`` as ``(R, N, r_{j-1})`` for j = 0..d (``Rv[d] = 1``)."""
         cores = self.tt.cores
         r, n_pts = phi.shape[:2]
-        out = [None] * (self.dim + 1)
-        out[self.dim] = torch.ones(r, n_pts, 1, dtype=phi.dtype, device=phi.device)
+        out = [torch.ones(r, n_pts, 1, dtype=phi.dtype, device=phi.device)]  # built from j = d down to 0
         for j in range(self.dim - 1, -1, -1):
-            out[j] = _matvec(core_matrices(cores[j], phi[:, :, j]), out[j + 1])
-        return out
+            out.append(_matvec(core_matrices(cores[j], phi[:, :, j]), out[-1]))
+        return out[::-1]
 
     def value_and_grad(self, bv: BasisValues) -> tuple[Tensor, Tensor]:
         """``Phi`` ``(R, N)`` and ``grad Phi`` ``(R, N, d)`` at the points of ``bv``."""

@@ -162,7 +162,10 @@ def _scatter(v: Tensor, order: Tensor, n: int) -> Tensor:
 
 
 def _swap(v: Tensor, r: int, folds: int) -> Tensor:
-    """Exchange the folds of a ``(R * folds, H, ...)`` batch (entry ``r * folds + f`` <- ``r * folds + folds - 1 - f``)."""
+    """Exchange the folds of a ``(R * folds, H, ...)`` batch.
+
+    Entry ``r * folds + f`` <- ``r * folds + folds - 1 - f``.
+    """
     if folds == 1:
         return v
     return v.reshape(r, folds, *v.shape[1:]).flip(1).reshape(v.shape)
@@ -223,8 +226,9 @@ class TTFlow(Transport):
 
     Reports per stage: ``tt_rank`` (largest bond rank used), ``tt_residual`` (relative PDE residual
     of the fields used, at held-out particles), ``tt_residual_fit`` (at the particles they were
-    fitted to), ``tt_rank_won`` (fraction of fits where the higher-rank candidate won), ``flow_scale`` (step taken / ``t' - t``),
-    ``cess_flow`` / ``cess_no_flow`` (conditional ESS of the stage's increments with and without the
+    fitted to), ``tt_rank_won`` (fraction of fits where the higher-rank candidate won),
+    ``flow_scale`` (step taken / ``t' - t``), ``cess_flow`` / ``cess_no_flow`` (conditional ESS of
+    the stage's increments with and without the
     flow), ``flow_share`` (``1 - Var(log w with flow) / Var(log w without)``: the part of the stage's
     density change carried by the flow rather than left to reweighting, resampling and MCMC),
     ``outside_box``, ``not_moved`` and ``tt_seconds`` (fit and move wall time).
@@ -441,7 +445,10 @@ class TTFlow(Transport):
         return StepOutput(new, state, info, log_det)
 
     def __repr__(self) -> str:
-        return f"TTFlow(basis={self.basis!r}, n_basis={self.n_basis}, rank={self.rank}, flow_scale={self.flow_scale}, flow_until={self.flow_until})"
+        return (
+            f"TTFlow(basis={self.basis!r}, n_basis={self.n_basis}, rank={self.rank}, "
+            f"flow_scale={self.flow_scale}, flow_until={self.flow_until})"
+        )
 
 
 def _check_range(name: str, value: Any, lo: float, hi: float, closed: tuple[bool, bool] = (False, False)) -> None:

@@ -120,7 +120,8 @@ class DirichletStats:
             p = p[None]
         if p.ndim != 3 or p.shape[-1] < 2 or p.shape[-2] < 1:
             raise ConfigurationError(
-                f"Dirichlet data must have shape (N, K) or (B, N, K) with K >= 2 and N >= 1, got {tuple(torch.as_tensor(data).shape)}"
+                "Dirichlet data must have shape (N, K) or (B, N, K) with K >= 2 and N >= 1, "
+                f"got {tuple(torch.as_tensor(data).shape)}"
             )
         if not bool(torch.isfinite(p).all()):
             raise ConfigurationError("Dirichlet data contain NaN or infinite entries")
@@ -333,7 +334,7 @@ class VariableSplitFamily:
 
     splits: tuple[float, ...] = DEFAULT_SPLITS
 
-    def at(self, y: Tensor, grad: Tensor) -> SplitBregman:
+    def at(self, y: Tensor, grad: Tensor) -> SplitBregman | LogGammaBregman:
         """The majorant for iterate ``y`` ``(B, K)`` with ``grad = grad F(y)``."""
         y0 = y.sum(-1, keepdim=True)
         a = _trigamma(y0)
@@ -438,12 +439,16 @@ def newton(
         # no acceptable step: the objective is flat to rounding, so the iterate is optimal
         converged = converged | ((change <= xtol) & (gmax <= gtol)) | ~accepted
         x, fx = new, fnew
-        if record:
+        if history is not None:
             history.append(fx)
         if bool(converged.all()) or (callback is not None and callback(it + 1, x)):
             break
     return VBMMResult(
-        x=x, objective=fx, n_iter=n_iter, converged=converged, history=torch.stack(history) if record else None
+        x=x,
+        objective=fx,
+        n_iter=n_iter,
+        converged=converged,
+        history=torch.stack(history) if history is not None else None,
     )
 
 

@@ -59,7 +59,8 @@ def solve_increasing(
     strictly increasing with a root in ``(0, inf)``. A bracket ``[lo, hi]`` (``lo = 0``,
     ``hi = inf`` at the start) is kept from the signs of ``phi``; a Newton step that leaves it is
     replaced by bisection, so the iteration always converges (quadratically near the root).
-    Stops when every relative Newton step is below ``rtol`` (the next step would be ~rtol^2) or after ``max_iter`` steps.
+    Stops when every relative Newton step is below ``rtol`` (the next step would be ~rtol^2) or after
+    ``max_iter`` steps.
     """
     x = x0.clone()
     lo = torch.zeros_like(x)
@@ -219,9 +220,9 @@ def vbmm(
         n_iter = n_iter + (~converged).to(torch.int64)
         converged = converged | ((step <= xtol) & (pg <= gtol))
         x, fx = new, fnew
-        if record:
+        if history is not None:
             history.append(fx)
-        if record_iterates:
+        if iterates is not None:
             iterates.append(x)
         if bool(converged.all()) or (callback is not None and callback(it + 1, x)):
             break
@@ -230,8 +231,8 @@ def vbmm(
         objective=fx,
         n_iter=n_iter,
         converged=converged,
-        history=torch.stack(history) if record else None,
-        iterates=torch.stack(iterates) if record_iterates else None,
+        history=torch.stack(history) if history is not None else None,
+        iterates=torch.stack(iterates) if iterates is not None else None,
     )
 
 

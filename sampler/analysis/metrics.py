@@ -21,7 +21,7 @@ device of the inputs.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -258,7 +258,7 @@ def exact_floor(
     """
     x = target.sample(n, generator=generator)
     y = target.sample(n, generator=generator)
-    return sliced_energy_distance(x, y, n_directions=n_directions, generator=generator, chunk=chunk)
+    return cast(float, sliced_energy_distance(x, y, n_directions=n_directions, generator=generator, chunk=chunk))
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,14 +45,14 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from sampler.analysis.stats import pareto_k
 from sampler.core.particles import ess as kish_ess
-from sampler.core.result import Result, provide
+from sampler.core.result import Result, pooled_log_Z, provide
 from sampler.errors import ConfigurationError, SamplerError
 from sampler.host.building import get_target, list_targets
 from sampler.io._arviz import arviz
@@ -163,7 +163,7 @@ def plot(
     if fig is not None and ax is not None and ax.figure is not fig:
         raise ConfigurationError("ax belongs to another figure than fig")
     if ax is not None:
-        fig = ax.figure
+        fig = cast("Figure", ax.figure)
     elif fig is None:
         from matplotlib.figure import Figure
 
@@ -447,8 +447,8 @@ def _draw_samples(ctx: _Context) -> None:
     hi = np.quantile(flat, 0.998, axis=0)
     if tgt is not None:
         try:  # include the whole target, so that a missed mode shows as an empty contour
-            ex = tgt.sample(2000, torch.Generator().manual_seed(0), dtype=torch.float64)
-            ex = ex.detach().to("cpu", torch.float64).numpy()
+            exact = tgt.sample(2000, torch.Generator().manual_seed(0), dtype=torch.float64)
+            ex = exact.detach().to("cpu", torch.float64).numpy()
             lo = np.minimum(lo, np.quantile(ex, 0.001, axis=0))
             hi = np.maximum(hi, np.quantile(ex, 0.999, axis=0))
         except (NotImplementedError, TypeError):
@@ -500,7 +500,8 @@ def _draw_samples(ctx: _Context) -> None:
         names.append(contour_handle.get_label())
     leg = ax.legend(handles, names, loc="best", fontsize=7, markerscale=3, framealpha=0.85)
     for h in leg.legend_handles[: R if R <= MAX_COLORED_REPLICAS else 1]:
-        h.set_alpha(1.0)
+        if h is not None:
+            h.set_alpha(1.0)
 
 
 def _draw_pair(ctx: _Context) -> None:
@@ -747,9 +748,10 @@ def _draw_schedule(ctx: _Context) -> None:
 
 def _draw_log_Z(ctx: _Context) -> None:
     r = ctx.result
+    assert r.log_Z_per_replica is not None  # the "log_Z" kind applies to results with log Z only
     lz = r.log_Z_per_replica.detach().to("cpu", torch.float64).numpy()
     R = lz.shape[0]
-    pooled, se = r.log_Z, r.log_Z_stderr
+    pooled, se = pooled_log_Z(r.log_Z_per_replica)
     exact = r.exact_log_Z
     has_path = bool(r.steps) and "log_Z_increment" in r.stats
     widths = {"width_ratios": [1, 1.3]} if has_path else None
@@ -855,7 +857,7 @@ def _draw_weights(ctx: _Context) -> None:
         shown = np.zeros_like(v) if flat else np.clip(v, lo, hi)
         ax.hist(
             shown,
-            bins=bins,
+            bins=bins.tolist(),
             histtype="step",
             linewidth=1.3,
             color=colors[i],

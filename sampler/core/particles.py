@@ -45,7 +45,8 @@ class Particles:
         r, n = self.x.shape[:2]
         if tuple(self.log_weights.shape) != (r, n) or self.log_weights.dtype != torch.float64:
             raise ValueError(
-                f"log_weights must be float64 of shape {(r, n)}, got {self.log_weights.dtype} {tuple(self.log_weights.shape)}"
+                f"log_weights must be float64 of shape {(r, n)}, "
+                f"got {self.log_weights.dtype} {tuple(self.log_weights.shape)}"
             )
         if tuple(self.log_Z.shape) != (r,) or self.log_Z.dtype != torch.float64:
             raise ValueError(f"log_Z must be float64 of shape ({r},), got {self.log_Z.dtype} {tuple(self.log_Z.shape)}")

@@ -320,7 +320,8 @@ class Shard:
         self.n_particles = int(n_particles)
         if self.n_particles < self.world_size:
             raise ConfigurationError(
-                f"a run sharded over {self.world_size} ranks needs at least one particle per rank, got n_particles={n_particles}"
+                f"a run sharded over {self.world_size} ranks needs at least one particle per rank, "
+                f"got n_particles={n_particles}"
             )
         self.bounds = shard_bounds(self.n_particles, self.world_size)
         self.start, self.stop = self.bounds[self.rank], self.bounds[self.rank + 1]
@@ -334,7 +335,8 @@ class Shard:
         return self.stop - self.start
 
     def __repr__(self) -> str:
-        return f"Shard(rank={self.rank}, world_size={self.world_size}, particles=[{self.start}, {self.stop}) of {self.n_particles})"
+        where = f"particles=[{self.start}, {self.stop}) of {self.n_particles}"
+        return f"Shard(rank={self.rank}, world_size={self.world_size}, {where})"
 
     # -- collectives ----------------------------------------------------------------------------
     def _collective(self, what: str, fn, *args, **kwargs) -> None:
@@ -507,7 +509,8 @@ def local_batch(batch_size: int, group: Any = None) -> int:
     batch_size = int(batch_size)
     if batch_size < world:
         raise ConfigurationError(
-            f"a training batch of {batch_size} cannot be split over {world} ranks (at least one item per rank); use a larger batch"
+            f"a training batch of {batch_size} cannot be split over {world} ranks (at least one item per rank); "
+            "use a larger batch"
         )
     bounds = shard_bounds(batch_size, world)
     return bounds[rank_ + 1] - bounds[rank_]

@@ -49,7 +49,7 @@ class ManyWell(BoltzmannTarget):
         self.beta = self.well.beta
         self.n_wells = n_wells
         self.dim = 2 * n_wells
-        self.log_Z = n_wells * self.well.log_Z
+        self.log_Z = n_wells * float(self.well.log_Z)  # type: ignore[arg-type]  # DoubleWell always knows it
         self.grid, self.cdf = _marginal_cdf_table(self.beta)
         mean_a, std_a = _marginal_moments(self.beta)
         self.reference_loc = np.tile([mean_a, 0.0], n_wells)
