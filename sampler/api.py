@@ -11,36 +11,11 @@ import torch
 from sampler.core.result import Result
 from sampler.core.runner import Resumable, Runner, capabilities_of
 from sampler.errors import ConfigurationError
-from sampler.host.building import (
-    build,
-    corrector,
-    get_target,
-    list_correctors,
-    list_methods,
-    list_plugins,
-    list_targets,
-    list_transports,
-    method,
-    transport,
-)
+from sampler.host.building import build, get_target, list_targets
 from sampler.io.checkpoint import Checkpoint, build_metadata, read_checkpoint
 from sampler.targets.base import Target
 
-__all__ = [
-    "DEFAULT_METHOD",
-    "DEFAULT_TARGET",
-    "sample",
-    "resume",
-    "method",
-    "corrector",
-    "transport",
-    "get_target",
-    "list_methods",
-    "list_correctors",
-    "list_transports",
-    "list_targets",
-    "list_plugins",
-]
+__all__ = ["DEFAULT_METHOD", "DEFAULT_TARGET", "sample", "resume"]
 
 #: Method used when none is named (``sampler run``, :func:`sample`).
 DEFAULT_METHOD = "smc"
@@ -145,13 +120,14 @@ def resume(
     if target is None:
         if run["target"] not in list_targets():
             raise ConfigurationError(
-                f"the run sampled {run['target']!r}, which is not a registered target; pass it: resume(path, target=...)"
+                f"the run sampled {run['target']!r}, which is not a registered target; "
+                "pass it: resume(path, target=...)"
             )
         target = get_target(run["target"])
         if target.dim != run["dim"]:
             raise ConfigurationError(
-                f"the run sampled {run['target']!r} in d={run['dim']}, but get_target({run['target']!r}) has d={target.dim}; "
-                "pass the target: resume(path, target=...)"
+                f"the run sampled {run['target']!r} in d={run['dim']}, but get_target({run['target']!r}) "
+                f"has d={target.dim}; pass the target: resume(path, target=...)"
             )
     runner = _runner(recorded["method"], dict(recorded["options"]))
     if not capabilities_of(runner).checkpoint:

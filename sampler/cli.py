@@ -11,8 +11,10 @@ import ast
 import importlib.util
 import inspect
 import logging
+import os
 import secrets
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     main = distributed.is_main_process()
+    out = _checked_out(args.out) if args.out is not None else None
+    try:
+        result, target, sharded = _sample(args, main)
+    except Interrupted as exc:
+        print(
+            f"sampler: interrupted after {exc.unit} {exc.step}; saved to {exc.checkpoint}\n"
+            f"resume with: {_resume_command(args, exc.checkpoint)}",
+            file=sys.stderr,
+        )
+        return 130
+    if not main:
+        return 0
+    report = sampler.summary(result, target=target)
+    width = max(len(key) for key, _ in report.rows)  # line up with the summary's columns
+    print(report)
+    repeat = f"--seed {result.seed}"
+    if sharded:
+        repeat += " --distributed"  # a plain one-process run draws its random numbers differently
+    print(f"{'seed':<{width}}  {result.seed}  (repeat with {repeat})")
+    if out is not None:
+        return _save(result, out, width)
+    return 0
+
+
+def _sample(args: argparse.Namespace, main: bool) -> tuple[sampler.Result, Target | None, bool]:
+    """Run (or resume) the sampling the command line asks for.
+
+    Returns the result, the target, and whether the run was sharded (its particles' random
+    streams split per particle, so one process repeats it only with ``--distributed``).
+    """
     if args.resume:
         data = read_checkpoint(args.resume)
         log.info(
@@ -157,6 +189,7 @@ def _run_command(args: argparse.Namespace) -> int:
             progress=_progress(args) if main else False,
             checkpoint_every=args.checkpoint_every,
         )
+        sharded = bool(data.run.get("sharded"))
     else:
         spec = args.target or DEFAULT_TARGET
         target_options = _parse_options(args.target_option, "--target-option")
@@ -168,60 +201,85 @@ def _run_command(args: argparse.Namespace) -> int:
         checkpoint = Path(args.checkpoint or f"{_slug(target.name)}-{args.method}-seed{seed}.ckpt")
         runner = sampler.method(args.method, **options)
         can = capabilities_of(runner)
+        unshardable: list[str] = getattr(runner, "unshardable", list)()
+        sharded = args.distributed or (can.distributed and distributed.world_size() > 1 and not unshardable)
         supports = can.checkpoint
         if not supports and (args.checkpoint or args.checkpoint_every):
             raise ConfigurationError(f"method {args.method!r} does not support checkpoints")
-        extra = (
-            {
-                "checkpoint": Checkpoint(
-                    checkpoint,
-                    args.checkpoint_every,
-                    {
-                        "target_spec": spec,
-                        "target_options": target_options,
-                        "dim": args.dim,
-                        **build_metadata(args.method, options),
-                    },
-                )
-            }
-            if supports
-            else {}
-        )
+        extra: dict[str, Any] = {}
+        if supports:
+            metadata = {"target_spec": spec, "target_options": target_options, "dim": args.dim}
+            extra["checkpoint"] = Checkpoint(
+                checkpoint, args.checkpoint_every, {**metadata, **build_metadata(args.method, options)}
+            )
         if not main and not can.distributed:
             extra = {}  # a runner that does not shard runs whole on every rank: only rank 0 saves it
         if args.distributed:
             if not can.distributed:
                 raise ConfigurationError(f"method {args.method!r} cannot shard its particles (--distributed)")
             extra["distributed"] = True
-        try:
-            result = runner.run(
-                target,
-                n_particles=args.particles,
-                n_replicas=args.replicas,
-                seed=seed,
-                device=args.device,
-                dtype=args.dtype,
-                progress=_progress(args) if main else False,
-                **extra,
-            )
-        except Interrupted as exc:
-            again = f"{spec} " if spec.rpartition(":")[0].endswith(".py") else ""
-            print(
-                f"sampler: interrupted after stage {exc.step}; saved to {exc.checkpoint}\n"
-                f"resume with: sampler run {again}--resume {exc.checkpoint}",
-                file=sys.stderr,
-            )
-            return 130
-    if not main:
+        result = runner.run(
+            target,
+            n_particles=args.particles,
+            n_replicas=args.replicas,
+            seed=seed,
+            device=args.device,
+            dtype=args.dtype,
+            progress=_progress(args) if main else False,
+            **extra,
+        )
+    return result, target, sharded
+
+
+def _resume_command(args: argparse.Namespace, checkpoint: str) -> str:
+    """The command that resumes a run interrupted with its state saved in ``checkpoint``."""
+    spec = args.target
+    if spec is None and args.resume:
+        spec = read_checkpoint(args.resume).run.get("metadata", {}).get("target_spec")
+    again = f"{spec} " if spec and spec.rpartition(":")[0].endswith(".py") else ""
+    return f"sampler run {again}--resume {checkpoint}"
+
+
+def _checked_out(out: str) -> Path:
+    """``--out``, checked before any sampling: its folder is created and a file written there and removed."""
+    if not out.strip():
+        raise ConfigurationError("--out needs a file name, e.g. --out run.nc")
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigurationError(f"--out {out!r} is a directory; give a file name, e.g. {str(path / 'run.nc')!r}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{str(path)!r} is not writable")
+    except OSError as exc:
+        raise ConfigurationError(f"--out {out!r} cannot be written: {exc}") from None
+    return path
+
+
+def _save(result: sampler.Result, out: Path, width: int) -> int:
+    """Save ``result`` to ``out``; if that fails, to a fallback file, saying where. Returns the exit status."""
+    try:
+        result.save(out)
+        print(f"{'saved':<{width}}  {out}")
         return 0
-    report = sampler.summary(result, target=target)
-    width = max(len(key) for key, _ in report.rows)  # line up with the summary's columns
-    print(report)
-    print(f"{'seed':<{width}}  {result.seed}  (repeat with --seed {result.seed})")
-    if args.out:
-        result.save(args.out)
-        print(f"{'saved':<{width}}  {args.out}")
-    return 0
+    except (OSError, SamplerError) as exc:
+        name = f"sampler-{_slug(result.target)}-{_slug(result.method)}-seed{result.seed}.nc"
+        for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+            fallback = folder / name
+            try:
+                result.save(fallback)
+            except (OSError, SamplerError):
+                continue
+            print(
+                f"sampler: could not write {str(out)!r} ({exc}); saved the result to {str(fallback)!r}", file=sys.stderr
+            )
+            return 1
+        print(
+            f"sampler: could not write {str(out)!r} ({exc}), nor a fallback file; the result is lost", file=sys.stderr
+        )
+        return 1
 
 
 def _slug(name: str) -> str:
@@ -251,15 +309,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     target = None
     if args.target is not None:
         target = load_target(args.target, _parse_options(args.target_option, "--target-option"), args.dim)
-    coords = _split(args.coords)
-    coords = None if coords is None else [int(c) if c.isdigit() else c for c in coords]
+    names = _split(args.coords)
+    coords = None if names is None else [int(c) if c.isdigit() else c for c in names]
+    formats = _split(args.format) or ["png"]
     if args.kind:
-        out = Path(args.out or Path(args.file).with_suffix("").name + f"-{args.kind}.{_split(args.format)[0]}")
+        out = Path(args.out or Path(args.file).with_suffix("").name + f"-{args.kind}.{formats[0]}")
         plot(result, args.kind, target=target, coords=coords, out=out)
         paths = [out]
     else:
         out_dir = Path(args.out or Path(args.file).with_suffix("").name + "-plots")
-        paths = plot_all(result, out_dir, target=target, formats=_split(args.format), coords=coords)
+        paths = plot_all(result, out_dir, target=target, formats=formats, coords=coords)
     for p in paths:
         print(p)
     return 0
@@ -274,6 +333,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from sampler_benchmarks import DEFAULT_TARGETS, run_suite
     except ImportError as exc:  # pragma: no cover - only without the benchmarks package
         raise ConfigurationError(f"the benchmark harness (sampler_benchmarks) is not installed: {exc}") from None
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigurationError(f"--seeds must be a positive integer, got {args.seeds}")
     methods = _split(args.methods) or [m for m in ("smc", "ais", "mala", "hmc") if m in sampler.list_methods()]
     targets = _split(args.targets) or list(DEFAULT_TARGETS)
     command = "sampler " + " ".join(args.argv)

@@ -41,15 +41,18 @@ class PersistenceError(SamplerError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A run stopped by Ctrl-C after saving a checkpoint; ``checkpoint`` says where, ``step`` how far.
+    """A run stopped by Ctrl-C (or SIGTERM) after saving a checkpoint.
 
-    A subclass of :class:`KeyboardInterrupt`, so code that lets Ctrl-C through keeps doing so.
+    ``checkpoint`` says where, ``step`` how far: the number of completed iterations, each a
+    ``unit`` (``"stage"`` of an annealing run, ``"iteration"`` of MCMC chains). A subclass of
+    :class:`KeyboardInterrupt`, so code that lets Ctrl-C through keeps doing so.
     """
 
-    def __init__(self, message: str, checkpoint: str, step: int):
+    def __init__(self, message: str, checkpoint: str, step: int, unit: str = "stage"):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.step = step
+        self.unit = unit
 
 
 class UnknownNameError(SamplerError, KeyError):

@@ -241,27 +241,23 @@ def _worker_faulty(rank: int, world: int, rendezvous: str, workdir: str, mode: s
 
 
 def test_a_rank_that_raises_fails_the_run(tmp_path):
-    """The job ends with the error, well before the 60 s timeout. spawn reports the first rank
-    it sees fail: rank 1 with its own error, or rank 0, whose collective broke when rank 1's
-    process ended, with a DistributedError that says so."""
-    start = time.perf_counter()
+    """The job ends with the error, not through the 60 s timeout (whose error would say so).
+    spawn reports the first rank it sees fail: rank 1 with its own error, or rank 0, whose
+    collective broke when rank 1's process ended, with a DistributedError that says so."""
     with pytest.raises(mp.ProcessRaisedException) as info:
         _spawn(_worker_faulty, 2, tmp_path, "raise", 60.0)
     message = str(info.value)
     assert "rank 1 target exploded" in message or (
         "DistributedError: rank 0 of 2" in message and "Another rank probably raised" in message
     ), message
-    assert time.perf_counter() - start < 40
 
 
 def test_a_stalled_rank_times_out_with_a_clear_error(tmp_path):
     """Rank 1 stops answering; rank 0 gives up after the group's timeout (3 s) with DistributedError."""
-    start = time.perf_counter()
     with pytest.raises(mp.ProcessRaisedException) as info:
         _spawn(_worker_faulty, 2, tmp_path, "stall", 3.0)
     message = str(info.value)
     assert "DistributedError" in message and "rank 0 of 2" in message and "timeout" in message
-    assert time.perf_counter() - start < 40
 
 
 # -- pieces, in one process -------------------------------------------------------------------------
@@ -480,15 +476,14 @@ def _worker_faulty_training(rank: int, world: int, rendezvous: str, workdir: str
 
 def test_a_rank_that_raises_during_training_fails_the_run(tmp_path):
     """Rank 1's target raises in the middle of the first CNF layer's training: the job ends with
-    that error (or rank 0's DistributedError from the broken gradient all-reduce), not a hang."""
-    start = time.perf_counter()
+    that error (or rank 0's DistributedError from the broken gradient all-reduce), not a hang
+    (nor the 60 s timeout, whose error would say so)."""
     with pytest.raises(mp.ProcessRaisedException) as info:
         _spawn(_worker_faulty_training, 2, tmp_path)
     message = str(info.value)
     assert "rank 1 target exploded" in message or (
         "DistributedError: rank 0 of 2" in message and "Another rank probably raised" in message
     ), message
-    assert time.perf_counter() - start < 40
 
 
 def test_data_parallel_helpers_without_a_group():

@@ -20,6 +20,8 @@ from sampler.errors import (
 )
 from sampler.schedules import Adaptive, Fixed
 
+from conftest import t_bound
+
 SMALL = dict(n_particles=50, n_replicas=2, seed=0)
 METHOD_BUDGET = {"smc": dict(n_steps=2), "ais": dict(n_temps=5), "mala": dict(n_warmup=5), "hmc": dict(n_warmup=5)}
 
@@ -213,7 +215,7 @@ def test_some_nonfinite_particles_smc_completes_with_right_log_Z(bad, kernel):
     assert math.isfinite(res.log_Z)
     se = res.log_Z_stderr
     assert 0 < se < 0.1
-    assert abs(res.log_Z - tgt.log_Z) < 5 * se + 1e-3, (res.log_Z, tgt.log_Z, se)
+    assert abs(res.log_Z - tgt.log_Z) < t_bound(8) * se + 1e-3, (res.log_Z, tgt.log_Z, se)  # 8 replicas
 
     summ = sampler.summary(res)
     assert summ.as_dict()["n_nonfinite"] == res.n_nonfinite

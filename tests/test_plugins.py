@@ -598,3 +598,55 @@ def test_registering_non_callable_factory_raises(fresh_plugins):
         sampler.register_plugin(P(), name="bad_factory")
     assert isinstance(err.value.__cause__, ConfigurationError)
     assert "not_callable" not in sampler.list_correctors()
+
+
+EXITING_SRC = """
+import sys
+sys.exit(3)
+"""
+
+INTERRUPTING_SRC = """
+raise KeyboardInterrupt
+"""
+
+EXIT_IN_REGISTER_SRC = """
+import sys
+import sampler
+
+@sampler.hookimpl
+def sampler_register(registry):
+    sys.exit(4)
+"""
+
+
+def test_a_plugin_that_exits_or_interrupts_is_contained(fake_site, capsys):
+    """sys.exit or KeyboardInterrupt at import or in sampler_register is that plugin's failure: the
+    others load, and every CLI command still runs (it used to end silently with rc 3 or 4)."""
+    fake_site.add_dist("fake-exit", "1.0", {"exits": "fake_exit_module"}, {"fake_exit_module": EXITING_SRC})
+    fake_site.add_dist("fake-int", "1.0", {"interrupts": "fake_int_module"}, {"fake_int_module": INTERRUPTING_SRC})
+    fake_site.add_dist(
+        "fake-reg", "1.0", {"exits_in_register": "fake_reg_module"}, {"fake_reg_module": EXIT_IN_REGISTER_SRC}
+    )
+    fake_site.activate()
+    sampler.reset_plugins()
+    plugins = _plugins()
+    assert "sys.exit(3)" in plugins["exits"].error
+    assert "KeyboardInterrupt" in plugins["interrupts"].error
+    assert "sys.exit(4)" in plugins["exits_in_register"].error and plugins["exits_in_register"].registered == {}
+    assert plugins["mcmc"].ok and "smc" in sampler.list_methods()
+    from sampler.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "3 plugin(s) failed to load" in out and "exits" in out
+
+
+def test_a_runtime_plugin_that_exits_in_register_raises_a_plugin_error(fresh_plugins):
+    class Exiting:
+        @sampler.hookimpl
+        def sampler_register(self, registry):
+            raise SystemExit(5)
+
+    with pytest.raises(PluginError, match=r"sys.exit\(5\)"):
+        sampler.register_plugin(Exiting(), name="exiting")
+    assert "exiting" not in {p.name for p in sampler.list_plugins()}

@@ -430,3 +430,47 @@ def test_every_subcommand_has_help_with_examples():
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, p in sub.choices.items():
         assert "example" in (p.epilog or ""), name
+
+
+def test_sigterm_saves_like_ctrl_c_and_resumes_to_the_uninterrupted_result(tmp_path):
+    """A batch scheduler's SIGTERM (or kill) saves the checkpoint and says how to resume, as Ctrl-C does."""
+    ck = tmp_path / "SlowWell-ais-seed3.ckpt"
+    proc = _start(tmp_path, "--checkpoint-every", "3")
+    _wait_for(ck, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted after stage" in err and f"--resume {ck.name}" in err
+    step = read_checkpoint(ck).step
+    assert step >= 3
+    target = f"{tmp_path / 'slow.py'}:SlowWell"
+    out = tmp_path / "resumed.nc"
+    assert main(["run", target, "--resume", str(ck), "--quiet", "--out", str(out)]) == 0
+    from sampler.cli import load_target
+
+    full = sampler.sample(
+        load_target(target, {}), method="ais", n_temps=60, n_steps=1, n_particles=200, n_replicas=2, seed=3
+    )
+    assert _same_tensor(sampler.load(out).samples, full.samples.cpu())
+
+
+def test_interrupting_a_resumed_run_says_how_to_resume_again(tmp_path):
+    ck = tmp_path / "SlowWell-ais-seed3.ckpt"
+    proc = _start(tmp_path, "--checkpoint-every", "2")
+    _wait_for(ck, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    first = read_checkpoint(ck).step
+    (tmp_path / "slow.py").write_text(textwrap.dedent(SLOW_TARGET))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sampler", "run", f"{tmp_path / 'slow.py'}:SlowWell", "--resume", str(ck), "--quiet"]
+    again = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while read_checkpoint(ck).step <= first:  # the resumed run has saved at least once more
+        assert again.poll() is None, again.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    again.send_signal(signal.SIGINT)
+    _, err = again.communicate(timeout=60)
+    assert again.returncode == 130, err
+    assert "interrupted after stage" in err and f"slow.py:SlowWell --resume {ck}" in err

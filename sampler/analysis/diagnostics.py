@@ -20,10 +20,17 @@ __all__ = ["Summary", "summary", "pareto_k", "rhat_and_ess"]
 
 @attrs.frozen
 class Summary:
-    """A diagnostics table; ``str(summary)`` renders it, :meth:`as_dict` gives the numbers."""
+    """A diagnostics table; ``str(summary)`` renders it, :meth:`as_dict` gives the numbers.
+
+    Attributes:
+        rows: (label, value) lines of the table.
+        values: the numbers behind the table.
+        warnings: what makes the result untrustworthy, in words a user acts on; printed first.
+    """
 
     rows: tuple[tuple[str, str], ...]
     values: dict[str, Any]
+    warnings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The numbers behind the table."""
@@ -31,13 +38,14 @@ class Summary:
 
     def __str__(self) -> str:
         width = max(len(k) for k, _ in self.rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in self.rows)
+        table = "\n".join(f"{k:<{width}}  {v}" for k, v in self.rows)
+        return "".join(f"WARNING: {w}\n" for w in self.warnings) + table
 
     def __repr__(self) -> str:
         return str(self)
 
 
-def _fmt(x: float, spec: str = ".4g") -> str:
+def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
@@ -107,7 +115,42 @@ def summary(result: Result, target: Any = None) -> Summary:
     rows.append(("target / gradient evals", f"{result.n_target_evals:,} / {result.n_grad_evals:,}"))
     rows.append(("non-finite log densities", str(result.n_nonfinite)))
     rows.append(("wall time", f"{result.wall_time:.2f} s on {result.device or 'n/a'}"))
-    return Summary(rows=tuple(rows), values=v)
+    return Summary(rows=tuple(rows), values=v, warnings=_warnings(result, v))
+
+
+#: Replicas whose log Z estimates spread more than this (sd, nats) give a log Z biased low by
+#: about the spread's variance over 2 or more, which no error bar from the replicas shows.
+LOG_Z_SPREAD_LIMIT = 1.0
+
+
+def _warnings(result: Result, v: dict[str, Any]) -> tuple[str, ...]:
+    """Plain-language warnings: replicas that disagree, log Z estimates too spread to pool, bad weights."""
+    out = []
+    rhat = v.get("rhat_max", math.nan)
+    if not math.isnan(rhat) and rhat > RHAT_LIMIT:
+        unit = "chains" if result.kind == "mcmc" else "replicas"
+        out.append(
+            f"the {unit} disagree (R-hat {rhat:.3g} > {RHAT_LIMIT}): they did not reach one distribution, so the "
+            "samples, moments and error bars are not to be trusted. Give the sampler more work (more MCMC moves "
+            "per stage: n_steps=; more particles; more warm-up for chains) or a reference closer to the target "
+            "(reference_loc=, reference_scale=)."
+        )
+    lz = result.log_Z_per_replica
+    if lz is not None and lz.numel() > 1:
+        spread = float(lz.detach().to(torch.float64).std())
+        v["log_Z_spread"] = spread
+        if spread > LOG_Z_SPREAD_LIMIT:
+            out.append(
+                f"the replicas' log Z estimates spread over {spread:.2g} nats (sd): the pooled log Z is carried by "
+                "one replica and is likely biased low by more than its error bar shows. Use more particles (N) or "
+                "more annealing stages until the replicas agree to within a nat."
+            )
+    if v.get("pareto_k", math.nan) >= 0.7:
+        out.append(
+            f"the importance weights are too heavy-tailed to trust (Pareto k {v['pareto_k']:.2f} >= 0.7): "
+            "estimates from them (log Z, weighted moments) may be far off. Use more particles or annealing stages."
+        )
+    return tuple(out)
 
 
 #: The estimator the summary's mode-weight row uses (registered by the ``vbmm`` plugin).
@@ -151,7 +194,11 @@ def _k_verdict(k: float) -> str:
     return "(bad: weights too heavy-tailed to trust)"
 
 
+#: R-hat above this means the replicas (chains) disagree (Vehtari et al. 2021).
+RHAT_LIMIT = 1.01
+
+
 def _rhat_verdict(r: float) -> str:
     if math.isnan(r):
         return ""
-    return "" if r < 1.01 else " (replicas disagree: > 1.01)"
+    return "" if r < RHAT_LIMIT else f" (replicas disagree: > {RHAT_LIMIT})"

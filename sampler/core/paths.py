@@ -13,6 +13,7 @@ the shape and dtype of what the target returns.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 import numpy as np
@@ -20,13 +21,13 @@ import torch
 from torch import Tensor
 
 from sampler.core._indexing import gather_particles
-from sampler.errors import ConfigurationError, TargetError
-from sampler.targets.base import Target
+from sampler.errors import ConfigurationError, SamplerError, TargetError
+from sampler.targets.base import ReferenceHint, Target
 
 __all__ = ["GaussianReference", "PathEvaluation", "EvaluationCounter", "GeometricPath"]
 
 
-def _as_vector(value: float | Tensor, dim: int, label: str) -> np.ndarray:
+def _as_vector(value: ReferenceHint, dim: int, label: str) -> np.ndarray:
     """A float64 ``(dim,)`` copy of a scalar or ``(dim,)`` parameter."""
     if isinstance(value, Tensor):
         value = value.detach().to("cpu", torch.float64).numpy()
@@ -132,12 +133,17 @@ class PathEvaluation:
 
     def where(self, mask: Tensor, other: PathEvaluation) -> PathEvaluation:
         """Take ``self`` where ``mask`` ``(...)`` is true and ``other`` elsewhere."""
-        grads = self.has_grad and other.has_grad
+        m = mask[..., None]
+        grad_ref = grad_target = None
+        if self.grad_ref is not None and other.grad_ref is not None and self.grad_target is not None:
+            if other.grad_target is not None:
+                grad_ref = torch.where(m, self.grad_ref, other.grad_ref)
+                grad_target = torch.where(m, self.grad_target, other.grad_target)
         return PathEvaluation(
             log_ref=torch.where(mask, self.log_ref, other.log_ref),
             log_target=torch.where(mask, self.log_target, other.log_target),
-            grad_ref=torch.where(mask[..., None], self.grad_ref, other.grad_ref) if grads else None,
-            grad_target=torch.where(mask[..., None], self.grad_target, other.grad_target) if grads else None,
+            grad_ref=grad_ref,
+            grad_target=grad_target,
         )
 
     def gather(self, indices: Tensor) -> PathEvaluation:
@@ -146,7 +152,12 @@ class PathEvaluation:
         def take(v: Tensor | None) -> Tensor | None:
             return None if v is None else gather_particles(v, indices)
 
-        return PathEvaluation(take(self.log_ref), take(self.log_target), take(self.grad_ref), take(self.grad_target))
+        return PathEvaluation(
+            gather_particles(self.log_ref, indices),
+            gather_particles(self.log_target, indices),
+            take(self.grad_ref),
+            take(self.grad_target),
+        )
 
 
 class GeometricPath:
@@ -192,17 +203,30 @@ class GeometricPath:
             )
         return value
 
+    def _call(self, method: Any, x: Tensor, what: str) -> Any:
+        """``method(x)``; an exception from the user's code becomes a :class:`TargetError` naming the target.
+
+        The original exception is chained (``raise ... from``), so its traceback still shows where
+        in the target it happened.
+        """
+        try:
+            return method(x)
+        except SamplerError:
+            raise
+        except Exception as exc:
+            raise TargetError(f"target {self.target.name!r}: {what} raised {type(exc).__name__}: {exc}") from exc
+
     def evaluate(self, x: Tensor, grad: bool = False) -> PathEvaluation:
         """Evaluate reference and target at ``x`` ``(..., d)`` (with gradients if ``grad``)."""
         n_points = x.numel() // max(x.shape[-1], 1)
         if grad:
-            lp, g = self.target.log_prob_and_grad(x)
+            lp, g = self._call(self.target.log_prob_and_grad, x, "log_prob_and_grad")
             self._check(lp, x, "log_prob")
             g = self._check(g, x, "grad_log_prob").to(x.dtype)
             self.counter.grad_evals += n_points
         else:
             with torch.no_grad():
-                lp = self._check(self.target.log_prob(x), x, "log_prob")
+                lp = self._check(self._call(self.target.log_prob, x, "log_prob"), x, "log_prob")
             g = None
         self.counter.target_evals += n_points
         return self._evaluation(x, lp.detach(), None if g is None else g.detach())

@@ -69,11 +69,18 @@ class StepStats:
 
 
 def pooled_log_Z(log_Z_per_replica: Tensor) -> tuple[float, float]:
-    """Pool independent replicas: ``log mean_r Z_r`` and its standard error (delta method).
+    """Pool independent replicas: ``log mean_r Z_r`` and its standard error.
 
-    The mean of unbiased estimates of Z is unbiased; the standard error of log Z is the
-    relative standard error of that mean, ``sd(Z_r) / (sqrt(R) mean(Z_r))``. With one replica
-    the error is unknown (NaN).
+    The mean of unbiased estimates of Z is unbiased. Its standard error in log space is the
+    larger of two estimates:
+
+    * the delta method, ``sd(Z_r) / (sqrt(R) mean(Z_r))``, right when the replicas agree to
+      within a nat or so;
+    * the spread of the replicas' logs, ``sd(log Z_r) / sqrt(R)``, which stays honest when they
+      do not: the delta method saturates there (at 1 for R = 4, whatever the spread, since one
+      replica then carries the whole mean), while replicas 36 nats apart are 36 nats apart.
+
+    Nothing caps it. With one replica the error is unknown (NaN).
     """
     lz = log_Z_per_replica.detach().to(torch.float64).flatten()
     r = lz.numel()
@@ -81,7 +88,10 @@ def pooled_log_Z(log_Z_per_replica: Tensor) -> tuple[float, float]:
     if r < 2 or not torch.isfinite(pooled):
         return float(pooled), math.nan
     rel = torch.exp(lz - pooled)  # Z_r / mean(Z)
-    return float(pooled), float(rel.std(unbiased=True) / math.sqrt(r))
+    delta = float(rel.std(unbiased=True)) / math.sqrt(r)
+    finite = lz[torch.isfinite(lz)]
+    spread = float(finite.std(unbiased=True)) / math.sqrt(r) if finite.numel() == r else math.inf
+    return float(pooled), max(delta, spread)
 
 
 @attrs.frozen(eq=False)

@@ -11,7 +11,10 @@ import torch
 from sampler.errors import ConfigurationError, TargetError, check_positive_int
 from sampler.targets.base import Target
 
-__all__ = ["RunSettings", "check_target"]
+__all__ = ["RunSettings", "check_target", "MAX_SEED"]
+
+#: Seeds are 64-bit: torch generators take integers in [0, 2**64).
+MAX_SEED = 1 << 64
 
 
 @attrs.frozen
@@ -50,30 +53,45 @@ class RunSettings:
         check_positive_int("n_replicas", n_replicas)
         if seed is None:
             seed = secrets.randbits(62)
-        elif isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigurationError(f"seed must be a non-negative integer, got {seed!r}")
-        try:
-            dev = torch.device(device) if device is not None else _default_device()
-            if dev.type == "cuda" and not torch.cuda.is_available():
-                raise RuntimeError("this torch build or machine has no CUDA device")
-            torch.Generator(device=dev)
-        except RuntimeError as exc:
-            raise ConfigurationError(f"device {device!r} cannot be used: {exc}") from None
-        if isinstance(dtype, str):
-            resolved = getattr(torch, dtype, None)
-            if not isinstance(resolved, torch.dtype):
-                raise ConfigurationError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'float64'")
-            dtype = resolved
-        dtype = dtype or torch.get_default_dtype()
-        if not dtype.is_floating_point:
-            raise ConfigurationError(f"dtype must be a floating dtype, got {dtype}")
-        return cls(n_particles, n_replicas, seed, dev, dtype, progress)
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+            raise ConfigurationError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        if progress is not None and not isinstance(progress, bool):
+            raise ConfigurationError(f"progress must be True, False or None, got {progress!r}")
+        return cls(n_particles, n_replicas, seed, _checked_device(device), _checked_dtype(dtype), progress)
 
     def generator(self) -> torch.Generator:
         """A fresh generator on the run's device, seeded with :attr:`seed`."""
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed)
         return gen
+
+
+def _checked_device(device: Any) -> torch.device:
+    """``device`` as a :class:`torch.device` this machine can run on (default: torch's default device)."""
+    if device is None:
+        return _default_device()
+    if not isinstance(device, (str, torch.device)):
+        raise ConfigurationError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    try:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("this torch build or machine has no CUDA device")
+        torch.Generator(device=dev)
+    except RuntimeError as exc:
+        raise ConfigurationError(f"device {device!r} cannot be used: {exc}") from None
+    return dev
+
+
+def _checked_dtype(dtype: Any) -> torch.dtype:
+    """``dtype`` (a torch dtype or its name) as a floating :class:`torch.dtype` (default: torch's default)."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) and dtype.isidentifier() else dtype
+    if not isinstance(resolved, torch.dtype):
+        raise ConfigurationError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'float64'")
+    if not resolved.is_floating_point:
+        raise ConfigurationError(f"dtype must be a floating dtype, got {resolved}")
+    return resolved
 
 
 def _default_device() -> torch.device:

@@ -18,9 +18,12 @@ costs a reference, a copy of the generator state and of the counts.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -293,7 +296,11 @@ class Loop:
         def shown(st: LoopState) -> dict[str, Any]:
             return {"t": float(st.t.min())} if self.annealing else {}
 
-        with progress_bar(total=self.total, enabled=session.cfg.progress if session.main else False, desc=desc) as bar:
+        enabled = session.cfg.progress if session.main else False
+        with (
+            _terminate_as_interrupt(ckpt is not None),
+            progress_bar(total=self.total, enabled=enabled, desc=desc) as bar,
+        ):
             if state.k:
                 bar.advance(float(state.t.min()) if by_time else state.k, step=state.k, **shown(state))
             try:
@@ -320,6 +327,7 @@ class Loop:
                     f"(resume with sampler.resume({str(ckpt.path)!r}))",
                     str(ckpt.path),
                     snapshot.state.k,
+                    self.unit,
                 ) from None
         return state
 
@@ -327,6 +335,27 @@ class Loop:
         tree = snapshot.tree(self.session)  # a collective in a sharded run: every rank takes part
         if self.session.main and self.session.checkpoint is not None:
             write_checkpoint(self.session.checkpoint.path, record, tree)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt(enabled: bool) -> Iterator[None]:
+    """While a checkpointed run iterates, SIGTERM (``kill``, a batch scheduler's time limit) acts as Ctrl-C.
+
+    The loop then saves the last completed iteration and raises ``Interrupted``. Only the main
+    thread can install signal handlers; elsewhere, and without a checkpoint, nothing changes.
+    """
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def apply_steps(

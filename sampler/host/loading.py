@@ -73,6 +73,10 @@ def _env_list(name: str) -> set[str]:
 def _describe_exception(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r}){where}"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"raised KeyboardInterrupt{where} (if you pressed Ctrl-C while plugins loaded, run again)"
     return f"{type(exc).__name__}: {exc}{where}"
 
 
@@ -125,14 +129,12 @@ class PluginHost:
                 continue
             try:
                 obj = ep.load()
-            except BaseException as exc:  # noqa: BLE001 -- any import failure must be contained
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
+            except BaseException as exc:  # noqa: BLE001 -- any import failure must be contained, sys.exit included
                 self._fail(info, f"could not import {ep.value!r}: {_describe_exception(exc)}", exc)
                 continue
             try:
                 self._add(obj, ep.name, info)
-            except Exception as exc:  # noqa: BLE001 -- a broken plugin must not take the others down
+            except BaseException as exc:  # noqa: BLE001 -- a broken plugin must not take the others down
                 self._fail(info, str(exc) if isinstance(exc, PluginError) else _describe_exception(exc), exc)
 
     def _fail(self, info: PluginInfo, message: str, exc: BaseException) -> None:
@@ -174,7 +176,7 @@ class PluginHost:
             for impl in self.pm.hook.sampler_register.get_hookimpls():
                 if impl.plugin is plugin:
                     impl.function(registry=registrar)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 -- sys.exit or KeyboardInterrupt from a plugin is its failure
             self.pm.unregister(plugin)
             raise PluginError(f"plugin {name!r} raised in sampler_register: {_describe_exception(exc)}") from exc
         try:

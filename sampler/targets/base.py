@@ -18,12 +18,17 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from sampler.errors import ConfigurationError
+from sampler.errors import ConfigurationError, TargetError
 
 __all__ = ["Target", "BoltzmannTarget", "FunctionTarget", "target", "as_target"]
+
+
+#: A reference location or scale: a scalar, or one value per coordinate (a ``(dim,)`` tensor or array).
+ReferenceHint = float | Tensor | np.ndarray
 
 
 class Target(abc.ABC):
@@ -41,9 +46,9 @@ class Target(abc.ABC):
     #: Exact log normalizer of ``exp(log_prob)``, or ``None`` when unknown.
     log_Z: float | None = None
     #: Centre of the default Gaussian reference (scalar or ``(dim,)``).
-    reference_loc: float | Tensor = 0.0
+    reference_loc: ReferenceHint = 0.0
     #: Standard deviation of the default Gaussian reference (scalar or ``(dim,)``).
-    reference_scale: float | Tensor = 1.0
+    reference_scale: ReferenceHint = 1.0
     #: Names of the ``dim`` coordinates (ArviZ coordinates and plot labels); ``None``: numbered.
     dim_names: tuple[str, ...] | None = None
 
@@ -72,6 +77,7 @@ class Target(abc.ABC):
             xg = x.detach().requires_grad_(True)
             lp = self.log_prob(xg)
             if not isinstance(lp, Tensor) or not lp.requires_grad:
+                _check_constant(self, lp, x)
                 return lp, torch.zeros_like(x)
             (grad,) = torch.autograd.grad(lp.sum(), xg)
         return lp.detach(), grad
@@ -145,8 +151,8 @@ class FunctionTarget(Target):
         grad: Callable[[Tensor], Tensor] | None = None,
         name: str | None = None,
         log_Z: float | None = None,
-        reference_loc: float | Tensor = 0.0,
-        reference_scale: float | Tensor = 1.0,
+        reference_loc: ReferenceHint = 0.0,
+        reference_scale: ReferenceHint = 1.0,
     ):
         if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
             raise ConfigurationError(f"dim must be a positive integer, got {dim!r}")
@@ -154,7 +160,7 @@ class FunctionTarget(Target):
         self.dim = dim
         self.is_energy = is_energy
         self._grad = grad
-        self._name = name or getattr(fn, "__name__", "function")
+        self._name: str = name or str(getattr(fn, "__name__", "function"))
         self.log_Z = log_Z
         self.reference_loc = reference_loc
         self.reference_scale = reference_scale
@@ -172,6 +178,24 @@ class FunctionTarget(Target):
             return super().log_prob_and_grad(x)
         grad = self._grad(x)
         return self.log_prob(x), -grad if self.is_energy else grad
+
+
+def _check_constant(target: Target, log_prob: object, x: Tensor) -> None:
+    """A log density autograd cannot differentiate must be constant (zero gradient); else raise.
+
+    A value that varies with ``x`` but carries no autograd graph was computed outside torch
+    (NumPy, ``.item()``, ``.detach()``): its true gradient is not zero, and treating it as zero
+    would sample the wrong density without a word.
+    """
+    if not isinstance(log_prob, Tensor) or log_prob.numel() < 2 or log_prob.device != x.device:
+        return  # not a tensor, one point, or on another device: the engine's own checks say what is wrong
+    finite = log_prob[torch.isfinite(log_prob)]
+    if finite.numel() > 1 and bool((finite != finite.flatten()[0]).any()):
+        raise TargetError(
+            f"target {target.name!r}: autograd cannot differentiate log_prob (its value depends on x, but not "
+            "through torch operations: NumPy, .item() or .detach() inside?). Write it with torch operations, or "
+            "give the target a grad_log_prob (sampler.target(..., grad=...))"
+        )
 
 
 def as_target(obj: object) -> Target:
@@ -203,8 +227,8 @@ def target(
     grad: Callable[[Tensor], Tensor] | None = None,
     name: str | None = None,
     log_Z: float | None = None,
-    reference_loc: float | Tensor = 0.0,
-    reference_scale: float | Tensor = 1.0,
+    reference_loc: ReferenceHint = 0.0,
+    reference_scale: ReferenceHint = 1.0,
 ) -> FunctionTarget:
     """Wrap a plain function as a :class:`Target`.
 
