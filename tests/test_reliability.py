@@ -107,3 +107,17 @@ def test_a_plain_run_says_it_is_repeated_with_its_seed_and_a_sharded_one_with_di
     assert "(repeat with --seed 5)" in capsys.readouterr().out
     assert main(["run", "gmm40", "--particles", "64", "--seed", "5", "--quiet", "--distributed"]) == 0
     assert "(repeat with --seed 5 --distributed)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method, options, other", [("smc", {"n_steps": 2}, {"n_steps": 3}), ("mala", {}, {"thin": 2})])
+def test_resuming_with_other_options_is_refused(tmp_path, method, options, other):
+    """A runner built with options other than the run's cannot continue its checkpoint."""
+    ck = tmp_path / "run.ckpt"
+    base = {"n_warmup": 10} if method == "mala" else {}
+    sampler.sample(
+        "gmm40", method, n_particles=32, n_replicas=2, seed=0, checkpoint=ck, checkpoint_every=1, **base, **options
+    )
+    runner = sampler.method(method, **base, **other)
+    with pytest.raises(ConfigurationError, match="other options"):
+        runner.resume(ck, sampler.get_target("gmm40"))
+    assert sampler.method(method, **base, **options).resume(ck, sampler.get_target("gmm40")).seed == 0

@@ -101,7 +101,7 @@ class MCMCChains:
 
     def resume(self, checkpoint, target, *, progress=None, checkpoint_every: int | None = None) -> Result:
         """Continue chains from their checkpoint (same kernel, options and target)."""
-        opened = reopen(checkpoint, target, [type(self.kernel).__name__], progress, checkpoint_every)
+        opened = reopen(checkpoint, target, [type(self.kernel).__name__], progress, checkpoint_every, self.options)
         return self._run(opened.target, opened.cfg, opened.checkpoint, opened.data)
 
     def _run(self, target, cfg: RunSettings, ckpt: Checkpoint | None, resume: CheckpointData | None) -> Result:
@@ -115,6 +115,7 @@ class MCMCChains:
             needs_grad=self.kernel.needs_grad,
             checkpoint=ckpt,
             steps=[type(self.kernel).__name__],
+            options=self.options,
         )
         state = self._start(session, resume)
         total = self.n_warmup + cfg.n_particles * self.thin

@@ -91,6 +91,8 @@ class Session:
         needs_grad: whether any step needs gradients.
         checkpoint: where and how often to save (``None``: never).
         steps: the class names of the runner's steps (recorded in, and checked against, checkpoints).
+        options: the runner's effective options (recorded in checkpoints; a resume with other
+            options is refused). Empty: unknown, not checked.
         shard, streams: this rank's share and per-particle random streams in a sharded run.
         main: whether this process shows progress and writes files.
         stats: the per-iteration records so far (append-only).
@@ -105,6 +107,7 @@ class Session:
     needs_grad: bool
     checkpoint: Checkpoint | None = None
     steps: Sequence[str] = ()
+    options: Mapping[str, Any] = attrs.field(factory=dict)
     shard: Shard | None = None
     streams: ParticleStreams | None = None
     main: bool = True
@@ -151,7 +154,9 @@ class Session:
         try:
             state = tree_to_state({f.name: tree[f.name] for f in attrs.fields(LoopState)}, template, self.cfg.device)
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-            raise PersistenceError(f"the checkpoint's state does not fit this runner's steps: {exc}") from None
+            raise PersistenceError(
+                f"the state in checkpoint {data.source!r} does not fit this runner's steps: {exc}"
+            ) from None
         if self.shard is not None:
             state = attrs.evolve(
                 state,
@@ -185,8 +190,11 @@ def reopen(
     steps: Sequence[str],
     progress: bool | None = None,
     checkpoint_every: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Reopened:
-    """Read a checkpoint and check it fits ``target`` and the runner's ``steps`` (class names).
+    """Read a checkpoint and check it fits ``target``, the runner's ``steps`` (class names) and ``options``.
+
+    ``options`` are the resuming runner's effective options (``None`` or empty: not checked).
 
     The settings (N, R, seed, device, dtype) come from the checkpoint; the resumed run keeps
     writing to the same file, every ``checkpoint_every`` iterations (default: as before).
@@ -194,7 +202,7 @@ def reopen(
     data = checkpoint if isinstance(checkpoint, CheckpointData) else read_checkpoint(checkpoint)
     run = data.run
     target = as_target(target)
-    check_resumable(data, target, list(steps))
+    check_resumable(data, target, list(steps), options or None)
     cfg = RunSettings.create(
         target, run["n_particles"], run["n_replicas"], run["seed"], run["device"], run["dtype"], progress
     )
@@ -286,7 +294,9 @@ class Loop:
         """Iterate from ``state`` until :attr:`finished`; return the final state."""
         session, ckpt = self.session, self.session.checkpoint
         record = (
-            run_record(session.name, session.target, session.cfg, ckpt, list(session.steps)) if ckpt is not None else {}
+            run_record(session.name, session.target, session.cfg, ckpt, list(session.steps), session.options or None)
+            if ckpt is not None
+            else {}
         )
         if ckpt is not None and session.shard is not None:
             record["sharded"] = True

@@ -252,7 +252,9 @@ class Pipeline:
         dimension and step types). The resumed run keeps writing to the same checkpoint file,
         every ``checkpoint_every`` stages (default: as before).
         """
-        opened = reopen(checkpoint, target, [type(s).__name__ for s in self.steps], progress, checkpoint_every)
+        opened = reopen(
+            checkpoint, target, [type(s).__name__ for s in self.steps], progress, checkpoint_every, self.options
+        )
         # A sharded run resumes sharded, over however many ranks there are now; an ordinary one as
         # before (under a process group: the same run on every rank, rank 0 writing).
         shard = self._shard(True, opened.cfg) if opened.data.run.get("sharded") else None
@@ -287,6 +289,7 @@ class Pipeline:
             needs_grad=any(s.needs_grad for s in self.steps),
             checkpoint=ckpt,
             steps=[type(s).__name__ for s in self.steps],
+            options=self.options,
             shard=shard,
             streams=None
             if shard is None
