@@ -28,6 +28,9 @@ What is here, by what a plugin does with it:
   :func:`broadcast_parameters`, :func:`replicated_sampling`.
 * **Metrics** a plugin may reuse: :func:`slicing_constant`, :func:`random_directions`,
   :func:`projected_energy_distances`, :func:`nearest_mode`.
+* **Reproducibility**: :func:`seeded_init` (build networks whose initial weights depend on a
+  seed only, leaving torch's global generator as it was), :func:`derived_seed` (independent
+  seeds from the run's seed).
 * **Progress**: :func:`progress_bar`.
 * **Errors and checks**: the :mod:`sampler.errors` types most plugins raise, and
   :func:`check_positive_int`.
@@ -42,6 +45,7 @@ from sampler.core.resampling import get_scheme, systematic
 from sampler.core.result import Result, StepStats
 from sampler.core.runner import Capabilities, Runner
 from sampler.core.schedules import Adaptive, Fixed, Geometric, Linear, Power, Schedule, conditional_ess
+from sampler.core.seeding import derived_seed, seeded_init
 from sampler.core.settings import RunSettings
 from sampler.core.steps import Corrector, Step, StepContext, StepOutput, Transport
 from sampler.engine.distributed import (
@@ -73,6 +77,8 @@ from sampler.io.checkpoint import Checkpoint, CheckpointData
 from sampler.targets.base import BoltzmannTarget, Target, as_target
 
 __all__ = [
+    "derived_seed",
+    "seeded_init",
     "reopen",
     "record",
     "apply_steps",

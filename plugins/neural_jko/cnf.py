@@ -64,6 +64,7 @@ class CNFLayer(nn.Module):
     """
 
     kind = "cnf"
+    tau: Tensor  # a float64 buffer (declared for the type checker)
 
     def __init__(self, dim: int, width: int | None = None, tau: float = 1.0, n_steps: int = 8):
         super().__init__()

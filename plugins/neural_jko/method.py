@@ -15,6 +15,13 @@ its share of each training batch. The sampling run is not sharded (the model tra
 from the model as a whole): every rank draws the same samples from the same model, with a
 warning that says so. Training counts in the result are totals over the ranks; sampling counts
 are those of one (each) rank's identical sampling run.
+
+Every random number of a run comes from its ``seed`` (repeating a run with its seed repeats it
+bit for bit, whatever the global random state): CNF layer ``i``'s initial weights from
+``derived_seed(derived_seed(seed, INIT_SALT), i)`` (:func:`sampler.ext.derived_seed`;
+torch's global generator is forked, seeded and restored), the training draws from a generator
+seeded with :func:`~sampler.ext.rank_seed` ``(seed)`` (``seed`` itself in a single process), the
+sampling run from ``seed + training_seed_offset``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from sampler.ext import (
     agree,
     all_reduce_sum,
     as_target,
+    derived_seed,
     is_main_process,
     rank_seed,
     replicated_sampling,
@@ -50,6 +58,10 @@ from sampler_plugins.neural_jko.train import NeuralJKOConfig, resolve_config, tr
 from sampler_plugins.neural_jko.transports import ModelTransport
 
 __all__ = ["NeuralJKO", "NeuralJKOResult", "build_neural_jko"]
+
+#: Salt of the method's initial weights: ``init_seed = derived_seed(run seed, INIT_SALT)``, and CNF layer ``i``
+#: is built from ``derived_seed(init_seed, i)`` (:func:`~sampler_plugins.neural_jko.train.train_model`).
+INIT_SALT = int.from_bytes(b"jko-init", "big")  # the ASCII bytes of "jko-init"
 
 
 @attrs.frozen(eq=False, repr=False)
@@ -144,7 +156,15 @@ class NeuralJKO:
             path = GeometricPath(GaussianReference(target.dim), target, counter)  # counts training evaluations
             progress = cfg.progress if is_main_process() else False
             model = train_model(
-                target, config, path, gen, device=cfg.device, dtype=cfg.dtype, progress=progress, data_parallel=parallel
+                target,
+                config,
+                path,
+                gen,
+                device=cfg.device,
+                dtype=cfg.dtype,
+                progress=progress,
+                data_parallel=parallel,
+                init_seed=derived_seed(cfg.seed, INIT_SALT),  # the same initial weights on every rank
             )
             if parallel:  # the training work of all ranks
                 totals = all_reduce_sum(

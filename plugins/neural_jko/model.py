@@ -29,6 +29,7 @@ from sampler.ext import (
     GeometricPath,
     PersistenceError,
     Target,
+    seeded_init,
 )
 from sampler_plugins.neural_jko.cnf import CNFLayer
 from sampler_plugins.neural_jko.rejection import RejectionLayer
@@ -140,11 +141,18 @@ class NeuralJKOModel(nn.Module):
         self.register_buffer("latent_scale", scale)
         self.exact_max_dim = int(exact_max_dim)
         self.n_probes = int(n_probes)
-        self.layers = nn.ModuleList()
+        self.layers = nn.ModuleList()  # CNFLayer and RejectionLayer instances (see layer_list)
         self.target: Target | None = None
         self.history: list[dict[str, Any]] = []  # per-layer training records
 
+    latent_loc: Tensor  # float64 buffers (declared for the type checker)
+    latent_scale: Tensor
+
     # -- structure -----------------------------------------------------------------------------
+    def layer_list(self) -> list[CNFLayer | RejectionLayer]:
+        """The layers in order (a typed view of the ``layers`` ModuleList)."""
+        return [layer for layer in self.layers if isinstance(layer, (CNFLayer, RejectionLayer))]
+
     @property
     def exact(self) -> bool:
         """Whether CNF layers use the exact divergence at sampling/evaluation time."""
@@ -153,12 +161,12 @@ class NeuralJKOModel(nn.Module):
     @property
     def n_cnf(self) -> int:
         """Number of CNF layers."""
-        return sum(1 for layer in self.layers if layer.kind == "cnf")
+        return sum(1 for layer in self.layer_list() if isinstance(layer, CNFLayer))
 
     @property
     def n_rejection(self) -> int:
         """Number of rejection layers."""
-        return sum(1 for layer in self.layers if layer.kind == "rejection")
+        return sum(1 for layer in self.layer_list() if isinstance(layer, RejectionLayer))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -174,7 +182,11 @@ class NeuralJKOModel(nn.Module):
 
     def sampling_cost(self) -> float:
         """Expected draws from the latent per sample: ``prod (1 + r_bar)`` over rejection layers."""
-        return math.prod(1.0 + float(layer.r_bar) for layer in self.layers if layer.kind == "rejection")
+        cost = 1.0
+        for layer in self.layer_list():
+            if isinstance(layer, RejectionLayer):
+                cost *= 1.0 + float(layer.r_bar)
+        return cost
 
     def latent_reference(self) -> GaussianReference:
         """The latent as a :class:`sampler.GaussianReference` (the engine's reference for this model)."""
@@ -231,8 +243,8 @@ class NeuralJKOModel(nn.Module):
 
     def apply_layer(self, i: int, b: Batch, st: _Draw) -> Batch:
         """Apply layer ``i`` to draws ``b`` from level ``i`` (the model truncated before layer ``i``)."""
-        layer = self.layers[i]
-        if layer.kind == "cnf":
+        layer = self.layer_list()[i]
+        if isinstance(layer, CNFLayer):
             z, ell, se = layer.transform(b.x, exact=self.exact, n_probes=self.n_probes, generator=st.generator)
             nan = torch.full_like(b.e, math.nan)
             return Batch(z, b.e + ell, nan, b.e_var + se * se)
@@ -251,7 +263,7 @@ class NeuralJKOModel(nn.Module):
         """``n`` iid draws from level ``level``, keeping at least ``surplus`` more on its stack."""
         have = st.stacks.get(level)
         n_have = 0 if have is None else len(have)
-        if n_have < n + surplus:
+        if have is None or n_have < n + surplus:
             new = self._produce(level, n + surplus - n_have, st)
             have = new if have is None else Batch.cat([have, new])
         out, rest = have.split(n)
@@ -261,9 +273,9 @@ class NeuralJKOModel(nn.Module):
     def _produce(self, level: int, n: int, st: _Draw) -> Batch:
         if level == 0:
             return self._latent(n, st)
-        layer = self.layers[level - 1]
+        layer = self.layer_list()[level - 1]
         surplus = 0
-        if layer.kind == "rejection":  # the expected replacements, with a margin of ~3 sd
+        if isinstance(layer, RejectionLayer):  # the expected replacements, with a margin of ~3 sd
             mean = n * float(layer.r_bar)
             surplus = int(math.ceil(1.05 * mean + 3 * math.sqrt(mean + 1) + 2))
         return self.apply_layer(level - 1, self._draw(level - 1, n, st, surplus), st)
@@ -293,7 +305,8 @@ class NeuralJKOModel(nn.Module):
 
         Args:
             n: number of samples.
-            generator: random generator on the model's device (a fresh unseeded one if None).
+            generator: random generator on the model's device (if None: a fresh one seeded from
+                torch's global generator, so ``torch.manual_seed`` repeats the draws).
             target: the target (default: the attached one); ``path``: evaluate and count
                 through this :class:`~sampler.GeometricPath` instead.
         """
@@ -332,10 +345,13 @@ class NeuralJKOModel(nn.Module):
         y = x.reshape(-1, self.dim).to(self.dtype)
         path = self._path(target, path)
         gen = generator if generator is not None else torch.Generator(device=self.device).manual_seed(0)
-        points, ells, var = [], [], torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
-        for layer in reversed(self.layers):
+        layers = self.layer_list()
+        points: list[Tensor] = []
+        ells: list[Tensor | None] = []  # the CNF layers' divergence integrals (None for a rejection layer)
+        var = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
+        for layer in reversed(layers):
             points.append(y)
-            if layer.kind == "cnf":
+            if isinstance(layer, CNFLayer):
                 y, ell, se = layer.transform(y, reverse=True, exact=self.exact, n_probes=self.n_probes, generator=gen)
                 ells.append(ell)
                 var = var + se * se
@@ -343,13 +359,13 @@ class NeuralJKOModel(nn.Module):
                 ells.append(None)
         e = self.latent_energy(y)
         cache: tuple[Tensor, Tensor] | None = None
-        for layer, at, ell in zip(self.layers, reversed(points), reversed(ells)):
-            if layer.kind == "cnf":
+        for layer, at, ell in zip(layers, reversed(points), reversed(ells)):
+            if isinstance(layer, RejectionLayer):
+                if cache is None or cache[0] is not at:
+                    cache = (at, path.evaluate(at).log_target)
+                e = e - layer.log_density_factor(e + cache[1])
+            elif ell is not None:
                 e = e + ell
-                continue
-            if cache is None or cache[0] is not at:
-                cache = (at, path.evaluate(at).log_target)
-            e = e - layer.log_density_factor(e + cache[1])
         out = (-e).reshape(shape)
         return (out, var.sqrt().reshape(shape)) if return_stderr else out
 
@@ -357,8 +373,8 @@ class NeuralJKOModel(nn.Module):
     def spec(self) -> dict[str, Any]:
         """The structure needed to rebuild the model (see :meth:`from_spec`)."""
         layers = []
-        for layer in self.layers:
-            if layer.kind == "cnf":
+        for layer in self.layer_list():
+            if isinstance(layer, CNFLayer):
                 layers.append({"kind": "cnf", "width": layer.width, "n_steps": layer.n_steps})
             else:
                 layers.append({"kind": "rejection", "rate": layer.rate})
@@ -380,11 +396,13 @@ class NeuralJKOModel(nn.Module):
             )
         model = cls(spec["dim"], exact_max_dim=spec["exact_max_dim"], n_probes=spec["n_probes"])
         dtype = getattr(torch, spec.get("dtype", "float32"))
-        for layer in spec["layers"]:
-            if layer["kind"] == "cnf":  # only the CNF weights take the model dtype; buffers stay float64
-                model.layers.append(CNFLayer(spec["dim"], width=layer["width"], n_steps=layer["n_steps"]).to(dtype))
-            else:
-                model.layers.append(RejectionLayer(rate=layer["rate"]))
+        with seeded_init(0):  # any seed (the loaded weights replace these); the global random state is left alone
+            for layer in spec["layers"]:
+                if layer["kind"] == "cnf":  # only the CNF weights take the model dtype; buffers stay float64
+                    cnf = CNFLayer(spec["dim"], width=layer["width"], n_steps=layer["n_steps"])
+                    model.layers.append(cnf.to(dtype))
+                else:
+                    model.layers.append(RejectionLayer(rate=layer["rate"]))
         return model
 
     #: Name of the registered model factory (``Result.save`` / ``sampler.load``).

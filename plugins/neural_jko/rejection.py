@@ -103,6 +103,9 @@ class RejectionLayer(nn.Module):
     """
 
     kind = "rejection"
+    log_c: Tensor  # float64 buffers and an int64 one (declared for the type checker)
+    r_bar: Tensor
+    n_fit: Tensor
 
     def __init__(self, rate: float = 0.2):
         super().__init__()

@@ -39,10 +39,13 @@ from sampler.ext import (
     ConfigurationError,
     GeometricPath,
     PathEvaluation,
+    RunError,
     all_reduce_sum,
     broadcast_parameters,
+    derived_seed,
     local_batch,
     progress_bar,
+    seeded_init,
     sum_gradients,
     world_size,
 )
@@ -207,6 +210,8 @@ def cnf_surrogate(
     """
     flow = layer.integrate(x, exact=exact, n_probes=1, generator=generator)
     ev = path.evaluate(flow.z.detach(), grad=True)
+    if ev.grad_target is None:  # evaluate(grad=True) always returns it
+        raise RunError("the path evaluation returned no target gradient")
     grad = ev.grad_target.to(flow.z.dtype)
     kin = flow.kinetic.mean()
     surrogate = -(grad * flow.z).sum(-1).mean() - flow.ell.mean() + kin / tau
@@ -297,6 +302,7 @@ def train_model(
     dtype: torch.dtype = torch.float32,
     progress: bool | None = None,
     data_parallel: bool | None = None,
+    init_seed: int | None = None,
 ) -> NeuralJKOModel:
     """Build and train a model for ``target``; evaluations are counted by ``path.counter``.
 
@@ -310,7 +316,15 @@ def train_model(
     :func:`sampler.engine.distributed.rank_seed`); the returned models are identical. ``path.counter``
     then counts this rank's evaluations only, while the records' ``target_evals`` and
     ``grad_evals`` are totals over the ranks.
+
+    The initial weights of CNF layer ``i`` (its position in the schedule) come from the seed
+    ``derived_seed(init_seed, i)`` (:func:`sampler.ext.derived_seed`): they depend on
+    that alone, and torch's global random state is left as it was. ``init_seed`` defaults to
+    ``generator.initial_seed()`` (the seed the generator was given; its stream is not used);
+    data-parallel, every rank then starts each layer from rank 0's weights anyway.
     """
+    if init_seed is None:
+        init_seed = generator.initial_seed()
     if data_parallel is None:
         data_parallel = world_size() > 1
     reduce = all_reduce_sum if data_parallel else None
@@ -332,9 +346,9 @@ def train_model(
                 batch = model.draw(n_draw, generator, path)
             if kind == "cnf":
                 tau = config.tau0 * config.tau_growth**k_cnf
-                layer = CNFLayer(d, width=config.width, tau=tau, n_steps=config.n_rk4_steps).to(
-                    device=model.device, dtype=dtype
-                )
+                with seeded_init(derived_seed(init_seed, i)):
+                    layer = CNFLayer(d, width=config.width, tau=tau, n_steps=config.n_rk4_steps)
+                layer = layer.to(device=model.device, dtype=dtype)
                 if data_parallel:  # every rank starts from rank 0's initialization
                     broadcast_parameters([*layer.parameters(), *layer.buffers()])
                 record = fit_cnf(
@@ -370,7 +384,10 @@ def train_model(
 
 
 def _elbo_sharded(batch: Any) -> float | None:
-    """The mean finite log weight ``log q + e`` over all ranks' training draws (``None`` if not evaluated on some rank)."""
+    """The mean finite log weight ``log q + e`` over all ranks' training draws.
+
+    ``None`` if the draws were not evaluated on some rank.
+    """
     lt = batch.log_target
     evaluated = not bool(torch.isnan(lt).any())
     lw = lt + batch.e if evaluated else torch.zeros_like(lt)

@@ -41,14 +41,16 @@ def _check_reference(model: NeuralJKOModel, ctx: StepContext) -> None:
     scale = model.latent_scale.detach().cpu().double().numpy()
     if not (np.allclose(np.asarray(ref.loc), loc) and np.allclose(np.asarray(ref.scale), scale)):
         raise ConfigurationError(
-            "the pipeline's reference must be the model's latent: pass reference=model.latent_reference() to sampler.Pipeline"
+            "the pipeline's reference must be the model's latent: "
+            "pass reference=model.latent_reference() to sampler.Pipeline"
         )
 
 
 def _check_stage(step: Transport, ctx: StepContext) -> None:
     if not bool(((ctx.t_from == 0.0) & (ctx.t == 1.0)).all()):
         raise RunError(
-            f"{type(step).__name__} maps the latent (t = 0) to the target (t = 1): use a one-stage schedule, sampler.core.schedules.Linear(1)"
+            f"{type(step).__name__} maps the latent (t = 0) to the target (t = 1): "
+            "use a one-stage schedule, sampler.core.schedules.Linear(1)"
         )
 
 

@@ -31,9 +31,14 @@ class VelocityField(nn.Module):
         super().__init__()
         self.dim = dim
         sizes = [dim] + [width] * n_hidden + [dim]
-        self.linears = nn.ModuleList(nn.Linear(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        nn.init.zeros_(self.linears[-1].weight)
-        nn.init.zeros_(self.linears[-1].bias)
+        linears = [nn.Linear(a + 1, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        nn.init.zeros_(linears[-1].weight)
+        nn.init.zeros_(linears[-1].bias)
+        self.linears = nn.ModuleList(linears)
+
+    def linear_list(self) -> list[nn.Linear]:
+        """The linear layers in order (a typed view of the ``linears`` ModuleList)."""
+        return [lin for lin in self.linears if isinstance(lin, nn.Linear)]
 
     def forward(
         self, x: Tensor, t: float | Tensor, tangents: Tensor | None = None, identity: bool = False
@@ -54,14 +59,15 @@ class VelocityField(nn.Module):
         """
         b, d = x.shape
         tt = x.new_full((b, 1), float(t))
-        if identity:
-            jac = None  # (B, k, width) once past the first layer; V = I is folded into it
-        elif tangents is not None:
+        # with identity: None until past the first layer, then (B, k, width) (V = I is folded into it)
+        jac: Tensor | None = None
+        if not identity and tangents is not None:
             jac = tangents.transpose(1, 2)  # (B, k, d): one row per direction
         track = identity or tangents is not None
         h = x
-        n = len(self.linears)
-        for i, lin in enumerate(self.linears):
+        linears = self.linear_list()
+        n = len(linears)
+        for i, lin in enumerate(linears):
             out = F.linear(torch.cat([h, tt], dim=-1), lin.weight, lin.bias)
             if track:
                 w = lin.weight[:, :-1]
@@ -75,4 +81,4 @@ class VelocityField(nn.Module):
                 h = out
                 if track:
                     jac = jout
-        return h, (jac.transpose(1, 2) if track else None)
+        return h, (jac.transpose(1, 2) if track and jac is not None else None)

@@ -50,7 +50,12 @@ __all__ = [
 @sampler.hookimpl
 def sampler_register(registry) -> None:
     """Register the ``snf`` method, the ``snf-langevin`` transport and the ``snf-metropolis`` corrector."""
-    registry.add_method("snf", build_snf)
+    registry.add_method(
+        "snf",
+        build_snf,
+        "Stochastic normalizing flow: RealNVP couplings + Langevin + Metropolis layers, trained by reverse KL, "
+        "with exact path weights.",
+    )
     registry.add_model("snf", snf_from_config, "trained stochastic normalizing flow (SNF.model_config + weights)")
     registry.add_transport(
         "snf-langevin", LangevinLayer, "SNF unadjusted Langevin layer: moves at pi_t, increment = path-weight ΔS"

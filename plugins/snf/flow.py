@@ -18,6 +18,7 @@ samples (maximum likelihood).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from sampler.ext import (
     Transport,
     as_target,
     check_positive_int,
+    seeded_init,
 )
 from sampler_plugins.snf.layers import CouplingBlock, LangevinLayer, MetropolisLayer
 from sampler_plugins.snf.paths import DifferentiablePath
@@ -70,12 +72,12 @@ class Stage(nn.Module):
         self.metropolis = metropolis
 
     @property
-    def transports(self) -> list[Transport]:
+    def transports(self) -> list[CouplingBlock | LangevinLayer]:
         """The stage's transports in order."""
         return [s for s in (self.block, self.langevin) if s is not None]
 
     @property
-    def correctors(self) -> list[Corrector]:
+    def correctors(self) -> list[MetropolisLayer]:
         """The stage's correctors."""
         return [self.metropolis] if self.metropolis is not None else []
 
@@ -126,6 +128,10 @@ class SNF(nn.Module):
         clamp: bound of the couplings' log-scales.
         deterministic: include the coupling blocks (False: a purely stochastic flow, i.e. AIS
             with Langevin and Metropolis layers).
+        seed: seed of the couplings' initial weights (:func:`sampler.ext.seeded_init`:
+            they depend on it alone, and torch's global random state is left as it was);
+            ``None`` draws them from torch's global generator, like any ``nn.Module``. Not part
+            of :attr:`config` (a saved flow is rebuilt, then its weights are loaded).
     """
 
     def __init__(
@@ -145,6 +151,7 @@ class SNF(nn.Module):
         context_dim: int = 0,
         clamp: float = 2.0,
         deterministic: bool = True,
+        seed: int | None = None,
     ):
         super().__init__()
         check_positive_int("dim", dim)
@@ -179,25 +186,34 @@ class SNF(nn.Module):
         loc = torch.as_tensor(ref.loc, dtype=torch.get_default_dtype())
         scale = torch.as_tensor(ref.scale, dtype=torch.get_default_dtype())
         stages = []
-        for t in times:
-            block = CouplingBlock(dim, loc, scale, n_couplings, hidden, context_dim, clamp) if deterministic else None
-            lang = LangevinLayer(langevin_steps, langevin_step_size) if langevin_steps else None
-            mh = MetropolisLayer(mh_steps, mh_kernel, mh_step_size) if mh_steps else None
-            stages.append(Stage(t, block, lang, mh))
+        with seeded_init(seed) if seed is not None else contextlib.nullcontext():
+            for t in times:
+                block = (
+                    CouplingBlock(dim, loc, scale, n_couplings, hidden, context_dim, clamp) if deterministic else None
+                )
+                lang = LangevinLayer(langevin_steps, langevin_step_size) if langevin_steps else None
+                mh = MetropolisLayer(mh_steps, mh_kernel, mh_step_size) if mh_steps else None
+                stages.append(Stage(t, block, lang, mh))
         self.stages = nn.ModuleList(stages)
         # a zero-size buffer that follows .to(device, dtype): where and in what precision the flow lives
         self.register_buffer("_anchor", torch.zeros(0))
 
+    _anchor: Tensor  # the buffer above (declared for the type checker)
+
     # -- properties -------------------------------------------------------------------------
+    def stage_list(self) -> list[Stage]:
+        """The stages in order (a typed view of the ``stages`` ModuleList)."""
+        return [s for s in self.stages if isinstance(s, Stage)]
+
     @property
     def times(self) -> list[float]:
         """Stage times ``[t_1, ..., t_K]`` (``t_K = 1``)."""
-        return [s.t for s in self.stages]
+        return [s.t for s in self.stage_list()]
 
     @property
     def needs_grad(self) -> bool:
         """Whether some layer needs gradients of the path."""
-        return any(step.needs_grad for s in self.stages for step in (*s.transports, *s.correctors))
+        return any(step.needs_grad for s in self.stage_list() for step in (*s.transports, *s.correctors))
 
     @property
     def device(self) -> torch.device:
@@ -212,7 +228,7 @@ class SNF(nn.Module):
     def stochastic_layers(self) -> list[tuple[str, LangevinLayer | MetropolisLayer]]:
         """``(name, layer)`` of every Langevin and Metropolis layer, in order."""
         out = []
-        for k, s in enumerate(self.stages, 1):
+        for k, s in enumerate(self.stage_list(), 1):
             if s.langevin is not None:
                 out.append((f"stage{k}.langevin", s.langevin))
             if s.metropolis is not None:
@@ -247,7 +263,7 @@ class SNF(nn.Module):
         t_prev = torch.zeros(n_replicas, dtype=torch.float64, device=x0.device)
         log_w = torch.zeros(n_replicas, n, dtype=torch.float64, device=x0.device)
         info: dict[str, Tensor] = {}
-        for k, stage in enumerate(self.stages, 1):
+        for k, stage in enumerate(self.stage_list(), 1):
             t = torch.full_like(t_prev, stage.t)
             ctx = StepContext(path=path, t=t, t_from=t_prev, step=k, generator=generator, needs_grad=self.needs_grad)
             moved, extra = particles, torch.zeros_like(log_w)
@@ -259,10 +275,10 @@ class SNF(nn.Module):
                 _record(info, k, step, out.info)
             log_w = log_w + path.log_prob(moved.evaluation, t) - path.log_prob(particles.evaluation, t_prev) + extra
             particles = moved
-            for step in stage.correctors:
-                out = step.apply(particles, None, ctx)
+            for corrector in stage.correctors:
+                out = corrector.apply(particles, None, ctx)
                 particles = out.particles
-                _record(info, k, step, out.info)
+                _record(info, k, corrector, out.info)
             t_prev = t
         return PathSample(particles.x, log_w, info)
 
@@ -276,10 +292,11 @@ class SNF(nn.Module):
         particles = self._start(path, x)
         one = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
         log_w = path.log_prob(particles.evaluation, one)
-        for k in range(len(self.stages), 0, -1):
-            stage = self.stages[k - 1]
+        stages = self.stage_list()
+        for k in range(len(stages), 0, -1):
+            stage = stages[k - 1]
             t = torch.full_like(one, stage.t)
-            t_prev = torch.full_like(one, self.stages[k - 2].t if k > 1 else 0.0)
+            t_prev = torch.full_like(one, stages[k - 2].t if k > 1 else 0.0)
             ctx = StepContext(path=path, t=t, t_from=t_prev, step=k, generator=generator, needs_grad=self.needs_grad)
             for step in reversed([*stage.transports, *stage.correctors]):
                 particles, delta = step.reverse(particles, ctx)
@@ -367,7 +384,7 @@ class SNF(nn.Module):
             raise PersistenceError(f"cannot read an SNF from {file}: {exc}") from None
         if not isinstance(blob, dict) or blob.get("format") != "sampler-snf-1":
             raise PersistenceError(f"{file} is not an SNF written by SNF.save")
-        model = cls(**blob["config"])
+        model = cls(**blob["config"], seed=0)  # any seed: the saved weights replace the initial ones
         state = blob["state"]
         anchor = state.get("_anchor")
         if anchor is not None:
@@ -376,7 +393,8 @@ class SNF(nn.Module):
         return model
 
 
-def _record(info: dict[str, Tensor], k: int, step: object, new: Mapping[str, Tensor]) -> None:
+def _record(info: dict[str, Tensor], k: int, step: object, new: Mapping[str, Tensor | float]) -> None:
+    """Keep a layer's acceptance statistic (the last of its info values; the SNF layers report one, a tensor)."""
     kind = (
         "langevin"
         if isinstance(step, LangevinLayer)
@@ -384,8 +402,8 @@ def _record(info: dict[str, Tensor], k: int, step: object, new: Mapping[str, Ten
         if isinstance(step, MetropolisLayer)
         else "block"
     )
-    for key, value in new.items():
-        info[f"stage{k}.{kind}"] = value
+    for value in new.values():
+        info[f"stage{k}.{kind}"] = torch.as_tensor(value)
 
 
 class SNFTransport(Transport):
@@ -399,7 +417,7 @@ class SNFTransport(Transport):
     def apply(self, particles: Particles, state: object, ctx: StepContext) -> StepOutput:
         stage = _stage(self.model, ctx)
         total = torch.zeros_like(particles.log_weights)
-        info: dict[str, Tensor] = {}
+        info: dict[str, Tensor | float] = {}
         for step in stage.transports:
             out = step.apply(particles, None, ctx)
             particles = out.particles
@@ -420,7 +438,7 @@ class SNFCorrector(Corrector):
         self.needs_grad = model.needs_grad
 
     def apply(self, particles: Particles, state: object, ctx: StepContext) -> StepOutput:
-        info: dict[str, Tensor] = {}
+        info: dict[str, Tensor | float] = {}
         for step in _stage(self.model, ctx).correctors:
             out = step.apply(particles, None, ctx)
             particles = out.particles
@@ -435,7 +453,7 @@ def _stage(model: SNF, ctx: StepContext) -> Stage:
     k = ctx.step
     if not 1 <= k <= len(model.stages):
         raise sampler.errors.RunError(f"the SNF has {len(model.stages)} stages; the schedule asked for stage {k}")
-    stage = model.stages[k - 1]
+    stage = model.stage_list()[k - 1]
     if bool((ctx.t != stage.t).any()):
         raise sampler.errors.RunError(f"SNF stage {k} is at t = {stage.t}, the schedule is at {ctx.t.tolist()}")
     return stage
@@ -448,4 +466,4 @@ def snf_from_config(dtype: str = "float32", **config: Any) -> SNF:
     """
     if dtype not in ("float32", "float64", "float16", "bfloat16"):
         raise PersistenceError(f"unknown SNF dtype {dtype!r} in a saved config")
-    return SNF(**config).to(dtype=getattr(torch, dtype))
+    return SNF(**config, seed=0).to(dtype=getattr(torch, dtype))  # seeded: the global random state is left alone

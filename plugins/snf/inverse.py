@@ -166,7 +166,8 @@ class ConditionalSNF:
     Args:
         problem: the inverse problem (its prior's location/scale is the latent Gaussian).
         **flow_options: passed to :class:`~sampler_plugins.snf.flow.SNF` (``n_stages``,
-            ``n_couplings``, ``hidden``, ``langevin_steps``, ``mh_steps``, ...).
+            ``n_couplings``, ``hidden``, ``langevin_steps``, ``mh_steps``, ...; ``seed`` for
+            initial weights that depend on it alone, leaving torch's global random state alone).
 
     Use :meth:`fit` (forward KL on joint samples by default), then :meth:`posterior` for a new
     observation. :attr:`model` is the underlying :class:`SNF` (``save``/``load`` it).

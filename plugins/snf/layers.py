@@ -101,6 +101,9 @@ class ElementwiseAffine(nn.Module):
     ``shift`` is in units of the reference scale ``scale``.
     """
 
+    loc: Tensor  # buffers (declared for the type checker: nn.Module's attribute lookup is untyped)
+    scale: Tensor
+
     def __init__(self, dim: int, loc: Tensor, scale: Tensor):
         super().__init__()
         self.log_scale = nn.Parameter(torch.zeros(dim))
@@ -135,6 +138,10 @@ class AffineCoupling(nn.Module):
         context_dim: size ``m`` of the condition (0: unconditional).
         clamp: bound of the log-scale.
     """
+
+    mask: Tensor  # buffers
+    loc: Tensor
+    scale: Tensor
 
     def __init__(
         self,
@@ -234,10 +241,14 @@ class CouplingBlock(nn.Module, Transport):
             AffineCoupling(m, hidden, loc, scale, context_dim, clamp) for m in coupling_masks(dim, n_couplings)
         )
 
+    def coupling_list(self) -> list[AffineCoupling]:
+        """The couplings in order (a typed view of the ``couplings`` ModuleList)."""
+        return [c for c in self.couplings if isinstance(c, AffineCoupling)]
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(T(x), log|det J_T(x)|)`` for ``x`` ``(..., d)``; the log-det is ``(...)``."""
         y, logdet = self.affine(x)
-        for c in self.couplings:
+        for c in self.coupling_list():
             y, ld = c(y, context)
             logdet = logdet + ld
         return y, logdet
@@ -245,13 +256,14 @@ class CouplingBlock(nn.Module, Transport):
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(T^{-1}(y), log|det J_{T^{-1}}(y)|)``."""
         x, logdet = y, torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)
-        for c in reversed(self.couplings):
+        for c in reversed(self.coupling_list()):
             x, ld = c.inverse(x, context)
             logdet = logdet + ld
         x, ld = self.affine.inverse(x)
         return x, logdet + ld
 
-    def apply(self, particles: Particles, state: object, ctx: StepContext) -> StepOutput:
+    # The engine's step contract (Transport.apply) shadows nn.Module.apply(fn) on purpose.
+    def apply(self, particles: Particles, state: object, ctx: StepContext) -> StepOutput:  # type: ignore[override]
         """Map the particles; increment ``log|det J|`` ``(R, N)`` float64."""
         with torch.set_grad_enabled(grad_enabled(ctx)):
             y, logdet = self(particles.x, condition_of(ctx, particles.x))
@@ -279,6 +291,7 @@ class _StochasticLayer(nn.Module):
     trained by gradient; adapted during training toward an acceptance rate, then frozen)."""
 
     default_acceptance: float = 0.5
+    log_step_size: Tensor  # a float64 buffer
 
     def __init__(self, n_steps: int, step_size: float, target_acceptance: float | None):
         nn.Module.__init__(self)
@@ -366,7 +379,8 @@ class LangevinLayer(_StochasticLayer, Transport):
     def __init__(self, n_steps: int = 1, step_size: float = 0.05, target_acceptance: float | None = None):
         _StochasticLayer.__init__(self, n_steps, step_size, target_acceptance)
 
-    def apply(self, particles: Particles, state: object, ctx: StepContext) -> StepOutput:
+    # Transport.apply shadows nn.Module.apply(fn) on purpose (the engine's step contract).
+    def apply(self, particles: Particles, state: object, ctx: StepContext) -> StepOutput:  # type: ignore[override]
         """Move with ``n_steps`` ULA steps; increment ``ΔS`` ``(R, N)`` float64."""
         with torch.set_grad_enabled(grad_enabled(ctx)):
             x, ev = particles.x, particles.evaluation
@@ -454,7 +468,8 @@ class MetropolisLayer(_StochasticLayer, Corrector):
             acc = acc + _mean_acceptance(la) / self.n_steps
         return attrs.evolve(particles, x=x, evaluation=ev), acc
 
-    def apply(self, particles: Particles, state: object, ctx: StepContext) -> StepOutput:
+    # Corrector.apply shadows nn.Module.apply(fn) on purpose (the engine's step contract).
+    def apply(self, particles: Particles, state: object, ctx: StepContext) -> StepOutput:  # type: ignore[override]
         """``n_steps`` Metropolis steps at pi_t (invariant: no increment)."""
         with torch.set_grad_enabled(grad_enabled(ctx)):
             new, acc = self._run(particles, ctx)

@@ -6,6 +6,13 @@ every rank trains it on its share of each batch of paths, so all ranks hold the 
 sampling run is not sharded (the SNF steps draw their noise from the run's generator, not from
 per-particle streams): every rank runs the same sampling run, with a warning that says so.
 Training counts are totals over the ranks; sampling counts those of one (each) rank's run.
+
+Every random number of a run comes from its ``seed`` (so repeating a run with its seed repeats
+it bit for bit, whatever the global random state): the couplings' initial weights from
+``derived_seed(seed, INIT_SALT)`` (:func:`sampler.ext.derived_seed`; torch's global generator
+is forked, seeded and restored), the training batches from a generator seeded with
+``train_seed = (seed * 1_000_003 + 99_991) mod 2^63`` (per rank: :func:`~sampler.ext.rank_seed` of it), the
+sampling run from ``seed`` itself.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from sampler.ext import (
     as_target,
     broadcast_parameters,
     check_positive_int,
+    derived_seed,
     is_main_process,
     make_reference,
     rank_seed,
@@ -37,6 +45,9 @@ from sampler_plugins.snf.flow import SNF
 from sampler_plugins.snf.training import TrainingLog, TrainingSettings, fit
 
 __all__ = ["SNFMethod", "build_snf"]
+
+#: Salt of the SNF's initial weights in the ``snf`` method: ``derived_seed(run seed, INIT_SALT)``.
+INIT_SALT = int.from_bytes(b"snf-init", "big")  # the ASCII bytes of "snf-init"
 
 
 class SNFMethod:
@@ -149,7 +160,10 @@ class SNFMethod:
             cfg = attrs.evolve(cfg, seed=agree(cfg.seed))
         start = time.perf_counter()
         ref = make_reference(target, self.reference_loc, self.reference_scale)
-        model = SNF(target.dim, ref.loc, ref.scale, **self.flow_options).to(device=cfg.device, dtype=cfg.dtype)
+        # initial weights from the run's seed alone (the same on every rank), global random state untouched
+        init_seed = derived_seed(cfg.seed, INIT_SALT)
+        model = SNF(target.dim, ref.loc, ref.scale, **self.flow_options, seed=init_seed)
+        model = model.to(device=cfg.device, dtype=cfg.dtype)
         train_seed = (cfg.seed * 1_000_003 + 99_991) % 2**63  # training stream, distinct from sampling
         gen = torch.Generator(device=cfg.device)
         gen.manual_seed(train_seed)
@@ -161,7 +175,7 @@ class SNFMethod:
                 raise ConfigurationError(
                     f"train_samples='exact' needs a target with an exact sampler; {target.name} has none"
                 ) from None
-        if parallel:  # rank 0's initial flow everywhere; each rank its own stream of training batches
+        if parallel:  # rank 0's initial flow everywhere (already so by the seed); each rank its own training batches
             broadcast_parameters([*model.parameters(), *model.buffers()])
             gen = torch.Generator(device=cfg.device).manual_seed(rank_seed(train_seed))
         counter = EvaluationCounter()
@@ -202,5 +216,6 @@ class SNFMethod:
 
 
 def build_snf(**options: Any) -> SNFMethod:
-    """Stochastic normalizing flow: RealNVP couplings + Langevin + Metropolis layers, trained by reverse KL, with exact path weights."""
+    """Stochastic normalizing flow: RealNVP couplings + Langevin + Metropolis layers, trained by reverse KL,
+    with exact path weights (options: :class:`SNFMethod`)."""
     return SNFMethod(**options)
