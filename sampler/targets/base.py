@@ -187,8 +187,10 @@ def _check_constant(target: Target, log_prob: object, x: Tensor) -> None:
     (NumPy, ``.item()``, ``.detach()``): its true gradient is not zero, and treating it as zero
     would sample the wrong density without a word.
     """
-    if not isinstance(log_prob, Tensor) or log_prob.numel() < 2 or log_prob.device != x.device:
-        return  # not a tensor, one point, or on another device: the engine's own checks say what is wrong
+    if not isinstance(log_prob, Tensor) or not log_prob.is_floating_point() or log_prob.device != x.device:
+        return  # not a floating tensor on x's device: the engine's own checks say what is wrong
+    if log_prob.shape != x.shape[:-1] or log_prob.numel() < 2:
+        return
     finite = log_prob[torch.isfinite(log_prob)]
     if finite.numel() > 1 and bool((finite != finite.flatten()[0]).any()):
         raise TargetError(
