@@ -293,13 +293,13 @@ class Loop:
     def run(self, state: LoopState, desc: str) -> LoopState:
         """Iterate from ``state`` until :attr:`finished`; return the final state."""
         session, ckpt = self.session, self.session.checkpoint
-        record = (
+        run_info = (
             run_record(session.name, session.target, session.cfg, ckpt, list(session.steps), session.options or None)
             if ckpt is not None
             else {}
         )
         if ckpt is not None and session.shard is not None:
-            record["sharded"] = True
+            run_info["sharded"] = True
         snapshot = _Snapshot.capture(state, session) if ckpt is not None else None
         by_time = self.total is None
 
@@ -325,13 +325,13 @@ class Loop:
                     if ckpt is not None:
                         snapshot = _Snapshot.capture(state, session)
                         if ckpt.every is not None and state.k % ckpt.every == 0 and not self.finished(state):
-                            self._save(snapshot, record)
+                            self._save(snapshot, run_info)
             except KeyboardInterrupt:
                 # Ranks of a sharded run cannot gather their state once one of them stops: there,
                 # only the periodic checkpoints (checkpoint_every) are saved.
                 if ckpt is None or snapshot is None or (session.shard is not None and session.shard.world_size > 1):
                     raise
-                self._save(snapshot, record)
+                self._save(snapshot, run_info)
                 raise Interrupted(
                     f"interrupted after {self.unit} {snapshot.state.k}; the state was saved to {str(ckpt.path)!r} "
                     f"(resume with sampler.resume({str(ckpt.path)!r}))",
@@ -341,10 +341,10 @@ class Loop:
                 ) from None
         return state
 
-    def _save(self, snapshot: _Snapshot, record: Mapping[str, Any]) -> None:
+    def _save(self, snapshot: _Snapshot, run_info: Mapping[str, Any]) -> None:
         tree = snapshot.tree(self.session)  # a collective in a sharded run: every rank takes part
         if self.session.main and self.session.checkpoint is not None:
-            write_checkpoint(self.session.checkpoint.path, record, tree)
+            write_checkpoint(self.session.checkpoint.path, run_info, tree)
 
 
 @contextlib.contextmanager
