@@ -51,6 +51,7 @@ from sampler.host.hookspecs import hookimpl, hookspec
 from sampler.host.loading import block_plugin, register_plugin, reset_plugins, set_strict_plugins, unregister_plugin
 from sampler.io.persistence import load_result as load
 from sampler.targets.base import BoltzmannTarget, Target, target
+from sampler.targets.model import Model, Param, model
 
 # The short module names users import (``from sampler.schedules import Adaptive``) stay valid
 # whatever layer a module lives in (docs/concepts.md, "Layers").
@@ -80,6 +81,8 @@ __all__ = [
     "Particles",
     "PathEvaluation",
     "Runner",
+    "Model",
+    "Param",
     "Pipeline",
     "Result",
     "RunSettings",
@@ -112,6 +115,7 @@ __all__ = [
     "make_reference",
     "method",
     "metrics",
+    "model",
     "paths",
     "plugins",
     "register_plugin",

@@ -112,10 +112,45 @@ def summary(result: Result, target: Any = None) -> Summary:
         v["annealing_steps"] = hi
         rows.append(("annealing steps", str(hi) if lo == hi else f"{lo}-{hi} (per replica)"))
     _mode_weight_row(result, target, rows, v)
+    _parameter_rows(result, rows, v)
     rows.append(("target / gradient evals", f"{result.n_target_evals:,} / {result.n_grad_evals:,}"))
     rows.append(("non-finite log densities", str(result.n_nonfinite)))
     rows.append(("wall time", f"{result.wall_time:.2f} s on {result.device or 'n/a'}"))
     return Summary(rows=tuple(rows), values=v, warnings=_warnings(result, v))
+
+
+#: At most this many parameter elements are listed in the summary (all are in ``values["parameters"]``).
+MAX_PARAMETER_ROWS = 20
+
+
+def _parameter_rows(result: Result, rows: list[tuple[str, str]], v: dict[str, Any]) -> None:
+    """For a model: mean, sd, R-hat and bulk ESS of each constrained parameter element, by name.
+
+    Elements that never vary (the fixed entries of a Cholesky factor) are left out.
+    """
+    if result.layout is None or not result.draws:
+        return
+    labels = result.layout.element_names()
+    flat = result.layout.flatten(result.draws).detach().to("cpu", torch.float64)  # (R, N, k)
+    pooled = flat.flatten(0, 1)
+    mean, sd = pooled.mean(0), pooled.std(0)
+    rh, es = rhat_and_ess(flat)
+    table = {
+        label: {"mean": float(mean[j]), "sd": float(sd[j]), "rhat": float(rh[j]), "ess_bulk": float(es[j])}
+        for j, label in enumerate(labels)
+        if float(sd[j]) > 0
+    }
+    v["parameters"] = table
+    rows.append(("parameters", f"{'mean':>10} {'sd':>10} {'R-hat':>7} {'bulk ESS':>9}"))
+    for label, s in list(table.items())[:MAX_PARAMETER_ROWS]:
+        rows.append(
+            (
+                f"  {label}",
+                f"{s['mean']:>10.4g} {s['sd']:>10.4g} {_fmt(s['rhat'], '>7.3f')} {_fmt(s['ess_bulk'], '>9.0f')}",
+            )
+        )
+    if len(table) > MAX_PARAMETER_ROWS:
+        rows.append(("  ...", f"{len(table) - MAX_PARAMETER_ROWS} more (summary.values['parameters'], az.summary)"))
 
 
 #: Replicas whose log Z estimates spread more than this (sd, nats) give a log Z biased low by

@@ -47,6 +47,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import attrs
 import numpy as np
 import torch
 
@@ -96,9 +97,10 @@ def available_kinds(result: Result) -> tuple[str, ...]:
     log Z, and ``"weights"`` to SMC-type results.
     """
     kinds = []
-    if result.dim == 2:
+    dim = _parameter_view(result).dim if result.layout is not None and result.draws else result.dim
+    if dim == 2:
         kinds.append("samples")
-    if result.dim >= 2:
+    if dim >= 2:
         kinds.append("pair")
     kinds.append("marginals")
     if result.kind == "mcmc":
@@ -151,6 +153,10 @@ def plot(
     """
     if not isinstance(result, Result):
         raise ConfigurationError(f"plot() needs a sampler.Result, got {type(result).__name__}")
+    if result.layout is not None and result.draws:
+        view = _parameter_view(result)
+        if _resolve_kind(view, kind) in _PARAMETER_KINDS:
+            result, target = view, None  # a model's samples are shown as its named parameters
     kind = _resolve_kind(result, kind)
     fmt = _format_of(out) if out is not None else None
     if ax is not None and kind not in _SINGLE_AXES:
@@ -315,6 +321,23 @@ class _Context:
             else f"R={r.n_replicas} replicas × N={r.n_particles}"
         )
         return f"{what}\n{r.method} on {r.target} (d={r.dim}, {size}, seed {r.seed})"
+
+
+#: Kinds that show the samples; for a model they show its constrained parameters by name.
+_PARAMETER_KINDS = ("samples", "pair", "marginals", "trace")
+
+
+def _parameter_view(result: Result) -> Result:
+    """A model's result seen through its parameters: one coordinate per varying constrained element,
+    named ``mu``, ``theta[Choate]``, ... (fixed elements, like a Cholesky factor's zeros, are left out)."""
+    assert result.layout is not None
+    flat = result.layout.flatten(result.draws)
+    keep = (flat.flatten(0, 1).std(0) > 0).nonzero().flatten().tolist()
+    names = result.layout.element_names()
+    flat = flat[..., keep]
+    return attrs.evolve(
+        result, samples=flat, weighted_samples=flat, dim_names=[names[j] for j in keep], layout=None, draws={}
+    )
 
 
 def _replica_colors(n: int) -> list[Any]:

@@ -16,6 +16,7 @@ from torch import Tensor
 from sampler.core.paths import EvaluationCounter
 from sampler.core.settings import RunSettings
 from sampler.targets.base import Target
+from sampler.targets.model import ParameterLayout
 
 __all__ = ["StepStats", "Result", "pooled_log_Z", "provide"]
 
@@ -120,6 +121,10 @@ class Result:
         dim_names: the target's coordinate names (``Target.dim_names``), if it has them.
         models: trained models the method produced (flows, JKO stacks, TT fields), by name;
             :meth:`save` stores them beside the result and ``sampler.load`` rebuilds them.
+        layout: the parameters of a :func:`sampler.model` target (names, shapes, supports,
+            dims), or ``None`` for a target over plain coordinates.
+        draws: for a model, the constrained draws of each parameter, name -> ``(R, N, *shape)``
+            (``samples`` mapped through the model's bijections); empty otherwise.
     """
 
     samples: Tensor
@@ -140,6 +145,8 @@ class Result:
     exact_log_Z: float | None = None
     dim_names: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
     models: Mapping[str, Any] = attrs.field(factory=dict)
+    layout: ParameterLayout | None = None
+    draws: Mapping[str, Tensor] = attrs.field(factory=dict)
 
     @classmethod
     def from_run(
@@ -161,6 +168,9 @@ class Result:
     ) -> Result:
         """The one way a runner packages its outcome: target and settings fill in the rest.
 
+        A target with a parameter ``layout`` (a :func:`sampler.model`) also gets its constrained
+        ``draws``: its ``constrain`` applied to ``samples``.
+
         Args:
             target: the target sampled (its ``name``, exact ``log_Z`` and ``dim_names`` are recorded).
             settings: the run's :class:`~sampler.RunSettings` (seed and device are recorded).
@@ -179,6 +189,13 @@ class Result:
             evals = (evals.target_evals, evals.grad_evals, evals.nonfinite)
         if log_weights is None:
             log_weights = torch.zeros(samples.shape[:2], dtype=torch.float64, device=samples.device)
+        layout = getattr(target, "layout", None)
+        draws: dict[str, Tensor] = {}
+        if isinstance(layout, ParameterLayout):
+            with torch.no_grad():
+                draws = {k: v.detach() for k, v in target.constrain(samples.detach()).items()}  # type: ignore[attr-defined]
+        else:
+            layout = None
         return cls(
             samples=samples,
             log_weights=log_weights,
@@ -198,6 +215,8 @@ class Result:
             exact_log_Z=getattr(target, "log_Z", None),
             dim_names=getattr(target, "dim_names", None),
             models=dict(models or {}),
+            layout=layout,
+            draws=draws,
         )
 
     @property
@@ -266,7 +285,9 @@ class Result:
         weighted set (``weighted_x`` with ``log_weight``, paired by index; the weights do not
         belong to ``posterior.x``), log Z per replica, and the per-stage statistics on a
         ``step`` axis; ``attrs`` carry method, options, seed, log Z ± se, costs and versions.
-        The layout is described in :mod:`sampler.io.persistence`.
+        For a :func:`sampler.model`, ``posterior`` holds one variable per parameter
+        (constrained, with the model's dims and coords) and ``x`` moves to
+        ``unconstrained_posterior``. The layout is described in :mod:`sampler.io.persistence`.
         """
         return _provided("to_arviz")(self)
 

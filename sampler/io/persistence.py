@@ -6,6 +6,10 @@ Layout of an exported result (``Result.to_arviz()``, and the file ``Result.save`
   particles, or R chains x N draws); ``x_dim_0`` carries the target's ``dim_names`` if it has
   them. Every ArviZ function (``az.summary``, ``az.ess``, ``az.rhat``, ``az.plot_trace``,
   ``az.plot_pair``) applies to it.
+- For a :func:`sampler.model` (a result with a ``layout``), ``posterior`` instead holds one
+  variable per parameter, constrained, ``(chain, draw, *dims)`` with the model's dims and
+  coords, and ``x`` moves to the group ``unconstrained_posterior``; the attribute
+  ``parameters`` (JSON) records the layout (names, shapes, supports, dims, coords).
 - ``sample_stats``: ``log_weight`` ``(chain, draw)`` with ``weighted_x`` (SMC-type methods): the
   weighted particle set before the final resampling, paired by index -- these weights belong
   to ``weighted_x``, not to ``posterior.x``; use them for importance-weighted expectations
@@ -49,6 +53,7 @@ from sampler.errors import PersistenceError, UnknownNameError
 from sampler.host.loading import host
 from sampler.io._arviz import arviz
 from sampler.io.checkpoint import load_plain, sibling_temp_path
+from sampler.targets.model import ParameterLayout
 
 __all__ = [
     "FORMAT_VERSION",
@@ -63,7 +68,8 @@ __all__ = [
 ]
 
 #: Version of the layout above; a reader refuses files of a newer layout, naming their writer.
-FORMAT_VERSION = 1
+#: 2: results of models (named parameters; ``x`` in ``unconstrained_posterior``).
+FORMAT_VERSION = 2
 
 _STEP_FIELDS = ("t", "ess", "log_Z_increment")
 _STEP_COUNTS = ("target_evals", "grad_evals", "nonfinite")
@@ -132,6 +138,8 @@ def _metadata(result: Result) -> dict[str, Any]:
         meta["exact_log_Z"] = float(result.exact_log_Z)
     if result.models:
         meta["models"] = json.dumps(sorted(result.models))
+    if result.layout is not None:
+        meta["parameters"] = result.layout.to_json()
     return meta
 
 
@@ -167,7 +175,10 @@ def to_inference_data(result: Result) -> Any:
         "draw": np.arange(n),
         "x_dim_0": list(result.dim_names) if result.dim_names else np.arange(d),
     }
-    posterior = xr.Dataset({"x": (("chain", "draw", "x_dim_0"), _np(result.samples))}, coords=coords)
+    x = xr.Dataset({"x": (("chain", "draw", "x_dim_0"), _np(result.samples))}, coords=coords)
+    groups: dict[str, Any] = {"posterior": x}
+    if result.layout is not None:
+        groups = {"posterior": _parameters_dataset(result), "unconstrained_posterior": x}
     stats: dict[str, Any] = {"log_weight": (("chain", "draw"), _np(result.log_weights))}
     if result.kind == "smc":
         stats["weighted_x"] = (("chain", "draw", "x_dim_0"), _np(result.weighted_samples))
@@ -187,9 +198,24 @@ def to_inference_data(result: Result) -> Any:
             stats[var] = xr.Variable(dims, values, {**attrs, "info_key": key})
     sample_stats = xr.Dataset(stats, coords={**coords, **step_coords})
     meta = _metadata(result)
-    posterior.attrs.update(meta)
-    sample_stats.attrs.update(meta)
-    return az.InferenceData(attrs=dict(meta), posterior=posterior, sample_stats=sample_stats)
+    for group in (*groups.values(), sample_stats):
+        group.attrs.update(meta)
+    return az.InferenceData(attrs=dict(meta), **groups, sample_stats=sample_stats)
+
+
+def _parameters_dataset(result: Result) -> Any:
+    """The constrained draws of a model's parameters: one variable per parameter, ``(chain, draw, *dims)``."""
+    import xarray as xr
+
+    assert result.layout is not None
+    r, n = result.samples.shape[:2]
+    coords: dict[str, Any] = {"chain": np.arange(r), "draw": np.arange(n)}
+    variables = {}
+    for p in result.layout.parameters:
+        variables[p.name] = (("chain", "draw", *p.dims), _np(result.draws[p.name]))
+        for dim, size in zip(p.dims, p.shape, strict=True):
+            coords.setdefault(dim, list(result.layout.coords.get(dim, range(size))))
+    return xr.Dataset(variables, coords=coords)
 
 
 def _attr(meta: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -386,8 +412,15 @@ class _Reader:
             )
         attrs = {key: self.attribute(meta, key, kind) for key, kind in _REQUIRED_ATTRS.items()}
         attrs.update({key: self.attribute(meta, key, kind, required=False) for key, kind in _OPTIONAL_ATTRS.items()})
-        x = self.variable(post, "posterior", "x", ("chain", "draw", "x_dim_0"), meaning="the samples")
+        layout = self.layout(meta)
+        if layout is not None:
+            post = self.group(idata, "unconstrained_posterior")
+            gname = "unconstrained_posterior"
+        else:
+            gname = "posterior"
+        x = self.variable(post, gname, "x", ("chain", "draw", "x_dim_0"), meaning="the samples")
         r, n, d = x.shape
+        draws = {} if layout is None else self.draws(self.group(idata, "posterior"), layout, r, n)
         stats = self.group(idata, "sample_stats")
         samples = _tensor(x.values)
         log_weights = _tensor(
@@ -427,7 +460,31 @@ class _Reader:
             options=options,
             exact_log_Z=attrs["exact_log_Z"],
             dim_names=cast(Any, dim_names),  # the converter's type (Iterable[_T_co]) defeats mypy
+            layout=layout,
+            draws=draws,
         )
+
+    def layout(self, meta: Mapping[str, Any]) -> ParameterLayout | None:
+        """The model's parameter layout recorded in the attribute ``parameters``, or ``None``."""
+        if "parameters" not in meta:
+            return None
+        text = self.attribute(meta, "parameters", "text")
+        try:
+            layout = ParameterLayout.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.fail(f"JSON attribute parameters is not a parameter layout ({type(exc).__name__}: {exc})")
+        if not layout.parameters or len(set(layout.names)) != len(layout.names):
+            self.fail(f"JSON attribute parameters names no parameters, or repeats one: {list(layout.names)}")
+        return layout
+
+    def draws(self, post: Any, layout: ParameterLayout, r: int, n: int) -> dict[str, Tensor]:
+        """Each parameter's constrained draws ``(R, N, *shape)`` from the posterior group, checked."""
+        out = {}
+        for p in layout.parameters:
+            dims = ("chain", "draw", *p.dims)
+            var = self.variable(post, "posterior", p.name, dims, (r, n, *p.shape), f"parameter {p.name}")
+            out[p.name] = _tensor(var.values)
+        return out
 
 
 def from_inference_data(idata: Any, source: str = "the data") -> Result:
@@ -437,7 +494,7 @@ def from_inference_data(idata: Any, source: str = "the data") -> Result:
     shapes (R×N×d from ``posterior.x``), the attributes and the JSON ones. Anything missing or
     inconsistent raises :class:`PersistenceError` naming ``source`` and what is wrong.
     """
-    if not hasattr(idata, "posterior") or "x" not in idata.posterior:
+    if not hasattr(idata, "posterior") or ("x" not in idata.posterior and "parameters" not in idata.posterior.attrs):
         raise PersistenceError(f"{source} has no posterior.x: it was not written by sampler-engine")
     try:
         return _Reader(source).result(idata)

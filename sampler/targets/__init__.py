@@ -22,6 +22,7 @@ from sampler.targets.gaussian import Gaussian
 from sampler.targets.gmm import GMM10, GMM10_DIMS, GMM40, EightModes, EightPeaky, GaussianMixture
 from sampler.targets.lgcp import LGCP
 from sampler.targets.manywell import ManyWell
+from sampler.targets.model import Model, Param, ParameterLayout, model
 from sampler.targets.mustache import Mustache
 
 __all__ = [
@@ -29,6 +30,10 @@ __all__ = [
     "BoltzmannTarget",
     "FunctionTarget",
     "target",
+    "Model",
+    "Param",
+    "ParameterLayout",
+    "model",
     "Gaussian",
     "DoubleWell",
     "GaussianMixture",
