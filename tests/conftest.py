@@ -24,3 +24,25 @@ def fresh_plugins():
     sampler.reset_plugins()
     yield sampler.plugins.host()
     sampler.reset_plugins()
+
+
+class Interrupting(sampler.BoltzmannTarget):
+    """A double well that raises KeyboardInterrupt (as Ctrl-C would) at its ``at``-th gradient call."""
+
+    dim = 2
+
+    def __init__(self, at: int | None):
+        self.at, self.calls = at, 0
+
+    @property
+    def name(self) -> str:
+        return "interrupting"
+
+    def energy(self, x):
+        return x[..., 0] ** 4 - 6 * x[..., 0] ** 2 - 0.5 * x[..., 0] + 0.5 * x[..., 1] ** 2
+
+    def log_prob_and_grad(self, x):
+        self.calls += 1
+        if self.at is not None and self.calls == self.at:
+            raise KeyboardInterrupt
+        return super().log_prob_and_grad(x)

@@ -22,6 +22,8 @@ from sampler.errors import ConfigurationError, Interrupted, PersistenceError
 from sampler.io.checkpoint import read_checkpoint
 from sampler.io.persistence import FORMAT_VERSION, load_weights, models_dir
 
+from conftest import Interrupting
+
 
 def _smc(**kw):
     opts = dict(n_particles=300, n_replicas=3, seed=1, n_steps=3, progress=False)
@@ -237,28 +239,6 @@ def test_resume_from_a_periodic_checkpoint_equals_the_uninterrupted_run(tmp_path
     assert 0 < data.step < len(full.steps)
     resumed = sampler.resume(ck, progress=False)
     assert_same_result(full, resumed, wall_time=False)
-
-
-class Interrupting(sampler.BoltzmannTarget):
-    """A double well that raises KeyboardInterrupt (as Ctrl-C would) at its ``at``-th gradient call."""
-
-    dim = 2
-
-    def __init__(self, at: int | None):
-        self.at, self.calls = at, 0
-
-    @property
-    def name(self) -> str:
-        return "interrupting"
-
-    def energy(self, x):
-        return x[..., 0] ** 4 - 6 * x[..., 0] ** 2 - 0.5 * x[..., 0] + 0.5 * x[..., 1] ** 2
-
-    def log_prob_and_grad(self, x):
-        self.calls += 1
-        if self.at is not None and self.calls == self.at:
-            raise KeyboardInterrupt
-        return super().log_prob_and_grad(x)
 
 
 def test_ctrl_c_saves_and_resume_equals_the_uninterrupted_run(tmp_path):

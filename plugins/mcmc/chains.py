@@ -1,4 +1,13 @@
-"""Plain MCMC chains (methods ``mala`` and ``hmc``): R chains x N draws at t = 1."""
+"""Plain MCMC chains (methods ``mala`` and ``hmc``): R chains x N draws at t = 1.
+
+Warm-up (Stan's, Stan Reference Manual, "HMC algorithm parameters: automatic parameter
+tuning"): a fast initial buffer (75 iterations) where only the step size adapts, then slow
+windows of 25, 50, 100, ... iterations (the last one stretched to the terminal buffer) at the
+end of each of which the metric is set to the regularized covariance of the window's draws,
+pooled over the R chains, and the step-size adaptation restarts; a terminal buffer (50) adapts
+the step size to the final metric. Step sizes adapt per chain by dual averaging (Hoffman &
+Gelman 2014). Short warm-ups scale the buffers as Stan does (15% / 75% / 10%).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +39,7 @@ from sampler.ext import (
     record,
     reopen,
 )
-from sampler_plugins.mcmc.kernels import KernelState
+from sampler_plugins.mcmc.kernels import KernelState, MetropolisCorrector, regularized_metric
 
 
 class _Tunable(Protocol):
@@ -44,15 +53,20 @@ class MCMCChains:
 
     Chains start from the target's default reference. During ``n_warmup`` iterations the step
     size of each chain is tuned by dual averaging (Hoffman & Gelman 2014) toward the kernel's
-    target acceptance; then it is frozen and ``n_particles`` draws are kept per chain, one every
-    ``thin`` iterations. The result has ``samples`` ``(chains, draws, d)`` and no log Z.
+    target acceptance and, with a ``diag`` or ``dense`` metric, the metric is set at the end of
+    Stan's windows from the draws of all chains (module docstring); then both are frozen and
+    ``n_particles`` draws are kept per chain, one every ``thin`` iterations. The result has
+    ``samples`` ``(chains, draws, d)`` and no log Z.
 
     Args:
         kernel: ``mala`` or ``hmc`` (any registered Metropolis corrector works).
         n_warmup: tuning iterations, discarded.
         thin: keep one draw every ``thin`` iterations.
         reference_loc, reference_scale: where the chains start (default: the target's reference).
-        **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``, ``n_leapfrog``).
+        metric: ``"identity"``, ``"diag"`` or ``"dense"``: the mass matrix the warm-up adapts
+            (identity: only the step size adapts).
+        **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``,
+            ``n_leapfrog`` and ``jitter`` for HMC).
     """
 
     #: Chains checkpoint and resume (they do not shard: every process would run all chains).
@@ -65,18 +79,21 @@ class MCMCChains:
         thin: int = 1,
         reference_loc=None,
         reference_scale=None,
+        metric: str = "diag",
         **kernel_options: Any,
     ):
         if isinstance(n_warmup, bool) or not isinstance(n_warmup, int) or n_warmup < 0:
             raise ConfigurationError(f"n_warmup must be a non-negative integer, got {n_warmup!r}")
         check_positive_int("thin", thin)
         self.kernel_name = kernel
-        self.kernel = corrector(kernel, n_steps=1, adapt=False, **kernel_options)
+        self.kernel = corrector(kernel, n_steps=1, adapt=False, metric=metric, **kernel_options)
+        self.metric = metric
         self.n_warmup = n_warmup
         self.thin = thin
+        self.windows = warmup_windows(n_warmup) if metric != "identity" else []
         self.reference_loc = reference_loc
         self.reference_scale = reference_scale
-        self.options = dict(kernel=kernel, n_warmup=n_warmup, thin=thin, **kernel_options)
+        self.options = dict(kernel=kernel, n_warmup=n_warmup, thin=thin, metric=metric, **kernel_options)
 
     def run(
         self,
@@ -150,7 +167,9 @@ class MCMCChains:
             cfg.n_replicas, cfg.n_particles, session.target.dim, dtype=cfg.dtype, device=particles.x.device
         )
         target_acceptance = cast(_Tunable, self.kernel).target_acceptance
-        aux = {"tuner": DualAveraging.start(kstate.step_size, target_acceptance), "draws": draws}
+        aux: dict[str, Any] = {"tuner": DualAveraging.start(kstate.step_size, target_acceptance), "draws": draws}
+        if self.windows:
+            aux["window"] = WindowMoments.start(particles.x[:, 0], self.metric)
         state = LoopState(k=0, t=one, particles=particles, weighted=particles, step_states=(kstate,), aux=aux)
         return state if resume is None else session.restore(resume, state)
 
@@ -162,11 +181,14 @@ class MCMCChains:
         (kstate,), tuner, draws = state.step_states, state.aux["tuner"], state.aux["draws"]
         particles, _, _ = apply_steps([self.kernel], state.particles, [kstate], ctx, info)
         it, acc = state.k, info["acceptance"]
+        aux = dict(state.aux)
         if it < self.n_warmup - 1:
             tuner = tuner.update(acc)
-            kstate = KernelState(tuner.step_size)
+            kstate = KernelState(tuner.step_size, kstate.metric)
         elif it == self.n_warmup - 1:  # the last warm-up iteration freezes the averaged step sizes
-            kstate = KernelState(tuner.final())
+            kstate = KernelState(tuner.final(), kstate.metric)
+        if self.windows:
+            kstate, tuner, aux["window"] = self._adapt_metric(it, particles.x[:, 0], kstate, tuner, aux["window"])
         kept = it - self.n_warmup
         if kept >= 0 and (kept + 1) % self.thin == 0:
             draws[:, kept // self.thin] = particles.x[:, 0]
@@ -176,14 +198,104 @@ class MCMCChains:
             "warmup": torch.full_like(acc, float(it < self.n_warmup)),
         }
         record(session, seen, it + 1, state.t, torch.ones_like(acc), torch.zeros_like(acc), info)
+        aux.update(tuner=tuner, draws=draws)
         return attrs.evolve(
             state,
             k=it + 1,
             particles=particles,
             weighted=particles,
             step_states=(kstate,),
-            aux={"tuner": tuner, "draws": draws},
+            aux=aux,
         )
+
+    def _adapt_metric(
+        self, it: int, x: torch.Tensor, kstate: KernelState, tuner: DualAveraging, window: WindowMoments
+    ) -> tuple[KernelState, DualAveraging, WindowMoments]:
+        """Windowed metric adaptation after iteration ``it`` with chain positions ``x`` ``(R, d)``.
+
+        Inside a window the draws are accumulated; at its end the metric becomes their pooled,
+        regularized covariance, the step sizes restart at the kernel's whitened default (dual
+        averaging restarted there), and a fresh window starts at the chains' current mean.
+        """
+        for start, end in self.windows:
+            if start <= it < end:
+                window = window.add(x)
+                if it == end - 1:
+                    metric = window.metric(self.metric).to(x.dtype)
+                    r = x.shape[0]
+                    shape = (r, *metric.shape)
+                    kernel = cast(MetropolisCorrector, self.kernel)
+                    eps = kernel.default_step_size(1.0, x.shape[-1])
+                    step = torch.full((r,), eps, dtype=torch.float64, device=x.device)
+                    tuner = DualAveraging.start(step, tuner.target)
+                    kstate = KernelState(tuner.step_size, metric.expand(shape).clone())
+                    window = WindowMoments.start(x, self.metric)
+                break
+        return kstate, tuner, window
+
+
+def warmup_windows(n_warmup: int) -> list[tuple[int, int]]:
+    """Stan's slow adaptation windows ``[(start, end), ...]`` (iteration indices, end exclusive).
+
+    Initial buffer 75, first window 25 (doubling), terminal buffer 50; when they do not fit,
+    15% / 75% / 10% of ``n_warmup``; no windows below 20 warm-up iterations (as Stan).
+    """
+    if n_warmup < 20:
+        return []
+    init, base, term = 75, 25, 50
+    if init + base + term > n_warmup:
+        init, term = int(0.15 * n_warmup), int(0.1 * n_warmup)
+        base = n_warmup - init - term
+    windows, start, size, last = [], init, base, n_warmup - term
+    while start < last:
+        end = start + size
+        if end + 2 * size > last:  # the next window would not fit: stretch this one
+            end = last
+        windows.append((start, end))
+        start, size = end, 2 * size
+    return windows
+
+
+@attrs.frozen
+class WindowMoments:
+    """Running sums of one adaptation window's draws, pooled over chains (float64).
+
+    Attributes:
+        count: ``()`` draws so far (chains x iterations).
+        shift: ``(d,)`` the chains' mean at the window's start (sums are about it, against
+            cancellation when the scales are small next to the location).
+        total: ``(d,)`` sum of ``x - shift``.
+        squares: ``(d,)`` (diag) or ``(d, d)`` (dense) sum of ``(x - shift)`` squares / outer products.
+    """
+
+    count: torch.Tensor
+    shift: torch.Tensor
+    total: torch.Tensor
+    squares: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor, kind: str) -> WindowMoments:
+        """An empty window centred at the mean of ``x`` ``(R, d)``."""
+        x64 = x.to(torch.float64)
+        d = x.shape[-1]
+        squares = x64.new_zeros((d,) if kind == "diag" else (d, d))
+        return cls(x64.new_zeros(()), x64.mean(0), x64.new_zeros(d), squares)
+
+    def add(self, x: torch.Tensor) -> WindowMoments:
+        """The window with the chains' draws ``x`` ``(R, d)`` added."""
+        c = x.to(torch.float64) - self.shift
+        sq = (c**2).sum(0) if self.squares.ndim == 1 else c.T @ c
+        return WindowMoments(self.count + c.shape[0], self.shift, self.total + c.sum(0), self.squares + sq)
+
+    def metric(self, kind: str) -> torch.Tensor:
+        """The regularized metric factor of the window's sample covariance: ``(d,)`` or ``(d, d)``."""
+        n = self.count
+        mean = self.total / n
+        if kind == "diag":
+            second = (self.squares - n * mean**2) / (n - 1)
+        else:
+            second = (self.squares - n * torch.outer(mean, mean)) / (n - 1)
+        return regularized_metric(second, n, kind)
 
 
 @attrs.frozen

@@ -5,12 +5,26 @@ Each targets pi_t at the stage's time ``ctx.t`` and uses one step size per repli
 ``eps <- eps * exp(adapt_rate * (mean acceptance probability - target_acceptance))``. The
 step size of a sweep is fixed before the sweep, so each sweep leaves pi_t invariant (for the
 Metropolis-adjusted kernels); ``adapt=False`` keeps it fixed altogether.
+
+**Metric.** ``metric="identity"`` moves in the particles' own coordinates. ``"diag"`` and
+``"dense"`` precondition every move with a per-replica factor ``L`` (``(R, d)`` standard
+deviations, or an ``(R, d, d)`` lower Cholesky factor of a covariance ``Sigma = L L^T``): the
+kernel runs in whitened coordinates ``z = L^{-1} x``, i.e. MALA proposes
+``x' = x + (eps^2 / 2) Sigma grad log pi_t(x) + eps L xi`` and HMC uses the mass matrix
+``Sigma^{-1}``, so ``eps`` is in whitened units. With ``adapt=True`` the metric is the
+(weighted, regularized) particle covariance of each replica, computed once per ``apply`` from
+the particles before the sweeps (Buchholz, Chopin & Jacob 2021, "Adaptive tuning of
+Hamiltonian Monte Carlo within sequential Monte Carlo"): it is fixed within the sweeps, so each
+sweep still leaves pi_t invariant. With ``adapt=False`` the metric stays the one in the state
+(the reference's scales from ``init``, or whatever a runner put there: the MCMC chains set it by
+windowed warm-up).
 """
 
 from __future__ import annotations
 
 import abc
 import math
+from typing import Any
 
 import attrs
 import torch
@@ -19,6 +33,7 @@ from torch import Tensor
 from sampler.ext import (
     ConfigurationError,
     Corrector,
+    GaussianReference,
     Particles,
     PathEvaluation,
     StepContext,
@@ -29,12 +44,117 @@ from sampler.ext import (
 #: Adapted step sizes stay within these bounds (a stuck acceptance cannot drive them to 0 or inf).
 STEP_SIZE_BOUNDS = (1e-10, 1e10)
 
+#: The metrics a kernel can precondition with.
+METRICS = ("identity", "diag", "dense")
+
+#: Shrinkage pseudo-count of the dense metric toward its own diagonal: ``n / (n + 5)`` of the
+#: sample covariance plus ``5 / (n + 5)`` of its diagonal, with n the effective sample size
+#: (Stan's regularization, toward the diagonal rather than 1e-3 I, which would swamp scales
+#: of 1e-3 and below).
+SHRINKAGE = 5.0
+
 
 @attrs.frozen
 class KernelState:
-    """Adapted state of a kernel: ``step_size`` ``(R,)`` float64, one per replica."""
+    """Adapted state of a kernel.
+
+    Attributes:
+        step_size: ``(R,)`` float64, one per replica (in whitened units with a metric).
+        metric: ``None`` (identity metric), ``(R, d)`` standard deviations (diagonal metric) or
+            an ``(R, d, d)`` lower Cholesky factor ``L`` of the covariance (dense metric), in the
+            particles' dtype.
+    """
 
     step_size: Tensor
+    metric: Tensor | None = None
+
+
+def _up(v: Tensor, metric: Tensor | None) -> Tensor:
+    """``L v``: whitened ``v`` ``(R, N, d)`` to the particles' coordinates."""
+    if metric is None:
+        return v
+    if metric.ndim == 2:
+        return metric[:, None, :] * v
+    return v @ metric.transpose(-1, -2)
+
+
+def _down(g: Tensor, metric: Tensor | None) -> Tensor:
+    """``L^T g``: a gradient ``(R, N, d)`` in the particles' coordinates to whitened ones."""
+    if metric is None:
+        return g
+    if metric.ndim == 2:
+        return metric[:, None, :] * g
+    return g @ metric
+
+
+def weighted_moments(x: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Weighted mean ``(R, d)``, centred particles ``(R, N, d)`` and weights ``(R, N)``, all float64.
+
+    ``log_weights`` ``(R, N)`` are normalized (as in :class:`Particles`).
+    """
+    w = log_weights.to(torch.float64).exp()
+    x64 = x.to(torch.float64)
+    mean = (w[..., None] * x64).sum(1)
+    return mean, x64 - mean[:, None, :], w
+
+
+def particle_metric(x: Tensor, log_weights: Tensor, kind: str) -> Tensor:
+    """The metric of ``kind`` (``"diag"`` or ``"dense"``) from weighted particles, per replica.
+
+    Args:
+        x: ``(R, N, d)`` positions.
+        log_weights: ``(R, N)`` normalized log weights.
+        kind: ``"diag"`` or ``"dense"``.
+
+    Returns:
+        ``(R, d)`` standard deviations (diag) or ``(R, d, d)`` lower Cholesky factors of the
+        regularized covariance (dense), in ``x``'s dtype. The weighted covariance is
+        bias-corrected (``1 / (1 - sum w^2)``) and regularized by :func:`regularized_metric`
+        with the effective sample size ``1 / sum w^2``.
+    """
+    _, c, w = weighted_moments(x, log_weights)
+    sum_w2 = (w**2).sum(-1)
+    correction = 1.0 / (1.0 - sum_w2).clamp_min(1e-12)
+    if kind == "diag":
+        second = (w[..., None] * c**2).sum(1) * correction[:, None]
+    else:
+        second = (w[..., None, None] * (c[..., :, None] * c[..., None, :])).sum(1) * correction[:, None, None]
+    return regularized_metric(second, 1.0 / sum_w2, kind).to(x.dtype)
+
+
+def regularized_metric(second: Tensor, n_eff: Tensor, kind: str) -> Tensor:
+    """The metric factor from sample variances ``(..., d)`` (diag) or covariances ``(..., d, d)`` (dense).
+
+    ``n_eff`` ``(...)`` is the effective number of draws behind them. Variances are floored at
+    ``1e-12`` of the largest (at 1 if all vanish); a dense covariance is shrunk toward its
+    diagonal with pseudo-count :data:`SHRINKAGE` and falls back to the diagonal where its
+    Cholesky factorization fails. Returns ``(..., d)`` standard deviations or ``(..., d, d)``
+    lower Cholesky factors, float64.
+    """
+    var = second if kind == "diag" else torch.diagonal(second, dim1=-2, dim2=-1)
+    top = var.amax(-1, keepdim=True)
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    var = torch.maximum(var, 1e-12 * top)
+    if kind == "diag":
+        return var.sqrt()
+    keep = (n_eff / (n_eff + SHRINKAGE))[..., None, None]
+    diag = torch.diag_embed(var)
+    off = second - torch.diag_embed(torch.diagonal(second, dim1=-2, dim2=-1))
+    cov = keep * off + diag  # shrink the off-diagonal part toward 0; the floored variances stay
+    tril, info = torch.linalg.cholesky_ex(cov)
+    return torch.where((info == 0)[..., None, None], tril, torch.diag_embed(var.sqrt()))
+
+
+def reference_metric(reference: GaussianReference, kind: str, r: int, like: Tensor) -> Tensor | None:
+    """The metric of ``kind`` from the reference's covariance, repeated for ``r`` replicas (``None``: identity)."""
+    if kind == "identity":
+        return None
+    scale = torch.as_tensor(reference.scale, dtype=like.dtype, device=like.device)
+    if kind == "diag":
+        return scale.expand(r, -1).clone()
+    tril = reference.scale_tril
+    full = torch.diag(scale) if tril is None else torch.as_tensor(tril, dtype=like.dtype, device=like.device)
+    return full.expand(r, -1, -1).clone()
 
 
 @attrs.frozen
@@ -56,6 +176,8 @@ class MetropolisCorrector(Corrector):
         adapt: adapt the step size between sweeps.
         adapt_rate: gain of the adaptation (default per kernel: 1 for MALA/ULA/RWMH, 0.3 for
             HMC, whose acceptance falls off a cliff as the step grows and would oscillate).
+        metric: ``"identity"``, ``"diag"`` or ``"dense"`` preconditioning (module docstring);
+            with ``adapt`` the metric is re-estimated from the particles at every ``apply``.
     """
 
     default_acceptance: float = 0.5
@@ -71,8 +193,16 @@ class MetropolisCorrector(Corrector):
         target_acceptance: float | None = None,
         adapt: bool = True,
         adapt_rate: float | None = None,
+        metric: str = "identity",
+        step_jitter: float = 0.0,
     ):
         check_positive_int("n_steps", n_steps)
+        if not (0.0 <= step_jitter and math.isfinite(step_jitter)):
+            raise ConfigurationError(f"step_jitter must be a non-negative number, got {step_jitter!r}")
+        self.step_jitter = float(step_jitter)
+        if metric not in METRICS:
+            raise ConfigurationError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        self.metric = metric
         if step_size is not None and not step_size > 0:
             raise ConfigurationError(f"step_size must be positive, got {step_size!r}")
         target_acceptance = self.default_acceptance if target_acceptance is None else target_acceptance
@@ -91,17 +221,54 @@ class MetropolisCorrector(Corrector):
         return scale * dim ** (-1 / 4)
 
     def init(self, particles: Particles, ctx: StepContext) -> KernelState:
-        """One step size per replica: ``step_size`` or :meth:`default_step_size` of the reference."""
+        """One step size per replica and the reference's metric.
+
+        The step size is ``step_size`` or :meth:`default_step_size` of the reference (of a unit
+        scale with a metric: the step is then in whitened units).
+        """
         if self.step_size is not None:
             eps = self.step_size
         else:
-            scale = float(ctx.path.reference.scale.mean())
+            scale = float(ctx.path.reference.scale.mean()) if self.metric == "identity" else 1.0
             eps = self.default_step_size(scale, particles.dim)
-        return KernelState(torch.full((particles.n_replicas,), eps, dtype=torch.float64, device=particles.x.device))
+        step_size = torch.full((particles.n_replicas,), eps, dtype=torch.float64, device=particles.x.device)
+        return KernelState(
+            step_size, reference_metric(ctx.path.reference, self.metric, particles.n_replicas, particles.x)
+        )
+
+    def current_metric(self, particles: Particles, state: KernelState, ctx: StepContext) -> Tensor | None:
+        """The metric of this ``apply``: from the particles (all N of them) if adapting, else the state's."""
+        if self.metric == "identity":
+            return None
+        if not self.adapt:
+            return state.metric
+        x = particles.x if ctx.shard is None else ctx.shard.gather(particles.x, "positions")
+        return particle_metric(x, ctx.global_log_weights(particles), self.metric)
 
     @abc.abstractmethod
-    def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext) -> Proposal:
-        """Propose from ``x`` with step sizes ``eps`` ``(R, 1, 1)`` (in ``x``'s dtype)."""
+    def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any) -> Proposal:
+        """Propose from ``x`` with step sizes ``eps`` ``(R, 1, 1)`` (in ``x``'s dtype).
+
+        Keyword arguments, passed only when they are not the default: ``metric`` (the factor
+        ``L`` of :class:`KernelState`, default ``None``) and ``sweep`` (the sweep's index in this
+        run, for kernels whose proposal varies deterministically between sweeps).
+        """
+
+    def _particle_steps(self, eps: Tensor, x: Tensor, ctx: StepContext) -> Tensor:
+        """The sweep's step sizes: ``(R, 1, 1)``, or ``(R, N, 1)`` randomized per particle with ``step_jitter``.
+
+        With ``step_jitter = s`` particle i uses ``eps * exp(s (2 u_i - 1))``, ``u_i`` uniform,
+        drawn independently of the state (a mixture of kernels that each leave pi_t invariant).
+        """
+        steps = eps.to(x.dtype)[:, None, None]
+        if self.step_jitter == 0.0:
+            return steps
+        u = ctx.rand((x.shape[0], x.shape[1], 1), x.dtype, x.device)
+        return steps * torch.exp(self.step_jitter * (2.0 * u - 1.0))
+
+    def _proposal_options(self, metric: Tensor | None, sweep: int) -> dict[str, Any]:
+        """The keyword arguments of :meth:`propose` that differ from their defaults."""
+        return {} if metric is None else {"metric": metric}
 
     def apply(self, particles: Particles, state: KernelState, ctx: StepContext) -> StepOutput:
         """``n_steps`` sweeps at pi_t; reports mean ``acceptance`` probability and ``step_size`` per replica."""
@@ -109,9 +276,11 @@ class MetropolisCorrector(Corrector):
         if self.needs_grad and not ev.has_grad:
             ev = ctx.path.evaluate(x, grad=True)
         eps = state.step_size
+        metric = self.current_metric(particles, state, ctx)
         acceptance = torch.zeros_like(eps)
-        for _ in range(self.n_steps):
-            prop = self.propose(x, ev, eps.to(x.dtype)[:, None, None], ctx)
+        for i in range(self.n_steps):
+            options = self._proposal_options(metric, ctx.step * self.n_steps + i)
+            prop = self.propose(x, ev, self._particle_steps(eps, x, ctx), ctx, **options)
             log_alpha = prop.log_alpha.to(torch.float64)
             log_alpha = log_alpha.masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
             if self.metropolis:
@@ -126,7 +295,7 @@ class MetropolisCorrector(Corrector):
             if self.adapt:
                 eps = (eps * torch.exp(self.adapt_rate * (rate - self.target_acceptance))).clamp(*STEP_SIZE_BOUNDS)
         new = attrs.evolve(particles, x=x, evaluation=ev)
-        return StepOutput(new, KernelState(eps), {"acceptance": acceptance, "step_size": eps})
+        return StepOutput(new, KernelState(eps, metric), {"acceptance": acceptance, "step_size": eps})
 
     # -- helpers shared by the kernels ---------------------------------------------------------------
     @staticmethod
@@ -160,13 +329,38 @@ class MALA(MetropolisCorrector):
     def default_step_size(self, scale: float, dim: int) -> float:
         return 1.65 * scale * dim ** (-1 / 6)
 
-    def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext) -> Proposal:
+    def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any) -> Proposal:
         path, t = ctx.path, ctx.t
+        metric = kwargs.get("metric")
+        if metric is not None:
+            return self._propose_whitened(x, ev, eps, ctx, metric)
         fwd_mean = _langevin_mean(x, path.grad_log_prob(ev, t), eps)
         y = fwd_mean + eps * self._noise(x, ctx)
         ev_y = self._evaluate(y, ctx)
         bwd_mean = _langevin_mean(y, path.grad_log_prob(ev_y, t), eps)
         log_alpha = path.log_prob(ev_y, t) - path.log_prob(ev, t) + _log_q(x, bwd_mean, eps) - _log_q(y, fwd_mean, eps)
+        return Proposal(y, ev_y, log_alpha)
+
+    def _propose_whitened(
+        self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, metric: Tensor
+    ) -> Proposal:
+        """MALA in ``z = L^{-1} x``: ``y = x + L (eps^2/2 L^T g(x) + eps xi)``.
+
+        The whitened residuals need no triangular solve: forward ``eps xi``; backward
+        ``L^{-1}(x - y) - eps^2/2 L^T g(y) = -(eps xi + eps^2/2 L^T (g(x) + g(y)))``. The
+        Jacobian ``|L|`` cancels in the ratio.
+        """
+        path, t = ctx.path, ctx.t
+        gx = _down(path.grad_log_prob(ev, t), metric)
+        xi = self._noise(x, ctx)
+        step = eps * xi + 0.5 * eps**2 * gx
+        y = x + _up(step, metric)
+        ev_y = self._evaluate(y, ctx)
+        back = step + 0.5 * eps**2 * _down(path.grad_log_prob(ev_y, t), metric)
+        eps64 = eps.to(torch.float64)[..., 0]
+        log_q_bwd = -0.5 * (back.to(torch.float64) ** 2).sum(-1) / eps64**2
+        log_q_fwd = -0.5 * (xi.to(torch.float64) ** 2).sum(-1)
+        log_alpha = path.log_prob(ev_y, t) - path.log_prob(ev, t) + log_q_bwd - log_q_fwd
         return Proposal(y, ev_y, log_alpha)
 
 
@@ -188,16 +382,23 @@ class RWMH(MetropolisCorrector):
     def default_step_size(self, scale: float, dim: int) -> float:
         return 2.38 * scale / math.sqrt(dim)
 
-    def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext) -> Proposal:
-        y = x + eps * self._noise(x, ctx)
+    def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any) -> Proposal:
+        y = x + _up(eps * self._noise(x, ctx), kwargs.get("metric"))
         ev_y = ctx.path.evaluate(y, grad=ctx.needs_grad)
         return Proposal(y, ev_y, ctx.path.log_prob(ev_y, ctx.t) - ctx.path.log_prob(ev, ctx.t))
 
 
 class HMC(MetropolisCorrector):
-    """Hamiltonian Monte Carlo: ``n_leapfrog`` leapfrog steps of size eps, identity mass matrix.
+    """Hamiltonian Monte Carlo: leapfrog trajectories of step eps, mass matrix ``Sigma^{-1}`` of the metric.
 
-    ``n_leapfrog`` gradient evaluations per particle per sweep. Target acceptance 0.65.
+    ``n_leapfrog`` gradient evaluations per particle per sweep. Target acceptance 0.65. With
+    ``jitter`` in [0, 1) the number of leapfrog steps of sweep k is
+    ``max(1, round(n_leapfrog * (1 + jitter * (2 u_k - 1))))`` with ``u_k = frac(k phi)``
+    (phi the golden ratio): trajectory lengths spread evenly over ``n_leapfrog * [1 - jitter,
+    1 + jitter]``, which breaks the resonances of a fixed length on targets with near-periodic
+    orbits (Neal 2011, sec. 5.4.2.2; Hoffman, Radul & Sountsov 2021 jitter the length likewise).
+    The sequence depends on the sweep's index only, never on the state, so every sweep still
+    leaves pi_t invariant, no random draw is spent on it, and sharded runs agree across ranks.
     """
 
     needs_grad = True
@@ -212,22 +413,48 @@ class HMC(MetropolisCorrector):
         target_acceptance: float | None = None,
         adapt: bool = True,
         adapt_rate: float | None = None,
+        metric: str = "identity",
+        step_jitter: float = 0.0,
+        jitter: float = 0.0,
     ):
-        super().__init__(n_steps, step_size, target_acceptance, adapt, adapt_rate)
+        super().__init__(n_steps, step_size, target_acceptance, adapt, adapt_rate, metric, step_jitter)
         self.n_leapfrog = check_positive_int("n_leapfrog", n_leapfrog)
+        if not 0.0 <= jitter < 1.0:
+            raise ConfigurationError(f"jitter must lie in [0, 1), got {jitter!r}")
+        self.jitter = float(jitter)
 
     def default_step_size(self, scale: float, dim: int) -> float:
         return scale * dim ** (-1 / 4) / math.sqrt(self.n_leapfrog)
 
-    def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext) -> Proposal:
+    def trajectory_length(self, sweep: int) -> int:
+        """Leapfrog steps of sweep number ``sweep`` (``n_leapfrog`` without jitter)."""
+        if self.jitter == 0.0:
+            return self.n_leapfrog
+        u = (sweep * _GOLDEN) % 1.0
+        return max(1, round(self.n_leapfrog * (1.0 + self.jitter * (2.0 * u - 1.0))))
+
+    def _proposal_options(self, metric: Tensor | None, sweep: int) -> dict[str, Any]:
+        options = super()._proposal_options(metric, sweep)
+        if self.jitter > 0.0:
+            options["sweep"] = sweep
+        return options
+
+    def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any) -> Proposal:
+        """Leapfrog in whitened coordinates: ``x += eps L p``, ``p += eps L^T grad`` (``L = I`` by default)."""
         path, t = ctx.path, ctx.t
+        metric = kwargs.get("metric")
+        n_leapfrog = self.trajectory_length(kwargs.get("sweep", 0))
         p0 = self._noise(x, ctx)
-        p = p0 + 0.5 * eps * path.grad_log_prob(ev, t)
+        p = p0 + 0.5 * eps * _down(path.grad_log_prob(ev, t), metric)
         y, ev_y = x, ev
-        for i in range(self.n_leapfrog):
-            y = y + eps * p
+        for i in range(n_leapfrog):
+            y = y + eps * _up(p, metric)
             ev_y = self._evaluate(y, ctx)
-            p = p + (eps if i < self.n_leapfrog - 1 else 0.5 * eps) * path.grad_log_prob(ev_y, t)
+            p = p + (eps if i < n_leapfrog - 1 else 0.5 * eps) * _down(path.grad_log_prob(ev_y, t), metric)
         kinetic = lambda m: 0.5 * (m.to(torch.float64) ** 2).sum(-1)  # noqa: E731
         log_alpha = path.log_prob(ev_y, t) - kinetic(p) - path.log_prob(ev, t) + kinetic(p0)
         return Proposal(y, ev_y, log_alpha)
+
+
+#: The golden ratio's fractional part: ``frac(k * phi)`` spreads evenly over [0, 1).
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0

@@ -32,8 +32,10 @@ def build_smc(
     resample_threshold: float = 1.0,
     scheme: str = "systematic",
     schedule: Schedule | None = None,
+    reference: str = "prior",
     reference_loc=None,
     reference_scale=None,
+    pilot_particles: int | None = None,
     **kernel_options: Any,
 ) -> Pipeline:
     """Adaptive tempered SMC with MCMC moves (MALA by default) and ESS-triggered resampling.
@@ -53,9 +55,14 @@ def build_smc(
             keeps the MCMC moves working on an equally weighted set.
         scheme: resampling scheme.
         schedule: a fixed :mod:`sampler.core.schedules` schedule instead of the adaptive one.
-        reference_loc, reference_scale: override the target's default Gaussian reference.
-        **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``,
-            ``n_leapfrog`` for HMC, ...).
+        reference: ``"prior"`` (the target's hints or ``reference_loc``/``reference_scale``),
+            ``"laplace"`` (``N(MAP, H^{-1})``, dense) or ``"pilot"`` (moments of a short run);
+            see :class:`~sampler.Pipeline`.
+        reference_loc, reference_scale: override the target's default Gaussian reference (and
+            where the Laplace fit starts and the pilot run begins).
+        pilot_particles: particles per replica of the pilot run (``reference="pilot"``).
+        **kernel_options: passed to the kernel (``metric``, ``step_size``, ``target_acceptance``,
+            ``n_leapfrog`` and ``jitter`` for HMC, ...).
     """
     steps = [
         corrector("resample", scheme=scheme, threshold=resample_threshold),
@@ -67,13 +74,17 @@ def build_smc(
         target_ess=target_ess,
         resample_threshold=resample_threshold,
         scheme=scheme,
+        reference=reference,
+        **({} if pilot_particles is None else {"pilot_particles": pilot_particles}),
         **kernel_options,
     )
     return Pipeline(
         schedule=schedule if schedule is not None else Adaptive(target_ess=target_ess),
         steps=steps,
+        reference=reference,
         reference_loc=reference_loc,
         reference_scale=reference_scale,
+        pilot_particles=pilot_particles,
         final_resampling=scheme,
         name="smc",
         options=options,
@@ -88,8 +99,10 @@ def build_ais(
     n_steps: int = 1,
     n_temps: int = 200,
     schedule: str | Schedule = "power",
+    reference: str = "prior",
     reference_loc=None,
     reference_scale=None,
+    pilot_particles: int | None = None,
     **kernel_options: Any,
 ) -> Pipeline:
     """Annealed importance sampling: a fixed schedule, MCMC sweeps, no resampling.
@@ -102,7 +115,9 @@ def build_ais(
         n_steps: MCMC sweeps per temperature.
         n_temps: number of annealing steps.
         schedule: ``"power"`` (t = (k/K)^4), ``"linear"``, ``"geometric"``, or a Schedule.
+        reference: ``"prior"``, ``"laplace"`` or ``"pilot"`` (as for ``smc``).
         reference_loc, reference_scale: override the target's default Gaussian reference.
+        pilot_particles: particles per replica of the pilot run (``reference="pilot"``).
     """
     check_positive_int("n_temps", n_temps)
     if isinstance(schedule, str):
@@ -111,12 +126,16 @@ def build_ais(
         fixed: Schedule = _FIXED[schedule](n_temps)
     else:
         fixed = schedule
-    options = dict(kernel=kernel, n_steps=n_steps, n_temps=n_temps, **kernel_options)
+    options = dict(kernel=kernel, n_steps=n_steps, n_temps=n_temps, reference=reference, **kernel_options)
+    if pilot_particles is not None:
+        options["pilot_particles"] = pilot_particles
     return Pipeline(
         schedule=fixed,
         steps=[_kernel(kernel, n_steps, kernel_options)],
+        reference=reference,
         reference_loc=reference_loc,
         reference_scale=reference_scale,
+        pilot_particles=pilot_particles,
         name="ais",
         options=options,
     )

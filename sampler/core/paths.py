@@ -38,28 +38,62 @@ def _as_vector(value: ReferenceHint, dim: int, label: str) -> np.ndarray:
 
 
 class GaussianReference:
-    """A normalized Gaussian ``N(loc, diag(scale**2))`` on ``R^dim`` (the path's start).
+    """A normalized Gaussian on ``R^dim`` (the path's start): ``N(loc, diag(scale**2))`` or ``N(loc, L L^T)``.
 
     ``loc`` and ``scale`` are scalars or ``(dim,)``; tensors follow the sampling device/dtype.
+    With ``scale_tril`` (a ``(dim, dim)`` lower-triangular Cholesky factor ``L`` with a positive
+    diagonal) the covariance is dense, ``L L^T``, and ``scale`` becomes the marginal standard
+    deviations ``sqrt(diag(L L^T))`` (what kernels read as the reference's width); ``scale`` must
+    then be left at its default. Without it the diagonal computations are exactly those of the
+    diagonal reference (bit for bit).
     """
 
-    def __init__(self, dim: int, loc: float | Tensor = 0.0, scale: float | Tensor = 1.0):
+    def __init__(
+        self,
+        dim: int,
+        loc: float | Tensor = 0.0,
+        scale: float | Tensor = 1.0,
+        scale_tril: Tensor | np.ndarray | None = None,
+    ):
         self.dim = dim
         self.loc = _as_vector(loc, dim, "loc")
-        self.scale = _as_vector(scale, dim, "scale")
         if not np.isfinite(self.loc).all():
             raise ConfigurationError(f"reference loc must be finite, got {loc!r}")
-        if not (np.isfinite(self.scale).all() and (self.scale > 0).all()):
-            raise ConfigurationError(f"reference scale must be positive and finite, got {scale!r}")
-        self._log_norm = float(-0.5 * dim * math.log(2 * math.pi) - np.log(self.scale).sum())
+        self.scale_tril: np.ndarray | None = None
+        if scale_tril is not None:
+            self.scale_tril = _as_tril(scale_tril, dim)
+            if not (isinstance(scale, (int, float)) and scale == 1.0):
+                raise ConfigurationError("give the reference either scale or scale_tril, not both")
+            self.scale = np.sqrt((self.scale_tril**2).sum(-1))
+            log_det = np.log(np.diag(self.scale_tril)).sum()
+        else:
+            self.scale = _as_vector(scale, dim, "scale")
+            if not (np.isfinite(self.scale).all() and (self.scale > 0).all()):
+                raise ConfigurationError(f"reference scale must be positive and finite, got {scale!r}")
+            log_det = np.log(self.scale).sum()
+        self._log_norm = float(-0.5 * dim * math.log(2 * math.pi) - log_det)
         self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
+    @property
+    def dense(self) -> bool:
+        """Whether the covariance is dense (given by ``scale_tril``)."""
+        return self.scale_tril is not None
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """The covariance, a float64 ``(dim, dim)`` array."""
+        if self.scale_tril is not None:
+            return self.scale_tril @ self.scale_tril.T
+        return np.diag(self.scale**2)
+
     def _params(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``loc`` ``(dim,)`` and ``scale`` ``(dim,)`` (or ``scale_tril`` ``(dim, dim)`` if dense) like ``like``."""
         key = (like.device, like.dtype)
         if key not in self._cache:
+            spread = self.scale if self.scale_tril is None else self.scale_tril
             self._cache[key] = (
                 torch.as_tensor(self.loc, device=like.device, dtype=like.dtype),
-                torch.as_tensor(self.scale, device=like.device, dtype=like.dtype),
+                torch.as_tensor(spread, device=like.device, dtype=like.dtype),
             )
         return self._cache[key]
 
@@ -69,21 +103,50 @@ class GaussianReference:
         return self.from_standard(torch.randn(*shape, self.dim, generator=generator, device=device, dtype=dtype))
 
     def from_standard(self, z: Tensor) -> Tensor:
-        """``loc + scale * z``: reference draws from standard normal ``z`` ``(..., dim)``."""
+        """``loc + scale * z`` (``loc + L z`` if dense): reference draws from standard normal ``z`` ``(..., dim)``."""
         loc, scale = self._params(z)
+        if self.scale_tril is not None:
+            return loc + z @ scale.T
         return loc + scale * z
+
+    def _whiten(self, diff: Tensor, tril: Tensor) -> Tensor:
+        """``L^{-1} diff`` for ``diff`` ``(..., dim)`` (dense reference)."""
+        flat = diff.reshape(-1, self.dim).T
+        z = torch.linalg.solve_triangular(tril, flat, upper=False)
+        return z.T.reshape(diff.shape)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Normalized log density, ``(...)`` in float64 for ``x`` ``(..., dim)``."""
         x64 = x.to(torch.float64)
         loc, scale = self._params(x64)
-        z = (x64 - loc) / scale
+        if self.scale_tril is not None:
+            z = self._whiten(x64 - loc, scale)
+        else:
+            z = (x64 - loc) / scale
         return -0.5 * (z**2).sum(-1) + self._log_norm
 
     def grad_log_prob(self, x: Tensor) -> Tensor:
-        """Gradient ``-(x - loc) / scale**2``, ``(..., dim)`` in ``x``'s dtype."""
+        """Gradient ``-(x - loc) / scale**2`` (dense: ``-(L L^T)^{-1} (x - loc)``), ``(..., dim)`` in ``x``'s dtype."""
         loc, scale = self._params(x)
+        if self.scale_tril is not None:
+            z = self._whiten(x - loc, scale)
+            flat = z.reshape(-1, self.dim).T
+            return -torch.linalg.solve_triangular(scale.T, flat, upper=True).T.reshape(x.shape)
         return -(x - loc) / scale**2
+
+
+def _as_tril(value: Tensor | np.ndarray, dim: int) -> np.ndarray:
+    """A float64 ``(dim, dim)`` lower-triangular copy of a Cholesky factor with a positive, finite diagonal."""
+    if isinstance(value, Tensor):
+        value = value.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (dim, dim):
+        raise ConfigurationError(f"reference scale_tril must have shape ({dim}, {dim}), got shape {arr.shape}")
+    arr = np.tril(arr)
+    diag = np.diag(arr)
+    if not (np.isfinite(arr).all() and (diag > 0).all()):
+        raise ConfigurationError("reference scale_tril must be finite with a positive diagonal")
+    return arr
 
 
 @attrs.define

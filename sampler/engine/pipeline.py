@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from sampler.core._indexing import gather_particles
+from sampler.core.laplace import fit_laplace
 from sampler.core.particles import Particles
 from sampler.core.particles import ess as ess_of
 from sampler.core.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation
@@ -26,15 +28,21 @@ from sampler.core.resampling import get_scheme
 from sampler.core.result import Result
 from sampler.core.runner import Capabilities
 from sampler.core.schedules import Adaptive, Schedule, as_times
+from sampler.core.seeding import derived_seed
 from sampler.core.settings import RunSettings
 from sampler.core.steps import Corrector, Step, Transport
 from sampler.engine.distributed import ParticleStreams, Shard, agree, is_initialized, is_main_process
 from sampler.engine.loop import Loop, LoopState, Session, apply_steps, record, reopen, saved_particles
-from sampler.errors import ConfigurationError, NonFiniteError, RunError
+from sampler.errors import ConfigurationError, NonFiniteError, RunError, check_positive_int
 from sampler.io.checkpoint import Checkpoint, CheckpointData
 from sampler.targets.base import Target, as_target
 
-__all__ = ["Pipeline", "reweight", "make_reference", "initial_particles"]
+__all__ = ["Pipeline", "reweight", "make_reference", "initial_particles", "REFERENCES"]
+
+#: The kinds of reference a pipeline can start from (besides a given :class:`GaussianReference`).
+REFERENCES = ("prior", "laplace", "pilot")
+#: Salts of the derived seeds of the reference fits (their random streams are not the run's).
+_LAPLACE_SALT, _PILOT_SALT = 0x1A91ACE, 0x9170
 
 
 def initial_particles(
@@ -121,9 +129,16 @@ class Pipeline:
             conditional ESS 0.5).
         steps: transports and correctors. Transports run first in each stage, then the engine
             reweights, then correctors run in the order given.
-        reference: the path's start; default ``N(target.reference_loc, target.reference_scale^2 I)``.
-        reference_loc: overrides the target's ``reference_loc`` hint for the default reference.
-        reference_scale: overrides the target's ``reference_scale`` hint for the default reference.
+        reference: the path's start: a :class:`GaussianReference`, or how to make one:
+            ``"prior"`` (default) ``N(target.reference_loc, target.reference_scale^2 I)``;
+            ``"laplace"`` the Laplace approximation ``N(MAP, H^{-1})`` with a dense covariance
+            (:mod:`sampler.core.laplace`, starts drawn from the prior reference);
+            ``"pilot"`` the mean and dense covariance of a short run of this pipeline from the
+            prior reference (``pilot_particles`` per replica, all replicas pooled). The fits'
+            evaluations count in the result's, and ``Result.options["reference"]`` says which.
+        reference_loc: overrides the target's ``reference_loc`` hint for the prior reference.
+        reference_scale: overrides the target's ``reference_scale`` hint for the prior reference.
+        pilot_particles: particles per replica of the pilot run (default ``max(64, N // 4)``).
         final_resampling: scheme that turns the final weighted particles into equally weighted
             ``Result.samples`` (skipped when the weights are already equal).
         name: recorded as the method name in results.
@@ -136,12 +151,13 @@ class Pipeline:
         self,
         schedule: Schedule | None = None,
         steps: Sequence[Step] = (),
-        reference: GaussianReference | None = None,
+        reference: GaussianReference | str | None = None,
         reference_loc: float | Tensor | None = None,
         reference_scale: float | Tensor | None = None,
         final_resampling: str = "systematic",
         name: str = "pipeline",
         options: dict[str, Any] | None = None,
+        pilot_particles: int | None = None,
     ):
         self.schedule = schedule if schedule is not None else Adaptive()
         if not isinstance(self.schedule, Schedule):
@@ -156,7 +172,14 @@ class Pipeline:
                 )
         self.transports = [s for s in steps if isinstance(s, Transport)]
         self.correctors = [s for s in steps if isinstance(s, Corrector)]
-        self.reference = reference
+        if isinstance(reference, str) and reference not in REFERENCES:
+            raise ConfigurationError(f"reference must be one of {', '.join(REFERENCES)} or a GaussianReference")
+        if reference is not None and not isinstance(reference, (str, GaussianReference)):
+            raise ConfigurationError(f"reference must be a GaussianReference or a name, got {type(reference).__name__}")
+        if pilot_particles is not None:
+            check_positive_int("pilot_particles", pilot_particles)
+        self.reference = None if reference == "prior" else reference
+        self.pilot_particles = pilot_particles
         self.reference_loc = reference_loc
         self.reference_scale = reference_scale
         self.final_scheme = get_scheme(final_resampling)
@@ -277,14 +300,16 @@ class Pipeline:
         main: bool = True,
     ) -> Result:
         """The run; ``shard`` for a sharded one; ``main`` False on ranks that neither write nor show progress."""
-        reference = self.reference or make_reference(target, self.reference_loc, self.reference_scale)
+        counter = EvaluationCounter()
+        fit_start = time.perf_counter()
+        reference, used = self._reference(target, cfg, counter, resume, carries_counts=shard is None or shard.rank == 0)
         if reference.dim != target.dim:
             raise ConfigurationError(f"reference has dim {reference.dim} but the target has dim {target.dim}")
         session = Session(
             name=self.name,
             target=target,
             cfg=cfg,
-            path=GeometricPath(reference, target, EvaluationCounter()),
+            path=GeometricPath(reference, target, counter),
             generator=cfg.generator(),
             needs_grad=any(s.needs_grad for s in self.steps),
             checkpoint=ckpt,
@@ -295,14 +320,92 @@ class Pipeline:
             if shard is None
             else ParticleStreams(cfg.seed, cfg.n_particles, shard.start, shard.stop, cfg.device),
             main=main and (shard is None or shard.rank == 0),
+            elapsed=time.perf_counter() - fit_start,  # the reference's fit is part of the run (resume: restored)
         )
         state = self._start(session, resume)
         loop = Loop(session, self._stage, lambda st: not bool((st.t < 1.0).any()), self.schedule.n_steps, unit="stage")
         state = loop.run(state, desc=f"{self.name} on {target.name}")
-        return self._result(session, state)
+        return self._result(session, state, used)
+
+    def _reference(
+        self,
+        target: Target,
+        cfg: RunSettings,
+        counter: EvaluationCounter,
+        resume: CheckpointData | None,
+        carries_counts: bool,
+    ) -> tuple[GaussianReference, str]:
+        """The path's reference and how it was made (``Result.options["reference"]``).
+
+        A fitted reference is saved in the loop state's ``aux`` and taken from there on resume
+        (not fitted again). Its evaluations go to ``counter`` where ``carries_counts`` (on rank 0
+        of a sharded run, whose ranks all fit the same reference: counts are summed over ranks).
+        """
+        if isinstance(self.reference, GaussianReference):
+            return self.reference, "given"
+        prior = make_reference(target, self.reference_loc, self.reference_scale)
+        if self.reference is None:
+            return prior, "prior"
+        if resume is not None:
+            saved = resume.state["aux"]["reference"]
+            tril = saved.get("scale_tril")
+            if tril is None:
+                ref = GaussianReference(target.dim, loc=saved["loc"], scale=saved["scale"])
+            else:
+                ref = GaussianReference(target.dim, loc=saved["loc"], scale_tril=tril)
+            return ref, str(self.reference)
+        fit_counter = EvaluationCounter()
+        if self.reference == "laplace":
+            gen = torch.Generator(device=cfg.device).manual_seed(derived_seed(cfg.seed, _LAPLACE_SALT))
+            fit = fit_laplace(target, prior, fit_counter, gen)
+            ref, used = fit.reference, "laplace" if fit.kind == "dense" else f"laplace ({fit.kind})"
+        else:
+            ref, used = self._pilot(target, cfg, fit_counter), "pilot"
+        if carries_counts:
+            counter.target_evals += fit_counter.target_evals
+            counter.grad_evals += fit_counter.grad_evals
+            counter.add_nonfinite(fit_counter.nonfinite)
+        return ref, used
+
+    def _pilot(self, target: Target, cfg: RunSettings, counter: EvaluationCounter) -> GaussianReference:
+        """``N(mean, cov)`` of a short run of this pipeline from the prior reference (R x n draws pooled)."""
+        n = self.pilot_particles or max(64, cfg.n_particles // 4)
+        pilot = Pipeline(
+            self.schedule,
+            self.steps,
+            reference_loc=self.reference_loc,
+            reference_scale=self.reference_scale,
+            final_resampling="systematic",
+            name=f"{self.name}-pilot",
+        )
+        res = pilot.run(
+            target,
+            n_particles=n,
+            n_replicas=cfg.n_replicas,
+            seed=derived_seed(cfg.seed, _PILOT_SALT),
+            device=cfg.device,
+            dtype=cfg.dtype,
+            progress=False,
+            distributed=False,
+        )
+        counter.target_evals += res.n_target_evals
+        counter.grad_evals += res.n_grad_evals
+        x = res.samples.reshape(-1, target.dim).to(torch.float64)
+        mean = x.mean(0)
+        cov = torch.atleast_2d(torch.cov(x.T))
+        var = torch.diagonal(cov).clamp_min(1e-300)
+        tril, info = torch.linalg.cholesky_ex(cov)
+        if int(info) != 0 or not bool(torch.isfinite(tril).all()):
+            warnings.warn("pilot reference: the pilot covariance is singular; using its diagonal", stacklevel=4)
+            return GaussianReference(target.dim, loc=mean.cpu(), scale=var.sqrt().cpu())
+        return GaussianReference(target.dim, loc=mean.cpu(), scale_tril=tril.cpu())
 
     def _start(self, session: Session, resume: CheckpointData | None) -> LoopState:
-        """The state at t = 0 (R x N draws from the reference, each step's ``init``), or the saved one."""
+        """The state at t = 0 (R x N draws from the reference, each step's ``init``), or the saved one.
+
+        A fitted reference is kept in ``aux["reference"]`` (so a checkpoint carries it).
+        """
+        aux = _reference_aux(session.path.reference) if isinstance(self.reference, str) else {}
         if resume is None:
             particles = initial_particles(
                 session.path, session.cfg, session.generator, session.needs_grad, session.streams
@@ -310,14 +413,15 @@ class Pipeline:
             t = torch.zeros(session.cfg.n_replicas, dtype=torch.float64, device=particles.x.device)
             ctx = session.context(t, t, 0)
             states = tuple(s.init(particles, ctx) for s in self.steps)
-            return LoopState(k=0, t=t, particles=particles, weighted=particles, step_states=states)
+            return LoopState(k=0, t=t, particles=particles, weighted=particles, step_states=states, aux=aux)
         # Fresh states of the right types from each step's init, on a scratch path and generator
         # (neither the counts nor the random stream see them), poured full of the saved values.
         t = resume.state["t"].to(session.cfg.device)
         template = saved_particles(resume.state["particles"], session.cfg.device, session.shard)
         ctx = session.scratch_context(t, int(resume.state["k"]))
         states = tuple(s.init(template, ctx) for s in self.steps)
-        return session.restore(resume, LoopState(k=0, t=t, particles=template, weighted=template, step_states=states))
+        template_state = LoopState(k=0, t=t, particles=template, weighted=template, step_states=states, aux=aux)
+        return session.restore(resume, template_state)
 
     def _stage(self, state: LoopState, session: Session) -> LoopState:
         """One annealing stage from t to t': move, reweight, correct, record."""
@@ -352,10 +456,15 @@ class Pipeline:
         # record
         record(session, seen, k, t_next, ess, dlogz, info)
         return LoopState(
-            k=k, t=t_next, particles=particles, weighted=weighted, step_states=(*transport_states, *corrector_states)
+            k=k,
+            t=t_next,
+            particles=particles,
+            weighted=weighted,
+            step_states=(*transport_states, *corrector_states),
+            aux=state.aux,
         )
 
-    def _result(self, session: Session, state: LoopState) -> Result:
+    def _result(self, session: Session, state: LoopState, reference: str = "prior") -> Result:
         """Package the final state; ``state.weighted`` is the state right after the last reweighting.
 
         A sharded run gathers positions and weights of all N particles on every rank.
@@ -388,11 +497,22 @@ class Pipeline:
             log_Z_per_replica=particles.log_Z,
             steps=session.stats,
             wall_time=session.wall_time,
-            options=self.options,
+            options={**self.options, "reference": reference},
         )
 
     def __repr__(self) -> str:
         return f"Pipeline(name={self.name!r}, schedule={self.schedule!r}, steps={self.steps!r})"
+
+
+def _reference_aux(reference: GaussianReference) -> dict[str, Any]:
+    """A fitted reference as checkpointable tensors: ``{"reference": {loc, scale[, scale_tril]}}``."""
+    saved: dict[str, Any] = {
+        "loc": torch.as_tensor(reference.loc, dtype=torch.float64),
+        "scale": torch.as_tensor(reference.scale, dtype=torch.float64),
+    }
+    if reference.scale_tril is not None:
+        saved["scale_tril"] = torch.as_tensor(reference.scale_tril, dtype=torch.float64)
+    return {"reference": saved}
 
 
 def _global_view(particles: Particles, shard: Shard, uses_particles: bool) -> Particles:
