@@ -122,7 +122,7 @@ def test_diagonal_reference_unchanged():
     z = (x - loc) / scale
     expected = -0.5 * (z**2).sum(-1) + float(-1.5 * math.log(2 * math.pi) - np.log([0.5, 2.0, 1.0]).sum())
     assert torch.equal(ref.log_prob(x), expected)
-    assert torch.equal(ref.grad_log_prob(x), -(x - loc) / scale**2)
+    torch.testing.assert_close(ref.grad_log_prob(x), -(x - loc) / scale**2, rtol=1e-15, atol=0.0)
 
 
 def test_laplace_fit_of_a_gaussian_is_exact():
@@ -186,6 +186,15 @@ def test_warmup_windows_are_stans():
     assert warmup_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
     assert warmup_windows(100) == [(15, 90)]
     assert warmup_windows(10) == []
+
+
+@pytest.mark.parametrize(
+    "options, jitter", [({}, 0.5), ({"metric": "identity"}, None), ({"jitter": 0.0}, 0.0), ({"jitter": 0.2}, 0.2)]
+)
+def test_hmc_chains_jitter_their_trajectories_with_an_adapted_metric(options, jitter):
+    """A fixed trajectory length resonates with a whitened Gaussian: the chains' default jitters it."""
+    res = sampler.sample("gaussian", method="hmc", n_particles=5, n_replicas=2, n_warmup=30, seed=0, **options)
+    assert res.options.get("jitter") == jitter
 
 
 @pytest.mark.parametrize("method", ["mala", "hmc"])

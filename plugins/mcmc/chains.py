@@ -48,6 +48,10 @@ class _Tunable(Protocol):
     target_acceptance: float
 
 
+#: Default trajectory-length jitter of ``hmc`` chains with an adapted metric (see :class:`MCMCChains`).
+HMC_CHAIN_JITTER = 0.5
+
+
 class MCMCChains:
     """Run ``n_replicas`` independent chains of a kernel on the target itself.
 
@@ -64,7 +68,9 @@ class MCMCChains:
         thin: keep one draw every ``thin`` iterations.
         reference_loc, reference_scale: where the chains start (default: the target's reference).
         metric: ``"identity"``, ``"diag"`` or ``"dense"``: the mass matrix the warm-up adapts
-            (identity: only the step size adapts).
+            (identity: only the step size adapts). With an adapted metric ``hmc`` chains jitter
+            their trajectory lengths by default (``jitter=0.5``, :data:`HMC_CHAIN_JITTER`): a
+            fixed length resonates with the whitened posterior's period.
         **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``,
             ``n_leapfrog`` and ``jitter`` for HMC).
     """
@@ -85,6 +91,12 @@ class MCMCChains:
         if isinstance(n_warmup, bool) or not isinstance(n_warmup, int) or n_warmup < 0:
             raise ConfigurationError(f"n_warmup must be a non-negative integer, got {n_warmup!r}")
         check_positive_int("thin", thin)
+        if kernel == "hmc" and metric != "identity":
+            # With an adapted metric every direction of a roughly Gaussian posterior has a period
+            # near 2 pi in whitened units, and the tuned eps * n_leapfrog can land on it: chains
+            # that return to where they started (R-hat 1.1-1.3 on a 3D Gaussian in 8 of 12
+            # seeds). Trajectory lengths spread over n_leapfrog * [0.5, 1.5] break the resonance.
+            kernel_options.setdefault("jitter", HMC_CHAIN_JITTER)
         self.kernel_name = kernel
         self.kernel = corrector(kernel, n_steps=1, adapt=False, metric=metric, **kernel_options)
         self.metric = metric
