@@ -10,6 +10,8 @@ import torch
 
 from sampler.core.result import Result
 from sampler.core.runner import Resumable, Runner, capabilities_of
+from sampler.core.settings import _checked_device
+from sampler.core.threads import Threads, cpu_threads
 from sampler.errors import ConfigurationError
 from sampler.host.building import build, get_target, list_targets
 from sampler.io.checkpoint import Checkpoint, build_metadata, read_checkpoint
@@ -36,6 +38,7 @@ def sample(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     distributed: bool | None = None,
+    threads: Threads = "auto",
     **options: Any,
 ) -> Result:
     """Sample ``target`` with a registered method and return a :class:`~sampler.core.result.Result`.
@@ -55,6 +58,9 @@ def sample(
         distributed: shard the particles across the ranks of the ``torch.distributed`` process
             group (see :meth:`sampler.Pipeline.run` and :mod:`sampler.engine.distributed`); ``None``
             lets a method that supports it decide (sharded when a group is initialized).
+        threads: CPU threads torch uses during the run: ``"auto"`` (one for small problems,
+            else the cores not already busy; see :mod:`sampler.core.threads`), a number, or
+            ``None`` to leave torch's setting as it is.
         **options: passed to the method's builder (e.g. ``n_steps=10`` MCMC moves per stage).
     """
     tgt = get_target(target) if isinstance(target, str) else target
@@ -75,16 +81,27 @@ def sample(
             raise ConfigurationError(
                 f"method {method!r} cannot shard its particles across processes (distributed=True)"
             )
-    return runner.run(
-        tgt,
-        n_particles=n_particles,
-        n_replicas=n_replicas,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        progress=progress,
-        **extra,
-    )
+    with cpu_threads(threads, _size(n_particles, n_replicas, getattr(tgt, "dim", 0)), _checked_device(device)):
+        return runner.run(
+            tgt,
+            n_particles=n_particles,
+            n_replicas=n_replicas,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+            **extra,
+        )
+
+
+def _size(*counts: object) -> int:
+    """The product of the counts (R x N x d), or 0 where one is not a count (the runner says what is wrong)."""
+    size = 1
+    for c in counts:
+        if isinstance(c, bool) or not isinstance(c, int):
+            return 0
+        size *= c
+    return size
 
 
 def _runner(name: str, options: dict[str, Any]) -> Runner:
@@ -101,13 +118,14 @@ def resume(
     *,
     progress: bool | None = None,
     checkpoint_every: int | None = None,
+    threads: Threads = "auto",
 ) -> Result:
     """Continue a run saved by ``sample(..., checkpoint=...)``; same seed, same result.
 
     The method is rebuilt by name with the options recorded in the checkpoint, and the target
     by its registered name unless ``target`` is given (a user-defined target must be passed
     again: a checkpoint holds data, never code). Settings (N, R, seed, device, dtype) come
-    from the checkpoint.
+    from the checkpoint; ``threads`` as in :func:`sample`.
     """
     data = read_checkpoint(checkpoint)
     run = data.run
@@ -132,4 +150,6 @@ def resume(
     runner = _runner(recorded["method"], dict(recorded["options"]))
     if not capabilities_of(runner).checkpoint:
         raise ConfigurationError(f"method {recorded['method']!r} cannot resume from a checkpoint")
-    return cast(Resumable, runner).resume(checkpoint, target, progress=progress, checkpoint_every=checkpoint_every)
+    size = _size(run.get("n_particles"), run.get("n_replicas"), run.get("dim"))
+    with cpu_threads(threads, size, _checked_device(run.get("device"))):
+        return cast(Resumable, runner).resume(checkpoint, target, progress=progress, checkpoint_every=checkpoint_every)

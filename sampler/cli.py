@@ -22,6 +22,8 @@ from typing import Any
 import sampler
 from sampler.api import DEFAULT_METHOD, DEFAULT_TARGET
 from sampler.core.runner import capabilities_of
+from sampler.core.settings import _checked_device
+from sampler.core.threads import cpu_threads
 from sampler.engine import distributed
 from sampler.errors import ConfigurationError, Interrupted, SamplerError, TargetError
 from sampler.io.checkpoint import Checkpoint, CheckpointData, build_metadata, read_checkpoint
@@ -188,6 +190,7 @@ def _sample(args: argparse.Namespace, main: bool) -> tuple[sampler.Result, Targe
             target=target,
             progress=_progress(args) if main else False,
             checkpoint_every=args.checkpoint_every,
+            threads=args.threads,
         )
         sharded = bool(data.run.get("sharded"))
     else:
@@ -218,17 +221,28 @@ def _sample(args: argparse.Namespace, main: bool) -> tuple[sampler.Result, Targe
             if not can.distributed:
                 raise ConfigurationError(f"method {args.method!r} cannot shard its particles (--distributed)")
             extra["distributed"] = True
-        result = runner.run(
-            target,
-            n_particles=args.particles,
-            n_replicas=args.replicas,
-            seed=seed,
-            device=args.device,
-            dtype=args.dtype,
-            progress=_progress(args) if main else False,
-            **extra,
-        )
+        size = args.particles * args.replicas * target.dim
+        with cpu_threads(args.threads, size, _checked_device(args.device)):
+            result = runner.run(
+                target,
+                n_particles=args.particles,
+                n_replicas=args.replicas,
+                seed=seed,
+                device=args.device,
+                dtype=args.dtype,
+                progress=_progress(args) if main else False,
+                **extra,
+            )
     return result, target, sharded
+
+
+def _threads(text: str) -> int | str | None:
+    """``--threads``: ``auto``, ``torch`` (leave torch's setting) or a positive integer."""
+    if text in ("auto", "torch"):
+        return "auto" if text == "auto" else None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected auto, torch or a positive integer, got {text!r}")
 
 
 def _resume_command(args: argparse.Namespace, checkpoint: str) -> str:
@@ -335,6 +349,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"the benchmark harness (sampler_benchmarks) is not installed: {exc}") from None
     if args.seeds is not None and args.seeds < 1:
         raise ConfigurationError(f"--seeds must be a positive integer, got {args.seeds}")
+    if args.cases is not None and args.suite != "throughput":
+        raise ConfigurationError("--cases applies to --suite throughput")
+    if args.suite == "posteriors":
+        return _bench_posteriors(args)
+    if args.suite == "throughput":
+        return _bench_throughput(args)
+    if args.particles is not None or args.replicas is not None:
+        raise ConfigurationError(
+            "--particles and --replicas apply to --suite posteriors (the synthetic suite: --budget)"
+        )
     methods = _split(args.methods) or [m for m in ("smc", "ais", "mala", "hmc") if m in sampler.list_methods()]
     targets = _split(args.targets) or list(DEFAULT_TARGETS)
     command = "sampler " + " ".join(args.argv)
@@ -348,9 +372,52 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
         command=command.strip(),
     )
-    out = report.write(args.out, plots=not args.no_plots)
+    out = report.write(args.out or "results/bench", plots=not args.no_plots)
     print(report.markdown())
     print(f"written: {out / 'results.json'}, {out / 'results.md'}" + ("" if args.no_plots else f", {out / 'plots'}/"))
+    return 0
+
+
+def _bench_posteriors(args: argparse.Namespace) -> int:
+    """``sampler bench --suite posteriors``: methods on posteriordb's posteriors, scored against reference draws."""
+    from sampler_benchmarks.posteriors import run_posterior_suite
+
+    for flag, value in (("--particles", args.particles), ("--replicas", args.replicas)):
+        if value is not None and value < 1:
+            raise ConfigurationError(f"{flag} must be a positive integer, got {value}")
+    methods = _split(args.methods) or [m for m in ("smc", "hmc") if m in sampler.list_methods()]
+    command = "sampler " + " ".join(args.argv)
+    report = run_posterior_suite(
+        methods,
+        _split(args.targets),
+        seeds=3 if args.seeds is None else args.seeds,
+        n_particles=args.particles or 1000,
+        n_replicas=args.replicas or 4,
+        options=_parse_options(args.option, "--option"),
+        device=args.device,
+        progress=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+        command=command.strip(),
+    )
+    out = report.write(args.out or "results/posteriors")
+    print(report.markdown())
+    print(f"written: {out / 'results.json'}, {out / 'results.md'}")
+    return 0
+
+
+def _bench_throughput(args: argparse.Namespace) -> int:
+    """``sampler bench --suite throughput``: gradients per second, ours beside BlackJAX's when installed."""
+    from sampler_benchmarks import throughput
+
+    if args.particles is not None or args.replicas is not None or args.methods or args.targets:
+        raise ConfigurationError("--suite throughput takes --cases, --seeds (repeats), --out and --quiet")
+    rows = throughput.run_throughput(
+        _split(args.cases) or list(throughput.CASES),
+        repeats=3 if args.seeds is None else args.seeds,
+        progress=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+    )
+    print(f"{throughput.machine()}\n\n{throughput.markdown(rows)}")
+    out = throughput.write(rows, args.out or "results/throughput")
+    print(f"written: {out / 'results.json'}, {out / 'results.md'}")
     return 0
 
 
@@ -416,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: torch's default)")
     run.add_argument("--dtype", default=None, help="float32 or float64 (default: torch's default)")
     run.add_argument(
+        "--threads",
+        type=_threads,
+        default="auto",
+        help="CPU threads: auto (one for small runs, else the idle cores), torch (torch's setting) or a number",
+    )
+    run.add_argument(
         "--option", "-o", action="append", metavar="KEY=VALUE", help="method option, e.g. -o n_steps=20 (repeatable)"
     )
     run.add_argument(
@@ -448,20 +521,50 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmark methods on targets with exact ground truth",
         epilog="examples:\n  sampler bench --methods smc --targets gmm40,funnel --seeds 3\n"
-        "  sampler bench --budget paper --device cuda --out results/paper",
+        "  sampler bench --budget paper --device cuda --out results/paper\n"
+        "  sampler bench --suite posteriors --methods smc,hmc --targets arK-arK,garch-garch11\n"
+        "  sampler bench --suite throughput --cases smc,chains --seeds 3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("--methods", default=None, help="comma-separated methods (default: smc, ais, mala, hmc)")
     bench.add_argument(
-        "--targets", default=None, help="comma-separated targets (default: the suite of docs/benchmarks.md)"
+        "--suite",
+        choices=("synthetic", "posteriors", "throughput"),
+        default="synthetic",
+        help="synthetic: targets with exact samplers (docs/benchmarks.md, the default); "
+        "posteriors: posteriordb posteriors against reference draws (docs/posteriors.md); "
+        "throughput: gradients per second beside BlackJAX (docs/benchmarks.md, Throughput)",
     )
-    bench.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the budget's)")
     bench.add_argument(
-        "--budget", default="cpu", help="cpu (2 CPU cores), paper (published scale, for a GPU) or smoke (seconds)"
+        "--cases", default=None, help="--suite throughput: comma-separated smc, chains, sweep (default: all)"
     )
+    bench.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods (default: smc, ais, mala, hmc; with --suite posteriors: smc, hmc)",
+    )
+    bench.add_argument(
+        "--targets",
+        default=None,
+        help="comma-separated targets (default: the suite of docs/benchmarks.md); "
+        "with --suite posteriors: posteriordb names (default: all)",
+    )
+    bench.add_argument(
+        "--seeds", type=int, default=None, help="number of seeds (default: the budget's; --suite posteriors: 3)"
+    )
+    bench.add_argument(
+        "--budget",
+        default="cpu",
+        help="synthetic suite: cpu (2 CPU cores), paper (published scale, for a GPU) or smoke (seconds)",
+    )
+    bench.add_argument(
+        "--particles", "-n", type=int, default=None, help="--suite posteriors: particles per replica (default 1000)"
+    )
+    bench.add_argument("--replicas", "-r", type=int, default=None, help="--suite posteriors: replicas (default 4)")
     bench.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="option for every method")
     bench.add_argument("--device", default=None, help="torch device (default cpu)")
-    bench.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
+    bench.add_argument(
+        "--out", default=None, help="output folder (default results/bench; --suite posteriors: results/posteriors)"
+    )
     bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     bench.add_argument("--quiet", "-q", action="store_true", help="no per-run progress lines")
     bench.set_defaults(func=_cmd_bench)

@@ -313,8 +313,8 @@ def _langevin_mean(x: Tensor, grad: Tensor, eps: Tensor) -> Tensor:
 
 def _log_q(to: Tensor, mean: Tensor, eps: Tensor) -> Tensor:
     """Log density of ``N(mean, eps^2 I)`` at ``to`` up to a constant that cancels, float64 ``(R, N)``."""
-    diff = (to - mean).to(torch.float64)
-    return -0.5 * (diff**2).sum(-1) / eps.to(torch.float64)[..., 0] ** 2
+    diff = to - mean
+    return -0.5 * (diff * diff).sum(-1).to(torch.float64) / eps.to(torch.float64)[..., 0] ** 2
 
 
 class MALA(MetropolisCorrector):
@@ -358,8 +358,8 @@ class MALA(MetropolisCorrector):
         ev_y = self._evaluate(y, ctx)
         back = step + 0.5 * eps**2 * _down(path.grad_log_prob(ev_y, t), metric)
         eps64 = eps.to(torch.float64)[..., 0]
-        log_q_bwd = -0.5 * (back.to(torch.float64) ** 2).sum(-1) / eps64**2
-        log_q_fwd = -0.5 * (xi.to(torch.float64) ** 2).sum(-1)
+        log_q_bwd = -0.5 * (back * back).sum(-1).to(torch.float64) / eps64**2
+        log_q_fwd = -0.5 * (xi * xi).sum(-1).to(torch.float64)
         log_alpha = path.log_prob(ev_y, t) - path.log_prob(ev, t) + log_q_bwd - log_q_fwd
         return Proposal(y, ev_y, log_alpha)
 
@@ -451,7 +451,7 @@ class HMC(MetropolisCorrector):
             y = y + eps * _up(p, metric)
             ev_y = self._evaluate(y, ctx)
             p = p + (eps if i < n_leapfrog - 1 else 0.5 * eps) * _down(path.grad_log_prob(ev_y, t), metric)
-        kinetic = lambda m: 0.5 * (m.to(torch.float64) ** 2).sum(-1)  # noqa: E731
+        kinetic = lambda m: 0.5 * (m * m).sum(-1).to(torch.float64)  # noqa: E731
         log_alpha = path.log_prob(ev_y, t) - kinetic(p) - path.log_prob(ev, t) + kinetic(p0)
         return Proposal(y, ev_y, log_alpha)
 

@@ -73,6 +73,7 @@ class GaussianReference:
             log_det = np.log(self.scale).sum()
         self._log_norm = float(-0.5 * dim * math.log(2 * math.pi) - log_det)
         self._cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+        self._inverse: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     @property
     def dense(self) -> bool:
@@ -116,14 +117,20 @@ class GaussianReference:
         return z.T.reshape(diff.shape)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """Normalized log density, ``(...)`` in float64 for ``x`` ``(..., dim)``."""
-        x64 = x.to(torch.float64)
-        loc, scale = self._params(x64)
+        """Normalized log density, ``(...)`` in float64 for ``x`` ``(..., dim)``.
+
+        A diagonal reference computes in ``x``'s dtype (as precise as the target's own log
+        density at float32 positions, and no float64 copy of the particles), then converts the
+        ``(...)`` result; a dense one whitens in float64.
+        """
         if self.scale_tril is not None:
-            z = self._whiten(x64 - loc, scale)
-        else:
-            z = (x64 - loc) / scale
-        return -0.5 * (z**2).sum(-1) + self._log_norm
+            x64 = x.to(torch.float64)
+            loc, tril = self._params(x64)
+            z = self._whiten(x64 - loc, tril)
+            return -0.5 * (z**2).sum(-1) + self._log_norm
+        loc, _ = self._params(x)
+        z = (x - loc) * self._inverse_scale(x)
+        return -0.5 * (z * z).sum(-1).to(torch.float64) + self._log_norm
 
     def grad_log_prob(self, x: Tensor) -> Tensor:
         """Gradient ``-(x - loc) / scale**2`` (dense: ``-(L L^T)^{-1} (x - loc)``), ``(..., dim)`` in ``x``'s dtype."""
@@ -132,7 +139,15 @@ class GaussianReference:
             z = self._whiten(x - loc, scale)
             flat = z.reshape(-1, self.dim).T
             return -torch.linalg.solve_triangular(scale.T, flat, upper=True).T.reshape(x.shape)
-        return -(x - loc) / scale**2
+        inverse = self._inverse_scale(x)
+        return (loc - x) * (inverse * inverse)  # (d,) then one (..., d) product: this runs at every gradient
+
+    def _inverse_scale(self, like: Tensor) -> Tensor:
+        """``1 / scale`` ``(dim,)`` like ``like`` (diagonal reference): products are cheaper than divisions."""
+        key = (like.device, like.dtype)
+        if key not in self._inverse:
+            self._inverse[key] = torch.as_tensor(1.0 / self.scale, device=like.device, dtype=like.dtype)
+        return self._inverse[key]
 
 
 def _as_tril(value: Tensor | np.ndarray, dim: int) -> np.ndarray:
@@ -302,13 +317,14 @@ class GeometricPath:
         Autograd graphs of ``lp`` and ``g`` are kept (subclasses that differentiate rely on it).
         """
         lp = lp.to(torch.float64)
-        bad = torch.isnan(lp) | (lp == math.inf)
+        keep = torch.isfinite(lp)
         if g is not None:
-            bad = bad | (~torch.isfinite(g).all(-1) & (lp != -math.inf))
-        self.counter.add_nonfinite(bad.sum())  # a tensor: no host sync per evaluation
-        lp = lp.masked_fill(bad, -math.inf)
-        if g is not None:
-            g = g.masked_fill((lp == -math.inf)[..., None], 0.0)
+            # (g * 0).sum(-1) is 0 exactly when every component is finite (NaN otherwise): the
+            # same test as isfinite(g).all(-1), which torch's CPU reduces 10x slower.
+            keep = keep & ((g * 0).sum(-1) == 0)
+            g = torch.where(keep[..., None], g, 0.0)
+        self.counter.add_nonfinite((~keep & (lp != -math.inf)).sum())  # a tensor: no host sync per evaluation
+        lp = torch.where(keep, lp, -math.inf)
         return PathEvaluation(
             log_ref=self.reference.log_prob(x),
             log_target=lp,
@@ -340,10 +356,16 @@ class GeometricPath:
 
     @classmethod
     def grad_log_prob(cls, ev: PathEvaluation, t: float | Tensor) -> Tensor:
-        """``grad log pi_t`` from cached gradients, ``(R, N, d)``; ``t`` a float or ``(R,)``."""
+        """``grad log pi_t`` from cached gradients, ``(R, N, d)``; ``t`` a float or ``(R,)``.
+
+        Cached gradients are finite (zero where the density is), so one ``lerp`` mixes them,
+        exactly ``grad_ref`` at t = 0 and ``grad_target`` at t = 1.
+        """
         if ev.grad_ref is None or ev.grad_target is None:
             raise ValueError("gradients were not evaluated (evaluate(x, grad=True))")
-        return cls._mix(ev.grad_ref, ev.grad_target, t)
+        if isinstance(t, Tensor):
+            t = t.to(device=ev.grad_ref.device, dtype=ev.grad_ref.dtype).reshape(t.shape + (1, 1))
+        return torch.lerp(ev.grad_ref, ev.grad_target, t)
 
     def log_weight_increment(
         self, ev_from: PathEvaluation, t_from: float | Tensor, ev_to: PathEvaluation, t_to: float | Tensor

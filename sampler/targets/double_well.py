@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import torch
-from scipy import integrate
 from torch import Tensor
 
 from sampler.errors import ConfigurationError
@@ -23,6 +22,8 @@ def _quartic(a):
 
 def _marginal_mass(beta: float, lo: float, hi: float, points: list[float]) -> tuple[float, float]:
     """``int_lo^hi exp(-beta (a^4 - 6a^2 - 0.5a)) da`` as (value / e^shift, shift), by quadrature."""
+    from scipy import integrate  # imported here: scipy costs ~0.3 s of every start-up otherwise
+
     shift = float(-beta * _quartic(np.array([1.7526]))[0])  # the exponent's maximum, at the deeper mode
     f = lambda a: math.exp(-beta * _quartic(a) - shift)  # noqa: E731
     value, _ = integrate.quad(f, lo, hi, points=points, limit=200, epsabs=0, epsrel=1e-13)
@@ -83,11 +84,12 @@ class DoubleWell(BoltzmannTarget):
 
     def energy(self, x: Tensor) -> Tensor:
         a, b = x[..., 0], x[..., 1]
-        return a**4 - 6 * a**2 - 0.5 * a + 0.5 * b**2
+        a2 = a * a  # products, not powers: torch's CPU pow is ~25x slower for the exponent 4
+        return a2 * (a2 - 6.0) - 0.5 * a + 0.5 * (b * b)
 
     def grad_log_prob(self, x: Tensor) -> Tensor:
         a, b = x[..., 0], x[..., 1]
-        return -self.beta * torch.stack([4 * a**3 - 12 * a - 0.5, b], dim=-1)
+        return -self.beta * torch.stack([a * (4.0 * (a * a) - 12.0) - 0.5, b], dim=-1)
 
     def positive_mode_weight(self) -> float:
         """Exact probability that ``x1 > 0`` (by quadrature)."""

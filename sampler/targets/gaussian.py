@@ -79,6 +79,12 @@ class Gaussian(Target):
     def grad_log_prob(self, x: Tensor) -> Tensor:
         return -(x - self.constant("mean", x)) @ self.constant("precision", x)
 
+    def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Both from one product ``(x - mean) @ precision`` (one matrix product instead of two)."""
+        diff = x - self.constant("mean", x)
+        scaled = diff @ self.constant("precision", x)
+        return -0.5 * (scaled * diff).sum(-1), -scaled
+
     def sample(self, n, generator=None, device=None, dtype=None) -> Tensor:
         """``n`` exact draws ``(n, d)``: ``mean + L z`` with ``cov = L L^T``."""
         device = self.sample_device(generator, device)

@@ -15,6 +15,29 @@ from sampler.targets.base import Target
 FAB_GMM40_STD = math.log1p(math.e)
 
 
+#: Up to this dimension the squared distances to the means are summed coordinate by coordinate
+#: (5x faster than a reduction over a last axis of length 2 on the CPU, and exactly the same).
+_SMALL_DIM = 8
+
+
+def _log_sum_exp(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """``logsumexp`` over the last axis ``(...)`` and the softmax weights ``(..., K)``, skipping negligible terms.
+
+    Terms more than ``log(eps / K) - 5`` below the largest are set to zero instead of
+    exponentiated (together they weigh less than 1% of one unit in the last place): torch's CPU
+    ``exp`` is 15-25 times slower on arguments whose result underflows, and most components of
+    a well-separated mixture are that far below the nearest one.
+    """
+    k = logits.shape[-1]
+    floor = math.log(torch.finfo(logits.dtype).eps / k) - 5.0
+    top = logits.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all -inf: sum 0, log -inf
+    shifted = logits - top
+    terms = torch.exp(shifted.clamp_min(floor)) * (shifted > floor)
+    total = terms.sum(-1, keepdim=True)
+    return (top + torch.log(total))[..., 0], terms / total
+
+
 class GaussianMixture(Target):
     """Equal-weight mixture of ``N(means[k], std^2 I)``, normalized (``log_Z = 0``).
 
@@ -52,7 +75,12 @@ class GaussianMixture(Target):
     def _component_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-component log densities up to the shared constant ``(..., K)``, and the means."""
         means = self.constant("means", x)
-        sq = ((x[..., None, :] - means) ** 2).sum(-1)
+        if self.dim <= _SMALL_DIM:  # summing a short last axis is slow in torch: add the coordinates one by one
+            sq = (x[..., None, 0] - means[:, 0]) ** 2
+            for j in range(1, self.dim):
+                sq = sq + (x[..., None, j] - means[:, j]) ** 2
+        else:
+            sq = ((x[..., None, :] - means) ** 2).sum(-1)
         return -0.5 * sq / self.std**2, means
 
     def _log_norm(self) -> float:
@@ -61,14 +89,13 @@ class GaussianMixture(Target):
 
     def log_prob(self, x: Tensor) -> Tensor:
         logits, _ = self._component_logits(x)
-        return torch.logsumexp(logits, dim=-1) + self._log_norm()
+        return _log_sum_exp(logits)[0] + self._log_norm()
 
     def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Log density and its analytic gradient ``sum_k r_k(x) (mu_k - x) / std^2`` (r: responsibilities)."""
         logits, means = self._component_logits(x)
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        resp = torch.exp(logits - lse)
-        return lse[..., 0] + self._log_norm(), (resp @ means - x) / self.std**2
+        lse, resp = _log_sum_exp(logits)
+        return lse + self._log_norm(), (resp @ means - x) / self.std**2
 
     def grad_log_prob(self, x: Tensor) -> Tensor:
         return self.log_prob_and_grad(x)[1]

@@ -61,11 +61,12 @@ class ManyWell(BoltzmannTarget):
 
     def energy(self, x: Tensor) -> Tensor:
         a, b = x[..., 0::2], x[..., 1::2]
-        return (a**4 - 6 * a**2 - 0.5 * a + 0.5 * b**2).sum(-1)
+        a2 = a * a  # products, not powers: torch's CPU pow is ~25x slower for the exponent 4
+        return (a2 * (a2 - 6.0) - 0.5 * a + 0.5 * (b * b)).sum(-1)
 
     def grad_log_prob(self, x: Tensor) -> Tensor:
         a, b = x[..., 0::2], x[..., 1::2]
-        grad = torch.stack([4 * a**3 - 12 * a - 0.5, b], dim=-1).flatten(-2)
+        grad = torch.stack([a * (4.0 * (a * a) - 12.0) - 0.5, b], dim=-1).flatten(-2)
         return -self.beta * grad
 
     def positive_mode_weight(self) -> float:
