@@ -346,7 +346,7 @@ def markdown(rows: Sequence[Row]) -> str:
     ]
     for r in rows:
         peer = f"{r.peer.rate:,.0f} ({r.peer.compile_seconds:.1f})" if r.peer is not None else "n/a"
-        ratio = f"{r.ratio:.2f}" if r.peer is not None else "n/a"
+        ratio = "n/a" if r.peer is None else f"{r.ratio:.2f}" if r.ratio >= 0.01 else f"{r.ratio:.1e}"
         lines.append(
             f"| {r.case} | {r.target} | {r.kernel} | {r.n} | {r.dim} | {r.ours.rate:,.0f} | {peer} | {ratio} |"
         )
