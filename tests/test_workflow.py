@@ -303,6 +303,8 @@ def test_checkpoint_arguments_are_checked(tmp_path):
         sampler.resume(ck, sampler.get_target("gmm40"))
 
 
+#: Slow enough (about 4 s for the run below) that a signal sent once its first checkpoint appears
+#: arrives mid-run even on a loaded machine.
 SLOW_TARGET = """
 import time
 import sampler
@@ -310,7 +312,7 @@ import sampler
 class SlowWell(sampler.BoltzmannTarget):
     dim = 2
     def energy(self, x):
-        time.sleep(0.02)
+        time.sleep(0.05)
         return x[..., 0] ** 4 - 6 * x[..., 0] ** 2 - 0.5 * x[..., 0] + 0.5 * x[..., 1] ** 2
 """
 
