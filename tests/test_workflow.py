@@ -303,16 +303,18 @@ def test_checkpoint_arguments_are_checked(tmp_path):
         sampler.resume(ck, sampler.get_target("gmm40"))
 
 
-#: Slow enough (about 4 s for the run below) that a signal sent once its first checkpoint appears
-#: arrives mid-run even on a loaded machine.
+#: Each evaluation sleeps SLOW_WELL_SLEEP seconds (0.05 by default, for the in-process reference
+#: runs). The CLI runs below set 0.25 s, so a run lasts about 15 s and a signal sent once its first
+#: checkpoint appears arrives mid-run even on a heavily loaded machine.
 SLOW_TARGET = """
+import os
 import time
 import sampler
 
 class SlowWell(sampler.BoltzmannTarget):
     dim = 2
     def energy(self, x):
-        time.sleep(0.05)
+        time.sleep(float(os.environ.get("SLOW_WELL_SLEEP", "0.05")))
         return x[..., 0] ** 4 - 6 * x[..., 0] ** 2 - 0.5 * x[..., 0] + 0.5 * x[..., 1] ** 2
 """
 
@@ -335,7 +337,7 @@ RUN = [
 
 def _start(tmp_path, *extra):
     (tmp_path / "slow.py").write_text(textwrap.dedent(SLOW_TARGET))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_WELL_SLEEP": "0.25"}
     cmd = [sys.executable, "-m", "sampler", "run", f"{tmp_path / 'slow.py'}:SlowWell", *RUN, *extra]
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -444,7 +446,7 @@ def test_interrupting_a_resumed_run_says_how_to_resume_again(tmp_path):
     proc.communicate(timeout=60)
     first = read_checkpoint(ck).step
     (tmp_path / "slow.py").write_text(textwrap.dedent(SLOW_TARGET))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_WELL_SLEEP": "0.25"}
     cmd = [sys.executable, "-m", "sampler", "run", f"{tmp_path / 'slow.py'}:SlowWell", "--resume", str(ck), "--quiet"]
     again = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
