@@ -106,6 +106,11 @@ def _size(*counts: object) -> int:
 
 def _runner(name: str, options: dict[str, Any]) -> Runner:
     """Build the method ``name``; its builder must return a :class:`~sampler.Runner`."""
+    if not isinstance(name, str):
+        raise ConfigurationError(
+            f"method must be the name of a registered method (sampler.list_methods()), got {type(name).__name__}; "
+            "run a Pipeline or another Runner with its own .run(target, n_particles=...)"
+        )
     runner = build("method", name, options)
     if not callable(getattr(runner, "run", None)):
         raise ConfigurationError(f"method {name!r} built {type(runner).__name__}, which has no run(target, ...) method")

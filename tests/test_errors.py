@@ -517,3 +517,9 @@ def test_unknown_method_option_names_the_method(method):
     assert tgt.calls == 0
     assert "bogus" in msg
     assert f"method {method!r}" in msg, msg
+
+
+def test_a_pipeline_passed_as_method_says_how_to_run_it():
+    pipe = sampler.Pipeline(steps=[sampler.corrector("mala")])
+    with pytest.raises(ConfigurationError, match=r"registered method .* got Pipeline; run a Pipeline .* \.run\(target"):
+        sampler.sample("double-well", method=pipe, n_particles=20, n_replicas=1, seed=0, progress=False)

@@ -1,7 +1,8 @@
 """Plugin ``mcmc``: standard MCMC kernels, resampling, and the SMC/AIS/MCMC methods built on them.
 
 Correctors: ``ula``, ``mala``, ``hmc``, ``rwmh`` (each adapts its step size per replica toward a
-target acceptance rate during annealing) and ``resample`` (ESS-triggered, any scheme).
+target acceptance rate during annealing), ``imh`` (mode-jumping independence Metropolis-Hastings
+from a Gaussian mixture fitted to the particles) and ``resample`` (ESS-triggered, any scheme).
 Methods: ``smc`` (adaptive tempered SMC with MALA moves), ``ais`` (fixed schedule, no
 resampling), ``mala`` and ``hmc`` (plain MCMC chains: R chains x N draws).
 """
@@ -10,11 +11,23 @@ from __future__ import annotations
 
 import sampler
 from sampler_plugins.mcmc.chains import MCMCChains, build_chains
+from sampler_plugins.mcmc.independence import IndependenceMH
 from sampler_plugins.mcmc.kernels import HMC, MALA, RWMH, ULA, MetropolisCorrector
 from sampler_plugins.mcmc.methods import build_ais, build_smc
 from sampler_plugins.mcmc.resample import Resample
 
-__all__ = ["ULA", "MALA", "HMC", "RWMH", "MetropolisCorrector", "Resample", "MCMCChains", "build_smc", "build_ais"]
+__all__ = [
+    "ULA",
+    "MALA",
+    "HMC",
+    "RWMH",
+    "MetropolisCorrector",
+    "IndependenceMH",
+    "Resample",
+    "MCMCChains",
+    "build_smc",
+    "build_ais",
+]
 
 
 @sampler.hookimpl
@@ -24,6 +37,7 @@ def sampler_register(registry) -> None:
     registry.add_corrector("mala", MALA)
     registry.add_corrector("hmc", HMC)
     registry.add_corrector("rwmh", RWMH)
+    registry.add_corrector("imh", IndependenceMH)
     registry.add_corrector("resample", Resample)
     registry.add_method("smc", build_smc)
     registry.add_method("ais", build_ais)

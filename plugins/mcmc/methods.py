@@ -36,6 +36,7 @@ def build_smc(
     reference_loc=None,
     reference_scale=None,
     pilot_particles: int | None = None,
+    mode_jumps: int = 0,
     **kernel_options: Any,
 ) -> Pipeline:
     """Adaptive tempered SMC with MCMC moves (MALA by default) and ESS-triggered resampling.
@@ -61,12 +62,19 @@ def build_smc(
         reference_loc, reference_scale: override the target's default Gaussian reference (and
             where the Laplace fit starts and the pilot run begins).
         pilot_particles: particles per replica of the pilot run (``reference="pilot"``).
+        mode_jumps: sweeps of the ``imh`` corrector (independence Metropolis-Hastings from a
+            Gaussian mixture fitted to the particles) per temperature, after the kernel's
+            sweeps (which have moved resampled copies apart); 0 (the default) runs none. Each costs one target
+            evaluation per particle and re-equilibrates the mass between the modes found.
         **kernel_options: passed to the kernel (``metric``, ``step_size``, ``target_acceptance``,
             ``n_leapfrog`` and ``jitter`` for HMC, ...).
     """
+    if mode_jumps != 0:
+        check_positive_int("mode_jumps", mode_jumps)
     steps = [
         corrector("resample", scheme=scheme, threshold=resample_threshold),
         _kernel(kernel, n_steps, kernel_options),
+        *([corrector("imh", n_steps=mode_jumps)] if mode_jumps else []),
     ]
     options = dict(
         kernel=kernel,
@@ -76,6 +84,7 @@ def build_smc(
         scheme=scheme,
         reference=reference,
         **({} if pilot_particles is None else {"pilot_particles": pilot_particles}),
+        **({"mode_jumps": mode_jumps} if mode_jumps else {}),
         **kernel_options,
     )
     return Pipeline(
