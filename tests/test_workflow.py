@@ -305,7 +305,7 @@ def test_checkpoint_arguments_are_checked(tmp_path):
 
 #: Each evaluation sleeps SLOW_WELL_SLEEP seconds (0.05 by default, for the in-process reference
 #: runs). The CLI runs below set 0.25 s, so a run lasts about 15 s and a signal sent once its first
-#: checkpoint appears arrives mid-run even on a heavily loaded machine.
+#: checkpoint appears arrives mid-run even on a loaded machine.
 SLOW_TARGET = """
 import os
 import time
@@ -339,7 +339,21 @@ def _start(tmp_path, *extra):
     (tmp_path / "slow.py").write_text(textwrap.dedent(SLOW_TARGET))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_WELL_SLEEP": "0.25"}
     cmd = [sys.executable, "-m", "sampler", "run", f"{tmp_path / 'slow.py'}:SlowWell", *RUN, *extra]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _popen(cmd, tmp_path, env)
+
+
+def _popen(cmd: list[str], cwd, env) -> subprocess.Popen:
+    """Start the CLI with Ctrl-C at its default (a test run from a background job inherits SIGINT ignored,
+    and Python then never raises KeyboardInterrupt in the child)."""
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_for(path, proc, timeout=120.0):
@@ -448,7 +462,7 @@ def test_interrupting_a_resumed_run_says_how_to_resume_again(tmp_path):
     (tmp_path / "slow.py").write_text(textwrap.dedent(SLOW_TARGET))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_WELL_SLEEP": "0.25"}
     cmd = [sys.executable, "-m", "sampler", "run", f"{tmp_path / 'slow.py'}:SlowWell", "--resume", str(ck), "--quiet"]
-    again = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    again = _popen(cmd, tmp_path, env)
     deadline = time.monotonic() + 120
     while read_checkpoint(ck).step <= first:  # the resumed run has saved at least once more
         assert again.poll() is None, again.communicate()
