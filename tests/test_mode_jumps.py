@@ -229,7 +229,7 @@ def test_a_small_mode_keeps_its_share():
 
 
 def test_smc_with_mode_jumps_counts_its_evaluations_and_stays_exact():
-    """``smc(mode_jumps=1)`` on a fixed 8-stage schedule spends N more evaluations per replica and stage.
+    """``smc(mode_jumps=1)`` on a fixed 8-stage schedule spends N more evaluations per replica and stage, repeatably.
 
     Its log Z over R = 8 replicas is within 4 standard errors of 0 (the spread of the replicas'
     estimates, the Monte Carlo error), and the mode share within 4 binomial errors of exact.
@@ -246,3 +246,5 @@ def test_smc_with_mode_jumps_counts_its_evaluations_and_stays_exact():
     z = (float(first_mode_share(target, jumps.samples).mean()) - p) / math.sqrt(p * (1 - p) / m)
     assert abs(z) < Z_MAX, z
     assert jumps.options["mode_jumps"] == 1
+    again = sampler.sample(target, method="smc", mode_jumps=1, **common)
+    assert torch.equal(again.samples, jumps.samples)  # seeded: the halves, the fits and the moves repeat
