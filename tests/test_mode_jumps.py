@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from test_kernels import particles_at_t1
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal
 
 import sampler
@@ -51,23 +52,6 @@ class TwoModes(sampler.BoltzmannTarget):
         z = torch.randn(r, n, self.dim, generator=g, dtype=DTYPE)
         x = torch.where(first[..., None], self.modes[0] + 0.5 * z, self.modes[1] + z)
         return x, first
-
-
-def at_t1(target, x: torch.Tensor, seed: int):
-    """Equally weighted particles ``x`` on the path at t = 1 and a context for a corrector there."""
-    r, n, d = x.shape
-    path = sampler.GeometricPath(sampler.GaussianReference(d), target)
-    particles = sampler.Particles(
-        x=x,
-        log_weights=torch.full((r, n), -math.log(n), dtype=DTYPE),
-        log_Z=torch.zeros(r, dtype=DTYPE),
-        evaluation=path.evaluate(x, grad=True),
-    )
-    ctx = sampler.StepContext(
-        path=path, t=torch.ones(r, dtype=DTYPE), t_from=torch.ones(r, dtype=DTYPE), step=1,
-        generator=torch.Generator().manual_seed(seed), needs_grad=True,
-    )  # fmt: skip
-    return particles, ctx
 
 
 def first_mode_share(target: TwoModes, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +159,7 @@ def test_imh_leaves_an_unequal_mixture_invariant(components, covariance):
     """
     target = TwoModes()
     x, _ = target.exact(2, 20_000, seed=4)
-    particles, ctx = at_t1(target, x, seed=5)
+    particles, ctx = particles_at_t1(target, x, seed=5)
     out = IndependenceMH(n_steps=5, n_components=components, covariance=covariance).apply(particles, None, ctx)
     y = out.particles.x
     assert (out.info["acceptance"] > 0.3).all(), out.info
@@ -202,7 +186,7 @@ def test_imh_restores_mode_shares_that_local_moves_cannot():
     """
     target = TwoModes(dim=4, a=4.0)
     x, _ = target.exact(2, 4000, seed=6, weight=0.5)
-    particles, ctx = at_t1(target, x, seed=7)
+    particles, ctx = particles_at_t1(target, x, seed=7)
     mala = sampler.corrector("mala", n_steps=10)
     stuck = mala.apply(particles, mala.init(particles, ctx), ctx).particles.x
     assert abs(float(first_mode_share(target, stuck).mean()) - 0.5) < 0.02
@@ -221,7 +205,7 @@ def test_a_small_mode_keeps_its_share():
     """
     target = TwoModes(dim=20, weight=0.02, a=4.0)
     x, _ = target.exact(8, 2000, seed=8)
-    particles, ctx = at_t1(target, x, seed=9)
+    particles, ctx = particles_at_t1(target, x, seed=9)
     moved = IndependenceMH(n_steps=5).apply(particles, None, ctx).particles.x
     p, m = exact_share_below_zero(target), moved.shape[0] * moved.shape[1]
     z = (float(first_mode_share(target, moved).mean()) - p) / math.sqrt(p * (1 - p) / m)
