@@ -3,9 +3,9 @@
 :func:`fit_mixture` runs weighted expectation-maximization on ``(R, N, d)`` particles with
 ``(R, N)`` log weights, batched over the replicas and the K components (no loop over particles
 or components; memory ``O(R N K)`` with diagonal covariances or dense ones up to d = 16, whose
-quadratic forms go through ``(R, N, d^2)`` products, and ``O(R N K d)`` for dense ones above). The result, :class:`ParticleMixture`, evaluates
-its log density at ``(R, M, d)`` points and draws ``(R, M, d)`` samples from the run's random
-streams, so a seeded run stays reproducible.
+quadratic forms go through ``(R, N, d^2)`` products, and ``O(R N K d)`` for dense ones above).
+The result, :class:`ParticleMixture`, evaluates its log density at ``(R, M, d)`` points and
+draws ``(R, M, d)`` samples from the run's random streams, so a seeded run stays reproducible.
 
 Regularization, so that every component stays a proper Gaussian however few particles it owns:
 
