@@ -58,6 +58,7 @@ def _record(res: sampler.Result) -> dict:
         "step_size": stats["step_size"],
         "target_evals": torch.tensor([res.n_target_evals, res.n_grad_evals]),
         "step_evals": stats["target_evals"],
+        "fit_evals": torch.tensor(res.options["reference_evals"]),
     }
 
 
@@ -187,7 +188,8 @@ def test_sharded_scheme_is_a_proper_smc_run(single):
             torch.logsumexp(run["log_weights"] - run["log_Z"][:, None], -1),
             torch.full((R,), math.log(run["log_weights"].shape[1]), dtype=torch.float64),
         )
-        assert int(run["step_evals"].sum()) + run["log_weights"].numel() == int(run["target_evals"][0])
+        initial, fit = run["log_weights"].numel(), int(run["fit_evals"][0])
+        assert int(run["step_evals"].sum()) + initial + fit == int(run["target_evals"][0])
 
 
 def test_log_Z_unbiased_when_sharded(two_ranks):

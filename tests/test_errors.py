@@ -68,8 +68,11 @@ class Returns(sampler.Target):
 @pytest.mark.parametrize("method", ["smc", "ais", "mala", "hmc"])
 def test_wrong_shape_names_target_and_shapes(method):
     tgt = Returns(lambda x: x**2, name="square-shaped")  # (..., d) instead of (...)
+    # reference="prior" for smc: the shapes are the run's (R, N, d), not those of the Laplace fit's
+    # starts, which "auto" would evaluate first (its message names the target just the same)
+    prior = {"reference": "prior"} if method == "smc" else {}
     with pytest.raises(TargetError) as err:
-        sampler.sample(tgt, method=method, n_particles=50, n_replicas=3, seed=0, **METHOD_BUDGET[method])
+        sampler.sample(tgt, method=method, n_particles=50, n_replicas=3, seed=0, **METHOD_BUDGET[method], **prior)
     msg = str(err.value)
     assert "square-shaped" in msg
     n = 1 if method in ("mala", "hmc") else 50  # MCMC chains evaluate one point per chain
@@ -119,6 +122,8 @@ def test_wrong_gradient_shape_is_target_error():
             return -x.sum(-1)
 
     with pytest.raises(TargetError, match=r"BadGrad.*grad_log_prob.*\(2, 50\)"):
+        sampler.sample(BadGrad(), method="smc", **SMALL, reference="prior")
+    with pytest.raises(TargetError, match=r"BadGrad.*grad_log_prob.*\(8, 2\)"):  # "auto": the fit's 8 starts
         sampler.sample(BadGrad(), method="smc", **SMALL)
 
 

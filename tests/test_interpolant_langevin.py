@@ -239,7 +239,7 @@ def test_result_has_no_log_Z_and_counts_every_gradient():
     assert res.log_Z is None and res.log_Z_stderr is None and res.kind == "flow"
     assert torch.all(res.log_weights == 0)
     text = str(sampler.summary(res))
-    assert "n/a" in text.splitlines()[3] and "log Z" in text
+    assert "n/a" in next(line for line in text.splitlines() if line.startswith("log Z"))
     # the final MALA acted only at t = 1
     st = res.stats
     assert torch.isnan(st["acceptance"][:-1]).all() and not torch.isnan(st["acceptance"][-1]).any()

@@ -34,7 +34,9 @@ def test_result_shapes_and_counts(smc_result):
     assert r.log_weights.shape == (4, 500) and r.log_weights.dtype == torch.float64
     assert r.log_Z_per_replica.shape == (4,)
     assert r.n_target_evals > 0 and r.n_grad_evals > 0
-    assert r.n_target_evals == sum(s.target_evals for s in r.steps) + 4 * 500  # + the initial evaluation
+    # + the initial evaluation and the reference's fit (reference="auto")
+    fit = r.options["reference_evals"][0]
+    assert r.n_target_evals == sum(s.target_evals for s in r.steps) + 4 * 500 + fit
     stats = r.stats
     t = stats["t"]
     assert t.shape == (len(r.steps), 4) and t.dtype == torch.float64

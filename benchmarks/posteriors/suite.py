@@ -63,6 +63,8 @@ class PosteriorRun:
         grad_evals, target_evals: the engine's counts (one per point).
         wall_time: seconds of the sampling run (not the scoring).
         error: the error message of a run that raised, else ``None``.
+        reference: the run's ``options["reference"]`` (which reference an annealing run started
+            from, and for ``"auto"`` why), else ``None``.
     """
 
     posterior: str
@@ -79,6 +81,7 @@ class PosteriorRun:
     target_evals: int
     wall_time: float
     error: str | None = None
+    reference: str | None = None
 
     @property
     def max_z(self) -> float:
@@ -163,6 +166,7 @@ def _run_one(
         grad_evals=res.n_grad_evals,
         target_evals=res.n_target_evals,
         wall_time=res.wall_time,
+        reference=res.options.get("reference"),
     )
 
 

@@ -32,7 +32,7 @@ def build_smc(
     resample_threshold: float = 1.0,
     scheme: str = "systematic",
     schedule: Schedule | None = None,
-    reference: str = "prior",
+    reference: str = "auto",
     reference_loc=None,
     reference_scale=None,
     pilot_particles: int | None = None,
@@ -56,9 +56,14 @@ def build_smc(
             keeps the MCMC moves working on an equally weighted set.
         scheme: resampling scheme.
         schedule: a fixed :mod:`sampler.core.schedules` schedule instead of the adaptive one.
-        reference: ``"prior"`` (the target's hints or ``reference_loc``/``reference_scale``),
-            ``"laplace"`` (``N(MAP, H^{-1})``, dense) or ``"pilot"`` (moments of a short run);
-            see :class:`~sampler.Pipeline`.
+        reference: ``"auto"`` (default: the Laplace approximation ``N(MAP, H^{-1})`` if the
+            target has d <= 100 and a single maximum from 8 L-BFGS starts, the prior misses the
+            fit's scale by more than 100x or its mode by more than 10 sds, and the fit covers
+            the target, Pareto k <= 0.7; the prior reference otherwise, e.g. on every
+            multimodal target), ``"prior"`` (the target's hints or
+            ``reference_loc``/``reference_scale``), ``"laplace"`` (always the Laplace fit) or
+            ``"pilot"`` (moments of a short run); see :class:`~sampler.Pipeline`. What was used,
+            and why, is in ``Result.options["reference"]`` and the summary.
         reference_loc, reference_scale: override the target's default Gaussian reference (and
             where the Laplace fit starts and the pilot run begins).
         pilot_particles: particles per replica of the pilot run (``reference="pilot"``).

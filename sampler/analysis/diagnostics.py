@@ -69,6 +69,9 @@ def summary(result: Result, target: Any = None) -> Summary:
         ("target", f"{result.target} (d={d})"),
         ("chains x draws" if result.kind == "mcmc" else "replicas x particles", f"{r} x {n}"),
     ]
+    if "reference" in result.options:
+        v["reference"] = str(result.options["reference"])
+        rows.append(("reference", v["reference"]))
     if result.log_Z is None:
         rows.append(("log Z", "n/a (the method gives no density)"))
     else:

@@ -1,15 +1,18 @@
 """The Laplace approximation of a target: ``N(MAP, H^{-1})`` as a path's reference.
 
-The MAP is found by L-BFGS (``torch.optim.LBFGS`` with a strong-Wolfe line search) from several
-starts at once -- the reference's centre and draws from it -- optimized as one batch (the sum of
-their negative log densities is separable, so each start follows its own descent; the shared
-line search only couples their step lengths). The best end point is polished by one Newton
-step, and ``H = -grad^2 log p`` there comes from autograd (one Hessian-vector product per
-dimension), or from central differences of the gradient if the target cannot be differentiated
-twice. A positive definite ``H`` gives a dense Gaussian with Cholesky factor ``chol(H^{-1})``;
-otherwise a diagonal one (``1 / H_ii`` where positive, the starting reference's variance
-elsewhere) with a warning; a fit that finds no finite MAP keeps the starting reference, with a
-warning.
+The MAP is found by L-BFGS from several starts at once -- the reference's centre and draws from
+it -- batched over the starts, each with its own curvature pairs and line search. The best end
+point is polished by one Newton step, and ``H = -grad^2 log p`` there comes from autograd (one
+Hessian-vector product per dimension), or from central differences of the gradient if the
+target cannot be differentiated twice. A positive definite ``H`` gives a dense Gaussian with
+Cholesky factor ``chol(H^{-1})``; otherwise a diagonal one (``1 / H_ii`` where positive, the
+starting reference's variance elsewhere) with a warning; a fit that finds no finite MAP keeps
+the starting reference, with a warning.
+
+The other end points serve a check of unimodality: one where the gradient vanishes (Newton
+decrement ``g^T H^{-1} g`` below :data:`STATIONARY`) and which lies outside the fitted
+Gaussian's typical ball (squared Mahalanobis distance above ``d``) is another maximum
+(:attr:`LaplaceFit.other_maxima`).
 
 Every evaluation goes through a :class:`GeometricPath`'s counter, so it counts in the run's
 ``n_target_evals`` / ``n_grad_evals`` (the Hessian by autograd as ``d`` gradient evaluations).
@@ -37,14 +40,22 @@ class LaplaceFit:
     Attributes:
         reference: the fitted Gaussian (or the starting one if the fit failed).
         kind: ``"dense"`` (positive definite Hessian), ``"diagonal"`` (fallback) or ``"failed"``.
-        mode: ``(d,)`` float64, the MAP found (``None`` if the fit failed).
+        mode: ``(d,)``, the MAP found, in the fit's dtype (``None`` if the fit failed).
         log_prob: the target's log density at the mode (NaN if failed).
+        other_maxima: how many starts ended at a maximum other than ``mode`` (a dense fit only;
+            0 otherwise). More than 0: the target is multimodal and the fit describes one mode.
     """
 
     reference: GaussianReference
     kind: str
     mode: Tensor | None = None
     log_prob: float = math.nan
+    other_maxima: int = 0
+
+
+#: Squared Newton decrement ``g^T H^{-1} g`` below which an L-BFGS end point counts as a maximum
+#: (under the quadratic model it is within ``STATIONARY / 2`` nats of the top).
+STATIONARY = 1e-4
 
 
 def fit_laplace(
@@ -52,8 +63,9 @@ def fit_laplace(
     start: GaussianReference,
     counter: EvaluationCounter,
     generator: torch.Generator,
-    n_starts: int = 4,
+    n_starts: int = 8,
     max_iter: int = 500,
+    dtype: torch.dtype = torch.float64,
 ) -> LaplaceFit:
     """Fit ``N(MAP, H^{-1})`` to ``target``, counting evaluations in ``counter``.
 
@@ -63,19 +75,22 @@ def fit_laplace(
         counter: where target and gradient evaluations are counted.
         generator: draws the starts (on the device the fit runs on).
         n_starts: starting points optimized together.
-        max_iter: L-BFGS iterations (the line search may evaluate up to 1.25 x as often).
+        max_iter: L-BFGS iterations per start (each evaluates at least one gradient).
+        dtype: the dtype the target is evaluated in (a run's own: a target may support only one).
 
-    Computations are in float64 on ``generator``'s device.
+    Computations are in ``dtype`` on ``generator``'s device.
     """
     path = GeometricPath(start, target, counter)
     d = target.dim
-    x0 = start.sample((max(n_starts - 1, 0),), generator, torch.float64)
-    x0 = torch.cat([torch.as_tensor(start.loc, dtype=torch.float64, device=x0.device)[None], x0])
+    x0 = start.sample((max(n_starts - 1, 0),), generator, dtype)
+    x0 = torch.cat([torch.as_tensor(start.loc, dtype=dtype, device=x0.device).expand(1, d), x0])
     lp0 = path.evaluate(x0).log_target
     x0 = x0[torch.isfinite(lp0)]
     if x0.shape[0] == 0:
         return _failed(start, "the target's log density is not finite at any start")
-    mode, lp = _lbfgs(path, x0, max_iter)
+    ends, lps = _lbfgs(path, x0, max_iter)
+    best = int(lps.argmax())
+    mode, lp = ends[best], float(lps[best])
     if not math.isfinite(lp):
         return _failed(start, "L-BFGS found no finite maximum")
     try:
@@ -85,7 +100,10 @@ def fit_laplace(
     except Exception:  # noqa: BLE001 -- autograd cannot differentiate the target twice
         hess = _neg_hessian_fd(path, mode)
     mode, lp = _newton(path, mode, lp, hess)
-    return _gaussian(start, mode, lp, hess, d)
+    fit = _gaussian(start, mode, lp, hess, d)
+    if fit.kind == "dense":
+        fit = attrs.evolve(fit, other_maxima=_other_maxima(path, ends[torch.isfinite(lps)], fit))
+    return fit
 
 
 def _failed(start: GaussianReference, why: str) -> LaplaceFit:
@@ -93,41 +111,102 @@ def _failed(start: GaussianReference, why: str) -> LaplaceFit:
     return LaplaceFit(start, "failed")
 
 
-def _lbfgs(path: GeometricPath, x0: Tensor, max_iter: int) -> tuple[Tensor, float]:
-    """Maximize from every start ``x0`` ``(S, d)``; the best end point ``(d,)`` and its log density."""
-    x = x0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [x],
-        lr=1.0,
-        max_iter=max_iter,
-        history_size=20,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-15,
-        line_search_fn="strong_wolfe",
-    )
+def _lbfgs(path: GeometricPath, x0: Tensor, max_iter: int, history: int = 20) -> tuple[Tensor, Tensor]:
+    """Maximize from every start ``x0`` ``(S, d)``: the end points ``(S, d)`` and their log densities ``(S,)``.
 
-    def closure() -> Tensor:
-        opt.zero_grad()
-        ev = path.evaluate(x.detach(), grad=True)
-        lp, grad = ev.log_target, ev.grad_target
-        assert grad is not None
-        # A start that strays where the density vanishes gets a huge loss and no pull (the line
-        # search then shortens the step).
-        finite = torch.isfinite(lp)
-        x.grad = torch.where(finite[:, None], -grad, torch.zeros_like(grad))
-        return -torch.where(finite, lp, torch.full_like(lp, -1e300)).sum()
+    L-BFGS (Nocedal & Wright 2006, Algorithm 7.4, two-loop recursion) run independently for each
+    start but batched over them: each start has its own curvature pairs, backtracking (Armijo)
+    line search and stopping test, so every start ends at its own stationary point, which the
+    check for other maxima relies on. (``torch.optim.LBFGS`` would treat the S starts as one
+    problem, coupling their line searches, and constructing any ``torch.optim`` optimizer imports
+    TorchDynamo, a second in a fresh process.) A start stops when its gradient's largest entry is
+    below ``1e-9`` or a step gains less than ``1e-13`` of its log density; a log density that is
+    NaN or -inf at a trial point fails the line search. NaN at an end point is reported as -inf.
+    """
+    x = x0.clone()
+    f, g = _negative(path, x)  # minimize f = -log p
+    active = torch.isfinite(f)
+    pairs: list[tuple[Tensor, Tensor, Tensor]] = []  # (s, y, rho); rho = 0 drops a start's pair
+    gamma = 1.0 / g.abs().sum(-1).clamp_min(1.0)  # first step: at most a unit step (as torch's LBFGS)
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        direction = _two_loop(g, pairs, gamma)
+        descent = (g * direction).sum(-1)
+        steep = ~(descent < 0)  # not a descent direction: restart from the scaled gradient
+        direction = torch.where(steep[:, None], -gamma[:, None] * g, direction)
+        descent = torch.where(steep, -gamma * g.square().sum(-1), descent)
+        direction = direction * active[:, None]
+        step = torch.ones_like(descent)  # in the positions' dtype (f, the log density, may be wider)
+        pending, new_f, new_g = active.clone(), f.clone(), g.clone()
+        for _ in range(_MAX_HALVINGS):
+            idx = pending.nonzero().squeeze(-1)
+            if idx.numel() == 0:
+                break
+            trial_f, trial_g = _negative(path, x[idx] + step[idx, None] * direction[idx])
+            ok = torch.isfinite(trial_f) & (trial_f <= f[idx] + _ARMIJO * step[idx] * descent[idx])
+            new_f[idx] = torch.where(ok, trial_f, new_f[idx])
+            new_g[idx] = torch.where(ok[:, None], trial_g, new_g[idx])
+            pending[idx] = ~ok
+            step[idx] = torch.where(ok, step[idx], 0.5 * step[idx])
+        moved = active & ~pending
+        s = (step[:, None] * direction) * moved[:, None]
+        y = (new_g - g) * moved[:, None]
+        sy = (s * y).sum(-1)
+        curved = sy > 1e-12 * s.norm(dim=-1) * y.norm(dim=-1)
+        pairs = [*pairs[-(history - 1) :], (s, y, torch.where(curved, 1.0 / sy.clamp_min(1e-300), 0.0))]
+        gamma = torch.where(curved, sy / y.square().sum(-1).clamp_min(1e-300), gamma)
+        gain = f - new_f
+        x = x + s
+        f, g = new_f, new_g
+        stalled = pending | (gain <= 1e-13 * f.abs().clamp_min(1.0)) | (g.abs().amax(-1) <= 1e-9)
+        active = active & ~stalled
+    lp = -f
+    return x, lp.masked_fill(torch.isnan(lp), -math.inf)
 
-    with torch.enable_grad():
-        opt.step(closure)
-    x = x.detach()
-    lp = path.evaluate(x).log_target
-    lp = lp.masked_fill(torch.isnan(lp), -math.inf)
-    best = int(lp.argmax())
-    return x[best], float(lp[best])
+
+#: Armijo's sufficient-decrease constant and the most step halvings of the line search.
+_ARMIJO, _MAX_HALVINGS = 1e-4, 40
+
+
+def _negative(path: GeometricPath, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``-log p`` ``(S,)`` and its gradient ``(S, d)`` at ``x`` (``+inf`` where the density is not finite)."""
+    ev = path.evaluate(x, grad=True)
+    assert ev.grad_target is not None
+    lp = ev.log_target
+    return torch.where(torch.isfinite(lp), -lp, math.inf), -ev.grad_target
+
+
+def _two_loop(g: Tensor, pairs: list[tuple[Tensor, Tensor, Tensor]], gamma: Tensor) -> Tensor:
+    """The L-BFGS direction ``-H g`` ``(S, d)`` per start from the curvature pairs (oldest first)."""
+    q = g.clone()
+    alphas = []
+    for s, y, rho in reversed(pairs):
+        a = rho * (s * q).sum(-1)
+        q = q - a[:, None] * y
+        alphas.append(a)
+    r = gamma[:, None] * q
+    for (s, y, rho), a in zip(pairs, reversed(alphas)):
+        b = rho * (y * r).sum(-1)
+        r = r + (a - b)[:, None] * s
+    return -r
+
+
+def _other_maxima(path: GeometricPath, ends: Tensor, fit: LaplaceFit) -> int:
+    """How many of the end points ``(S, d)`` are maxima outside ``fit``'s typical ball (module docstring)."""
+    if ends.shape[0] == 0 or fit.mode is None or fit.reference.scale_tril is None:
+        return 0
+    tril = torch.as_tensor(fit.reference.scale_tril, dtype=ends.dtype, device=ends.device)  # chol(H^{-1})
+    ev = path.evaluate(ends, grad=True)
+    assert ev.grad_target is not None
+    decrement = (ev.grad_target @ tril).square().sum(-1)  # g^T H^{-1} g
+    whitened = torch.linalg.solve_triangular(tril, (ends - fit.mode).T, upper=False).T
+    distance2 = whitened.square().sum(-1)
+    return int(((decrement < STATIONARY) & (distance2 > ends.shape[-1])).sum())
 
 
 def _neg_hessian(path: GeometricPath, mode: Tensor) -> Tensor:
-    """``-grad^2 log p`` at ``mode`` ``(d,)`` by autograd: ``(d, d)`` float64 (counted as d gradients)."""
+    """``-grad^2 log p`` at ``mode`` ``(d,)`` by autograd: ``(d, d)`` (counted as d gradients)."""
     target = path.target
 
     def log_p(z: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from sampler.core.schedules import Adaptive, Schedule, as_times
 from sampler.core.seeding import derived_seed
 from sampler.core.settings import RunSettings
 from sampler.core.steps import Corrector, Step, Transport
+from sampler.engine.auto_reference import auto_reference
 from sampler.engine.distributed import ParticleStreams, Shard, agree, is_initialized, is_main_process
 from sampler.engine.loop import Loop, LoopState, Session, apply_steps, record, reopen, saved_particles
 from sampler.errors import ConfigurationError, NonFiniteError, RunError, check_positive_int
@@ -40,7 +41,7 @@ from sampler.targets.base import Target, as_target
 __all__ = ["Pipeline", "reweight", "make_reference", "initial_particles", "REFERENCES"]
 
 #: The kinds of reference a pipeline can start from (besides a given :class:`GaussianReference`).
-REFERENCES = ("prior", "laplace", "pilot")
+REFERENCES = ("prior", "laplace", "pilot", "auto")
 #: Salts of the derived seeds of the reference fits (their random streams are not the run's).
 _LAPLACE_SALT, _PILOT_SALT = 0x1A91ACE, 0x9170
 
@@ -133,9 +134,15 @@ class Pipeline:
             ``"prior"`` (default) ``N(target.reference_loc, target.reference_scale^2 I)``;
             ``"laplace"`` the Laplace approximation ``N(MAP, H^{-1})`` with a dense covariance
             (:mod:`sampler.core.laplace`, starts drawn from the prior reference);
+            ``"auto"`` the Laplace approximation where it passes checks of dimension, of a
+            single maximum, of a prior far off the target's scale and of coverage, the prior
+            elsewhere (:mod:`sampler.engine.auto_reference`);
             ``"pilot"`` the mean and dense covariance of a short run of this pipeline from the
             prior reference (``pilot_particles`` per replica, all replicas pooled). The fits'
-            evaluations count in the result's, and ``Result.options["reference"]`` says which.
+            evaluations count in the result's totals (in no stage's counts):
+            ``Result.options["reference"]`` says which reference was used (for ``"auto"``, why)
+            and ``Result.options["reference_evals"]`` what the fit cost,
+            ``[target evaluations, gradient evaluations]``.
         reference_loc: overrides the target's ``reference_loc`` hint for the prior reference.
         reference_scale: overrides the target's ``reference_scale`` hint for the prior reference.
         pilot_particles: particles per replica of the pilot run (default ``max(64, N // 4)``).
@@ -302,7 +309,9 @@ class Pipeline:
         """The run; ``shard`` for a sharded one; ``main`` False on ranks that neither write nor show progress."""
         counter = EvaluationCounter()
         fit_start = time.perf_counter()
-        reference, used = self._reference(target, cfg, counter, resume, carries_counts=shard is None or shard.rank == 0)
+        reference, used, fit_evals = self._reference(
+            target, cfg, counter, resume, carries_counts=shard is None or shard.rank == 0
+        )
         if reference.dim != target.dim:
             raise ConfigurationError(f"reference has dim {reference.dim} but the target has dim {target.dim}")
         session = Session(
@@ -322,10 +331,10 @@ class Pipeline:
             main=main and (shard is None or shard.rank == 0),
             elapsed=time.perf_counter() - fit_start,  # the reference's fit is part of the run (resume: restored)
         )
-        state = self._start(session, resume)
+        state = self._start(session, resume, used, fit_evals)
         loop = Loop(session, self._stage, lambda st: not bool((st.t < 1.0).any()), self.schedule.n_steps, unit="stage")
         state = loop.run(state, desc=f"{self.name} on {target.name}")
-        return self._result(session, state, used)
+        return self._result(session, state, used, fit_evals)
 
     def _reference(
         self,
@@ -334,18 +343,20 @@ class Pipeline:
         counter: EvaluationCounter,
         resume: CheckpointData | None,
         carries_counts: bool,
-    ) -> tuple[GaussianReference, str]:
-        """The path's reference and how it was made (``Result.options["reference"]``).
+    ) -> tuple[GaussianReference, str, list[int]]:
+        """The path's reference, how it was made (``Result.options["reference"]``) and what its fit cost.
 
-        A fitted reference is saved in the loop state's ``aux`` and taken from there on resume
-        (not fitted again). Its evaluations go to ``counter`` where ``carries_counts`` (on rank 0
-        of a sharded run, whose ranks all fit the same reference: counts are summed over ranks).
+        The cost is ``[target evaluations, gradient evaluations]`` (``Result.options["reference_evals"]``;
+        they are part of the run's totals but of no stage's). A fitted reference is saved in the
+        loop state's ``aux`` and taken from there on resume (not fitted again). Its evaluations go
+        to ``counter`` where ``carries_counts`` (on rank 0 of a sharded run, whose ranks all fit
+        the same reference: counts are summed over ranks).
         """
         if isinstance(self.reference, GaussianReference):
-            return self.reference, "given"
+            return self.reference, "given", [0, 0]
         prior = make_reference(target, self.reference_loc, self.reference_scale)
         if self.reference is None:
-            return prior, "prior"
+            return prior, "prior", [0, 0]
         if resume is not None:
             saved = resume.state["aux"]["reference"]
             tril = saved.get("scale_tril")
@@ -353,19 +364,24 @@ class Pipeline:
                 ref = GaussianReference(target.dim, loc=saved["loc"], scale=saved["scale"])
             else:
                 ref = GaussianReference(target.dim, loc=saved["loc"], scale_tril=tril)
-            return ref, str(self.reference)
+            return ref, str(saved.get("used", self.reference)), list(saved.get("evals", [0, 0]))
         fit_counter = EvaluationCounter()
-        if self.reference == "laplace":
+        if self.reference in ("laplace", "auto"):
             gen = torch.Generator(device=cfg.device).manual_seed(derived_seed(cfg.seed, _LAPLACE_SALT))
-            fit = fit_laplace(target, prior, fit_counter, gen)
-            ref, used = fit.reference, "laplace" if fit.kind == "dense" else f"laplace ({fit.kind})"
+            if self.reference == "auto" and not any(s.needs_grad for s in self.steps):
+                ref, used = prior, "prior (auto: the steps use no gradients, the Laplace fit would)"
+            elif self.reference == "auto":
+                ref, used = auto_reference(target, prior, fit_counter, gen, cfg.dtype)
+            else:
+                fit = fit_laplace(target, prior, fit_counter, gen, dtype=cfg.dtype)
+                ref, used = fit.reference, "laplace" if fit.kind == "dense" else f"laplace ({fit.kind})"
         else:
             ref, used = self._pilot(target, cfg, fit_counter), "pilot"
         if carries_counts:
             counter.target_evals += fit_counter.target_evals
             counter.grad_evals += fit_counter.grad_evals
             counter.add_nonfinite(fit_counter.nonfinite)
-        return ref, used
+        return ref, used, [fit_counter.target_evals, fit_counter.grad_evals]
 
     def _pilot(self, target: Target, cfg: RunSettings, counter: EvaluationCounter) -> GaussianReference:
         """``N(mean, cov)`` of a short run of this pipeline from the prior reference (R x n draws pooled)."""
@@ -400,12 +416,17 @@ class Pipeline:
             return GaussianReference(target.dim, loc=mean.cpu(), scale=var.sqrt().cpu())
         return GaussianReference(target.dim, loc=mean.cpu(), scale_tril=tril.cpu())
 
-    def _start(self, session: Session, resume: CheckpointData | None) -> LoopState:
+    def _start(
+        self, session: Session, resume: CheckpointData | None, used: str = "prior", fit_evals: list[int] | None = None
+    ) -> LoopState:
         """The state at t = 0 (R x N draws from the reference, each step's ``init``), or the saved one.
 
-        A fitted reference is kept in ``aux["reference"]`` (so a checkpoint carries it).
+        A fitted reference is kept in ``aux["reference"]`` with how it was made, ``used``, and the
+        fit's evaluations (so a checkpoint carries all three).
         """
-        aux = _reference_aux(session.path.reference) if isinstance(self.reference, str) else {}
+        aux = (
+            _reference_aux(session.path.reference, used, fit_evals or [0, 0]) if isinstance(self.reference, str) else {}
+        )
         if resume is None:
             particles = initial_particles(
                 session.path, session.cfg, session.generator, session.needs_grad, session.streams
@@ -464,7 +485,9 @@ class Pipeline:
             aux=state.aux,
         )
 
-    def _result(self, session: Session, state: LoopState, reference: str = "prior") -> Result:
+    def _result(
+        self, session: Session, state: LoopState, reference: str = "prior", fit_evals: list[int] | None = None
+    ) -> Result:
         """Package the final state; ``state.weighted`` is the state right after the last reweighting.
 
         A sharded run gathers positions and weights of all N particles on every rank.
@@ -497,18 +520,20 @@ class Pipeline:
             log_Z_per_replica=particles.log_Z,
             steps=session.stats,
             wall_time=session.wall_time,
-            options={**self.options, "reference": reference},
+            options={**self.options, "reference": reference, "reference_evals": list(fit_evals or [0, 0])},
         )
 
     def __repr__(self) -> str:
         return f"Pipeline(name={self.name!r}, schedule={self.schedule!r}, steps={self.steps!r})"
 
 
-def _reference_aux(reference: GaussianReference) -> dict[str, Any]:
-    """A fitted reference as checkpointable tensors: ``{"reference": {loc, scale[, scale_tril]}}``."""
+def _reference_aux(reference: GaussianReference, used: str, evals: list[int]) -> dict[str, Any]:
+    """A fitted reference as checkpointable data: ``{"reference": {loc, scale[, scale_tril], used, evals}}``."""
     saved: dict[str, Any] = {
         "loc": torch.as_tensor(reference.loc, dtype=torch.float64),
         "scale": torch.as_tensor(reference.scale, dtype=torch.float64),
+        "used": used,
+        "evals": [int(e) for e in evals],
     }
     if reference.scale_tril is not None:
         saved["scale_tril"] = torch.as_tensor(reference.scale_tril, dtype=torch.float64)
