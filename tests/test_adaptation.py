@@ -197,6 +197,19 @@ def test_hmc_chains_jitter_their_trajectories_with_an_adapted_metric(options, ji
     assert res.options.get("jitter") == jitter
 
 
+def test_hmc_chains_default_to_a_dense_metric_up_to_d_100():
+    """``metric="auto"`` (the hmc default) is the dense run bit for bit at d <= 100, diagonal above;
+    mala chains keep the diagonal default."""
+    common = dict(n_particles=20, n_replicas=2, n_warmup=40, seed=3, progress=False)
+    auto = sampler.sample("gaussian", method="hmc", **common)
+    dense = sampler.sample("gaussian", method="hmc", metric="dense", **common)
+    assert auto.options["metric"] == "auto" and auto.options["metric_used"] == "dense"
+    assert torch.equal(auto.samples, dense.samples)
+    wide = sampler.sample(sampler.get_target("gaussian", dim=101), method="hmc", **common)
+    assert wide.options["metric_used"] == "diag"
+    assert sampler.sample("gaussian", method="mala", **common).options["metric_used"] == "diag"
+
+
 @pytest.mark.parametrize("method", ["mala", "hmc"])
 def test_chains_warmup_on_correlated_gaussian(method):
     """Windowed dense adaptation: chains from the prior reach and sample a correlated Gaussian (cond ~ 1e2)."""
@@ -223,8 +236,9 @@ def test_chains_warmup_on_correlated_gaussian(method):
         (dict(method="smc", metric="dense", reference="laplace", n_particles=200, schedule=Linear(4)), 50),
         (dict(method="smc", metric="diag", reference="pilot", n_particles=200), 125),
         (dict(method="hmc", metric="dense", n_warmup=150, n_particles=50, jitter=0.5), 90 * 5),
+        (dict(method="hmc", n_warmup=150, n_particles=50), 90 * 5),
     ],
-    ids=["smc-laplace-dense", "smc-pilot-diag", "hmc-chains-window"],
+    ids=["smc-laplace-dense", "smc-pilot-diag", "hmc-chains-window", "hmc-chains-auto"],
 )
 def test_resume_with_metric_state_equals_uninterrupted(tmp_path, settings, at):
     """Checkpoints carry the kernel's metric, the warm-up window and the fitted reference, bit for bit."""

@@ -51,6 +51,19 @@ class _Tunable(Protocol):
 #: Default trajectory-length jitter of ``hmc`` chains with an adapted metric (see :class:`MCMCChains`).
 HMC_CHAIN_JITTER = 0.5
 
+#: ``metric="auto"`` adapts a dense metric up to this dimension, a diagonal one above.
+AUTO_DENSE_MAX_DIM = 100
+
+
+def auto_metric(dim: int) -> str:
+    """The metric ``"auto"`` adapts in ``dim`` dimensions: ``"dense"`` up to d = 100, else ``"diag"``.
+
+    A dense metric whitens correlations a diagonal one leaves (the ridge of a regression's
+    intercept and slope); above a hundred dimensions its ``O(d^2)`` work per gradient and the
+    noise of a ``d x d`` covariance from the warm-up windows' draws outweigh that.
+    """
+    return "dense" if dim <= AUTO_DENSE_MAX_DIM else "diag"
+
 
 class MCMCChains:
     """Run ``n_replicas`` independent chains of a kernel on the target itself.
@@ -67,10 +80,13 @@ class MCMCChains:
         n_warmup: tuning iterations, discarded.
         thin: keep one draw every ``thin`` iterations.
         reference_loc, reference_scale: where the chains start (default: the target's reference).
-        metric: ``"identity"``, ``"diag"`` or ``"dense"``: the mass matrix the warm-up adapts
-            (identity: only the step size adapts). With an adapted metric ``hmc`` chains jitter
-            their trajectory lengths by default (``jitter=0.5``, :data:`HMC_CHAIN_JITTER`): a
-            fixed length resonates with the whitened posterior's period.
+        metric: ``"identity"``, ``"diag"``, ``"dense"`` or ``"auto"`` (:func:`auto_metric`:
+            dense up to d = 100, diagonal above; ``Result.options["metric_used"]`` says which):
+            the mass matrix the warm-up adapts (identity: only the step size adapts). With an
+            adapted metric ``hmc`` chains jitter their trajectory lengths by default
+            (``jitter=0.5``, :data:`HMC_CHAIN_JITTER`): a fixed length resonates with the
+            whitened posterior's period. The default is ``"auto"`` for ``hmc`` chains and
+            ``"diag"`` for ``mala`` chains (:func:`build_chains`).
         **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``,
             ``n_leapfrog`` and ``jitter`` for HMC).
     """
@@ -98,7 +114,11 @@ class MCMCChains:
             # seeds). Trajectory lengths spread over n_leapfrog * [0.5, 1.5] break the resonance.
             kernel_options.setdefault("jitter", HMC_CHAIN_JITTER)
         self.kernel_name = kernel
-        self.kernel = corrector(kernel, n_steps=1, adapt=False, metric=metric, **kernel_options)
+        self.kernel_options = kernel_options
+        # with "auto" this kernel stands for the kind until a run resolves the metric (_resolved)
+        self.kernel = corrector(
+            kernel, n_steps=1, adapt=False, metric="diag" if metric == "auto" else metric, **kernel_options
+        )
         self.metric = metric
         self.n_warmup = n_warmup
         self.thin = thin
@@ -133,7 +153,23 @@ class MCMCChains:
         opened = reopen(checkpoint, target, [type(self.kernel).__name__], progress, checkpoint_every, self.options)
         return self._run(opened.target, opened.cfg, opened.checkpoint, opened.data)
 
+    def _resolved(self, dim: int) -> MCMCChains:
+        """These chains with ``metric="auto"`` resolved for ``dim`` dimensions (options kept as given)."""
+        chains = MCMCChains(
+            self.kernel_name,
+            self.n_warmup,
+            self.thin,
+            self.reference_loc,
+            self.reference_scale,
+            metric=auto_metric(dim),
+            **self.kernel_options,
+        )
+        chains.options = self.options  # checkpoints compare the options as the user gave them
+        return chains
+
     def _run(self, target, cfg: RunSettings, ckpt: Checkpoint | None, resume: CheckpointData | None) -> Result:
+        if self.metric == "auto":
+            return self._resolved(target.dim)._run(target, cfg, ckpt, resume)
         reference = make_reference(target, self.reference_loc, self.reference_scale)
         session = Session(
             name=self.kernel_name,
@@ -160,7 +196,7 @@ class MCMCChains:
             kind="mcmc",
             steps=session.stats,
             wall_time=session.wall_time,
-            options=self.options,
+            options={**self.options, "metric_used": self.metric},
         )
 
     def _start(self, session: Session, resume: CheckpointData | None) -> LoopState:
@@ -371,7 +407,11 @@ def build_chains(kernel: str) -> Callable[..., MCMCChains]:
     """A method builder running chains of ``kernel``."""
 
     def build(**options: Any) -> MCMCChains:
+        options.setdefault("metric", "auto" if kernel == "hmc" else "diag")
         return MCMCChains(kernel, **options)
 
-    build.__doc__ = f"{kernel.upper()} chains: R chains x N draws after warm-up (dual-averaging step size)."
+    build.__doc__ = (
+        f"{kernel.upper()} chains: R chains x N draws after warm-up (dual-averaging step size, windowed "
+        f"metric; default metric {'auto: dense up to d = 100' if kernel == 'hmc' else 'diag'})."
+    )
     return build
