@@ -6,7 +6,7 @@ this is what makes tempered SMC right (docs/posteriors.md). On a multimodal targ
 the path would start at one mode, where the adaptive schedule cannot see the others. And where
 the prior is already on the target's scale it costs accuracy: the path from the Laplace fit is
 shorter (fewer temperatures, so fewer MCMC sweeps), and on a curved target such as ``mustache``
-the energy distance grew five-fold (docs/posteriors.md). So the Laplace fit
+the energy distance grew five-fold (docs/methods.md). So the Laplace fit
 (:func:`~sampler.core.laplace.fit_laplace`, L-BFGS from 8 starts: the prior's centre and 7 draws
 from it) is used only if it passes four checks, in this order:
 
