@@ -53,6 +53,9 @@ class LaplaceFit:
     other_maxima: int = 0
 
 
+#: Default number of L-BFGS starts: the prior's centre and ``N_STARTS - 1`` draws from it.
+N_STARTS = 8
+
 #: Squared Newton decrement ``g^T H^{-1} g`` below which an L-BFGS end point counts as a maximum
 #: (under the quadratic model it is within ``STATIONARY / 2`` nats of the top).
 STATIONARY = 1e-4
@@ -63,7 +66,7 @@ def fit_laplace(
     start: GaussianReference,
     counter: EvaluationCounter,
     generator: torch.Generator,
-    n_starts: int = 8,
+    n_starts: int = N_STARTS,
     max_iter: int = 500,
     dtype: torch.dtype = torch.float64,
 ) -> LaplaceFit:
@@ -88,7 +91,7 @@ def fit_laplace(
     x0 = x0[torch.isfinite(lp0)]
     if x0.shape[0] == 0:
         return _failed(start, "the target's log density is not finite at any start")
-    ends, lps = _lbfgs(path, x0, max_iter)
+    ends, lps, grads = _lbfgs(path, x0, max_iter)
     best = int(lps.argmax())
     mode, lp = ends[best], float(lps[best])
     if not math.isfinite(lp):
@@ -102,7 +105,8 @@ def fit_laplace(
     mode, lp = _newton(path, mode, lp, hess)
     fit = _gaussian(start, mode, lp, hess, d)
     if fit.kind == "dense":
-        fit = attrs.evolve(fit, other_maxima=_other_maxima(path, ends[torch.isfinite(lps)], fit))
+        finite = torch.isfinite(lps)
+        fit = attrs.evolve(fit, other_maxima=_other_maxima(ends[finite], grads[finite], fit))
     return fit
 
 
@@ -111,8 +115,9 @@ def _failed(start: GaussianReference, why: str) -> LaplaceFit:
     return LaplaceFit(start, "failed")
 
 
-def _lbfgs(path: GeometricPath, x0: Tensor, max_iter: int, history: int = 20) -> tuple[Tensor, Tensor]:
-    """Maximize from every start ``x0`` ``(S, d)``: the end points ``(S, d)`` and their log densities ``(S,)``.
+def _lbfgs(path: GeometricPath, x0: Tensor, max_iter: int, history: int = 20) -> tuple[Tensor, Tensor, Tensor]:
+    """Maximize from every start ``x0`` ``(S, d)``: the end points ``(S, d)``, their log densities
+    ``(S,)`` and their gradients ``(S, d)``.
 
     L-BFGS (Nocedal & Wright 2006, Algorithm 7.4, two-loop recursion) run independently for each
     start but batched over them: each start has its own curvature pairs, backtracking (Armijo)
@@ -162,7 +167,7 @@ def _lbfgs(path: GeometricPath, x0: Tensor, max_iter: int, history: int = 20) ->
         stalled = pending | (gain <= 1e-13 * f.abs().clamp_min(1.0)) | (g.abs().amax(-1) <= 1e-9)
         active = active & ~stalled
     lp = -f
-    return x, lp.masked_fill(torch.isnan(lp), -math.inf)
+    return x, lp.masked_fill(torch.isnan(lp), -math.inf), -g
 
 
 #: Armijo's sufficient-decrease constant and the most step halvings of the line search.
@@ -192,14 +197,12 @@ def _two_loop(g: Tensor, pairs: list[tuple[Tensor, Tensor, Tensor]], gamma: Tens
     return -r
 
 
-def _other_maxima(path: GeometricPath, ends: Tensor, fit: LaplaceFit) -> int:
-    """How many of the end points ``(S, d)`` are maxima outside ``fit``'s typical ball (module docstring)."""
+def _other_maxima(ends: Tensor, grads: Tensor, fit: LaplaceFit) -> int:
+    """How many of the end points ``(S, d)``, with gradients ``grads``, are maxima outside ``fit``'s typical ball."""
     if ends.shape[0] == 0 or fit.mode is None or fit.reference.scale_tril is None:
         return 0
     tril = torch.as_tensor(fit.reference.scale_tril, dtype=ends.dtype, device=ends.device)  # chol(H^{-1})
-    ev = path.evaluate(ends, grad=True)
-    assert ev.grad_target is not None
-    decrement = (ev.grad_target @ tril).square().sum(-1)  # g^T H^{-1} g
+    decrement = (grads @ tril).square().sum(-1)  # g^T H^{-1} g
     whitened = torch.linalg.solve_triangular(tril, (ends - fit.mode).T, upper=False).T
     distance2 = whitened.square().sum(-1)
     return int(((decrement < STATIONARY) & (distance2 > ends.shape[-1])).sum())

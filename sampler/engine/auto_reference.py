@@ -40,7 +40,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from sampler.core.laplace import fit_laplace
+from sampler.core.laplace import N_STARTS, fit_laplace
 from sampler.core.paths import EvaluationCounter, GaussianReference, GeometricPath
 from sampler.io._arviz import pareto_k
 from sampler.targets.base import Target
@@ -90,7 +90,7 @@ def auto_reference(
         why = "no finite maximum" if fit.kind == "failed" else "the Hessian at the maximum is not positive definite"
         return prior, f"prior (auto: {why})"
     if fit.other_maxima:
-        return prior, f"prior (auto: {fit.other_maxima + 1} maxima found from 8 starts, multimodal)"
+        return prior, f"prior (auto: {fit.other_maxima + 1} maxima found from {N_STARTS} starts, multimodal)"
     ratios, distance = _mismatch(prior, fit.reference, generator.device)
     mismatch = f"sd ratios {ratios[0]:.2g}-{ratios[1]:.2g} of the prior's, mode {distance:.3g} prior sds away"
     if 1 / AUTO_SCALE_RATIO <= ratios[0] and ratios[1] <= AUTO_SCALE_RATIO and distance <= AUTO_FAR:

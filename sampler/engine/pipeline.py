@@ -416,17 +416,13 @@ class Pipeline:
             return GaussianReference(target.dim, loc=mean.cpu(), scale=var.sqrt().cpu())
         return GaussianReference(target.dim, loc=mean.cpu(), scale_tril=tril.cpu())
 
-    def _start(
-        self, session: Session, resume: CheckpointData | None, used: str = "prior", fit_evals: list[int] | None = None
-    ) -> LoopState:
+    def _start(self, session: Session, resume: CheckpointData | None, used: str, fit_evals: list[int]) -> LoopState:
         """The state at t = 0 (R x N draws from the reference, each step's ``init``), or the saved one.
 
         A fitted reference is kept in ``aux["reference"]`` with how it was made, ``used``, and the
         fit's evaluations (so a checkpoint carries all three).
         """
-        aux = (
-            _reference_aux(session.path.reference, used, fit_evals or [0, 0]) if isinstance(self.reference, str) else {}
-        )
+        aux = _reference_aux(session.path.reference, used, fit_evals) if isinstance(self.reference, str) else {}
         if resume is None:
             particles = initial_particles(
                 session.path, session.cfg, session.generator, session.needs_grad, session.streams
@@ -485,9 +481,7 @@ class Pipeline:
             aux=state.aux,
         )
 
-    def _result(
-        self, session: Session, state: LoopState, reference: str = "prior", fit_evals: list[int] | None = None
-    ) -> Result:
+    def _result(self, session: Session, state: LoopState, reference: str, fit_evals: list[int]) -> Result:
         """Package the final state; ``state.weighted`` is the state right after the last reweighting.
 
         A sharded run gathers positions and weights of all N particles on every rank.
@@ -520,7 +514,7 @@ class Pipeline:
             log_Z_per_replica=particles.log_Z,
             steps=session.stats,
             wall_time=session.wall_time,
-            options={**self.options, "reference": reference, "reference_evals": list(fit_evals or [0, 0])},
+            options={**self.options, "reference": reference, "reference_evals": list(fit_evals)},
         )
 
     def __repr__(self) -> str:
