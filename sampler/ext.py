@@ -39,7 +39,7 @@ What is here, by what a plugin does with it:
 from __future__ import annotations
 
 from sampler.analysis.metrics import nearest_mode, projected_energy_distances, random_directions, slicing_constant
-from sampler.core.particles import Particles, ess
+from sampler.core.particles import Particles, ess, random_halves
 from sampler.core.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation
 from sampler.core.resampling import get_scheme, systematic
 from sampler.core.result import Result, StepStats
@@ -125,6 +125,7 @@ __all__ = [
     "conditional_ess",
     "corrector",
     "ess",
+    "random_halves",
     "get_scheme",
     "hookimpl",
     "initial_particles",

@@ -37,6 +37,7 @@ from sampler.ext import (
     StepContext,
     StepOutput,
     check_positive_int,
+    random_halves,
 )
 from sampler.ext import ess as sampler_ess
 from sampler_plugins.mcmc.mixture import COVARIANCES, ParticleMixture, fit_mixture
@@ -102,7 +103,7 @@ class IndependenceMH(Corrector):
         covariance = self.covariance
         if covariance == "auto":
             covariance = "full" if particles.dim <= DENSE_UP_TO_DIM else "diag"
-        in_a = self._halves(particles.x, ctx)
+        in_a = random_halves(particles.x, ctx.generator)
         fits = [self._fit(particles, half, covariance, ctx) for half in (~in_a, in_a)]  # fitted to B, to A
         x, ev = particles.x, particles.evaluation
         log_q = torch.where(in_a, fits[0].log_prob(x), fits[1].log_prob(x))
@@ -124,23 +125,6 @@ class IndependenceMH(Corrector):
         components = 0.5 * (fits[0].effective_components() + fits[1].effective_components())
         info = {"acceptance": acceptance, "components": components}
         return StepOutput(attrs.evolve(particles, x=x, evaluation=ev), None, info)
-
-    @staticmethod
-    def _halves(x: Tensor, ctx: StepContext) -> Tensor:
-        """A random split ``(R, N)`` bool (True: half A) that puts identical particles in the same half.
-
-        Identical positions have identical projections on a random direction; after sorting by
-        it they form runs, and each run gets one fair coin.
-        """
-        r, n, d = x.shape
-        direction = torch.randn(d, generator=ctx.generator, dtype=torch.float64, device=x.device)
-        v = x.to(torch.float64) @ direction
-        v_sorted, order = v.sort(-1)
-        starts = torch.ones_like(v_sorted, dtype=torch.bool)
-        starts[:, 1:] = v_sorted[:, 1:] != v_sorted[:, :-1]
-        run = starts.long().cumsum(-1) - 1  # (R, N) run index of each sorted particle
-        coins = ctx.rand((r, n), torch.float64, x.device) < 0.5
-        return torch.empty_like(coins).scatter_(1, order, torch.gather(coins, 1, run))
 
     def _fit(self, particles: Particles, half: Tensor, covariance: str, ctx: StepContext) -> ParticleMixture:
         """The mixture fitted to the particles where ``half`` ``(R, N)`` is true (all of them where it is empty)."""

@@ -12,7 +12,7 @@ from torch import Tensor
 from sampler.core._indexing import gather_particles
 from sampler.core.paths import PathEvaluation
 
-__all__ = ["Particles", "log_ess", "ess"]
+__all__ = ["Particles", "log_ess", "ess", "random_halves"]
 
 
 def _extras_converter(value: Mapping[str, Tensor] | None) -> Mapping[str, Tensor]:
@@ -87,3 +87,22 @@ def log_ess(log_weights: Tensor) -> Tensor:
 def ess(log_weights: Tensor) -> Tensor:
     """Normalized Kish effective sample size in [0, 1] over the last axis (0 if all weights are 0)."""
     return torch.nan_to_num(log_ess(log_weights).exp(), nan=0.0)
+
+
+def random_halves(x: Tensor, generator: torch.Generator) -> Tensor:
+    """A random split of each replica's particles ``x`` ``(R, N, d)``: ``(R, N)`` bool, True for half A.
+
+    Each particle goes to A by a fair coin, except that identical positions (the copies
+    resampling leaves) share one coin: a step fitted to one half and applied to the other then
+    never uses a copy of the particle it moves. Identical positions have identical projections
+    on a random direction; after sorting by it they form runs, and each run gets one coin.
+    """
+    r, n, d = x.shape
+    direction = torch.randn(d, generator=generator, dtype=torch.float64, device=x.device)
+    v = x.to(torch.float64) @ direction
+    v_sorted, order = v.sort(-1)
+    starts = torch.ones_like(v_sorted, dtype=torch.bool)
+    starts[:, 1:] = v_sorted[:, 1:] != v_sorted[:, :-1]
+    run = starts.long().cumsum(-1) - 1  # (R, N) run index of each sorted particle
+    coins = torch.rand((r, n), generator=generator, dtype=torch.float64, device=x.device) < 0.5
+    return torch.empty_like(coins).scatter_(1, order, torch.gather(coins, 1, run))
