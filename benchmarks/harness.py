@@ -115,6 +115,7 @@ BUDGETS: dict[str, Budget] = {
             "mala": {"n_warmup": 100},
             "hmc": {"n_warmup": 100},
             "tt-smc": {"n_steps": 1},
+            "flow-smc": {"n_steps": 1, "plain_steps": 1, "n_fit": 20, "n_refit": 5},
             "neural-jko": {"preset": "tiny"},
             "snf": {"iterations": 10},
         },
@@ -128,6 +129,7 @@ BUDGETS: dict[str, Budget] = {
         seeds=5,
         method_options={
             "smc": {"n_steps": 20},
+            "flow-smc": {"n_steps": 10, "plain_steps": 10},  # smc's 20 sweeps
             "ais": {"n_temps": 1000},
             "mala": {"n_warmup": 2000},
             "hmc": {"n_warmup": 2000},

@@ -194,12 +194,25 @@ def test_neutra_leaves_the_funnel_invariant():
 
 
 def test_flow_smc_counts_the_same_evaluations_as_smc_on_one_schedule():
-    """Fitting evaluates no target: on a fixed schedule flow-smc spends exactly smc's evaluations."""
+    """Fitting evaluates no target: on a fixed schedule flow-smc spends smc's evaluations, however the sweeps split."""
     common = dict(n_particles=100, n_replicas=2, seed=7, schedule=Linear(4), n_steps=3, progress=False)
     smc = sampler.sample("double-well", method="smc", reference="prior", **common)
-    flow = sampler.sample("double-well", method="flow-smc", reference="prior", n_fit=20, n_refit=5, **common)
+    flow = sampler.sample(
+        "double-well", method="flow-smc", reference="prior", n_fit=20, n_refit=5, **common, plain_steps=0
+    )
     assert (flow.n_target_evals, flow.n_grad_evals) == (smc.n_target_evals, smc.n_grad_evals)
     assert flow.method == "flow-smc" and flow.options["kernel"] == "mala"
+    mixed = sampler.sample(
+        "double-well",
+        method="flow-smc",
+        reference="prior",
+        n_fit=20,
+        n_refit=5,
+        **{**common, "n_steps": 2},
+        plain_steps=1,
+    )
+    assert (mixed.n_target_evals, mixed.n_grad_evals) == (smc.n_target_evals, smc.n_grad_evals)
+    assert mixed.options["plain_steps"] == 1
 
 
 @pytest.mark.slow
@@ -225,7 +238,7 @@ def test_flow_smc_log_Z_and_moments_of_a_correlated_gaussian():
 def test_flow_smc_resumes_bit_for_bit(tmp_path):
     """Checkpoints carry the flows and the latent kernel's step size."""
     common = dict(method="flow-smc", n_particles=60, n_replicas=2, seed=9, dtype=DTYPE, progress=False)
-    options = dict(n_fit=10, n_refit=3, n_steps=2, schedule=Linear(5), reference="prior")
+    options = dict(n_fit=10, n_refit=3, n_steps=2, plain_steps=1, schedule=Linear(5), reference="prior")
     full = sampler.sample(Interrupting(None), **common, **options)
     ck = tmp_path / "run.ckpt"
     with pytest.raises(sampler.errors.Interrupted):
@@ -247,3 +260,9 @@ def test_flow_smc_resumes_bit_for_bit(tmp_path):
 def test_neutra_rejects_bad_options(options, message):
     with pytest.raises(ConfigurationError, match=message):
         sampler.corrector("neutra", **options)
+
+
+@pytest.mark.parametrize("option", ["plain_steps", "mode_jumps"])
+def test_flow_smc_rejects_negative_sweep_counts(option):
+    with pytest.raises(ConfigurationError, match=option):
+        sampler.method("flow-smc", **{option: -1})

@@ -33,7 +33,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "mala": ("gmm40", dict(n_warmup=20)),
     "hmc": ("funnel", dict(n_warmup=20)),
     "tt-smc": ("8modes", dict(n_steps=1)),
-    "flow-smc": ("funnel", dict(n_steps=2, n_fit=10, n_refit=2)),
+    "flow-smc": ("funnel", dict(n_steps=2, plain_steps=1, n_fit=10, n_refit=2)),
     "snf": ("double-well", dict(n_stages=2, hidden=(16,), iterations=6, batch_size=32, warmup=2)),
     "neural-jko": ("8modes", dict(preset="tiny", n_iters=6, n_train=200, batch_size=64, width=16, n_rk4_steps=2)),
     "mmd-flow": ("8modes", dict(n_iter=10, source_options=dict(n_steps=1))),
