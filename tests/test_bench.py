@@ -43,13 +43,17 @@ def test_run_suite_scores_against_exact_samples(tmp_path):
 
 def test_built_in_plugin_methods_run_in_the_harness():
     """Every built-in plugin method runs through the same harness (smoke budget options) and is scored."""
-    methods = ["tt-smc", "snf", "interpolant-langevin", "mmd-flow"]
+    methods = ["tt-smc", "flow-smc", "snf", "interpolant-langevin", "mmd-flow"]
     report = run_suite(methods, ["8modes"], seeds=1, budget="smoke")
     assert [r.method for r in report.records] == methods
     for r in report.records:
         assert r.error is None and r.energy_distance is not None and r.grad_evals > 0
     no_density = {r.method: r.log_Z for r in report.records}
-    assert no_density["interpolant-langevin"] is None and no_density["tt-smc"] is not None
+    assert (
+        no_density["interpolant-langevin"] is None
+        and no_density["tt-smc"] is not None
+        and no_density["flow-smc"] is not None
+    )
 
 
 def test_weighted_energy_distance_scores_the_weighted_set():
