@@ -1,8 +1,9 @@
 """The ``neutra`` corrector: an MCMC kernel run in the latent space of a flow fitted to the particles.
 
-At each annealing stage a RealNVP flow ``x = T(z)`` (:mod:`sampler_plugins.flow_smc.flow`) is
-fitted to each replica's weighted particles, the particles are mapped to ``z = T^{-1}(x)``, and
-a registered gradient kernel (MALA by default) runs on the pulled-back density
+At each annealing stage each replica's particles are split at random into two halves and a
+RealNVP flow ``x = T(z)`` (:mod:`sampler_plugins.flow_smc.flow`) is fitted to each half's
+weighted particles; every particle is mapped to ``z = T^{-1}(x)`` by the flow fitted to the
+*other* half, and a registered gradient kernel (MALA by default) runs on the pulled-back density
 
     log pi_t^T(z) = log pi_t(T(z)) + log |det dT/dz|,
 
@@ -14,10 +15,12 @@ is close to a standard normal and one step size fits everywhere: NeuTra (Hoffman
 at every temperature of a tempered SMC run.
 
 A kernel that leaves ``pi_t^T`` invariant leaves ``pi_t`` invariant after mapping back through
-the fixed bijection ``T``. The flow is fitted to the current particles before the sweeps and
-fixed within them, as the kernels' particle-covariance metric is (the usual adaptive-SMC
-practice: Buchholz, Chopin & Jacob 2021); it is warm-started from the previous stage's
-couplings, so after the first stage a short fit suffices. Fitting evaluates no target density;
+the fixed bijection ``T``. The flows are fitted before the sweeps and fixed within them, as the
+kernels' particle-covariance metric is (the usual adaptive-SMC practice: Buchholz, Chopin &
+Jacob 2021); fitting a flow to the very particles it moves biases the moves measurably, which
+the cross-fitting avoids (docs/flow_smc.md). Each fit is warm-started from the previous stage's
+couplings, so after the first stage a short fit suffices, and stopped early on the moved half's
+held-out likelihood. Fitting evaluates no target density;
 every proposal's target and gradient evaluations are counted as usual.
 """
 
