@@ -20,8 +20,8 @@ kernels' particle-covariance metric is (the usual adaptive-SMC practice: Buchhol
 Jacob 2021); fitting a flow to the very particles it moves biases the moves measurably, which
 the cross-fitting avoids (docs/flow_smc.md). Each fit is warm-started from the previous stage's
 couplings, so after the first stage a short fit suffices, and stopped early on the moved half's
-held-out likelihood. Fitting evaluates no target density;
-every proposal's target and gradient evaluations are counted as usual.
+held-out likelihood. Fitting evaluates no target density; every proposal's target and
+gradient evaluations are counted as usual.
 """
 
 from __future__ import annotations
