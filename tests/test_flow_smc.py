@@ -78,6 +78,19 @@ def test_affine_base_alone_is_the_weighted_gaussian():
     torch.testing.assert_close(flow.log_prob(x), expected, rtol=1e-10, atol=1e-10)
 
 
+def test_or_identity_keeps_the_chosen_rows_and_makes_the_others_the_identity():
+    flow = random_flow(3, 4, seed=13)
+    keep = torch.tensor([True, False, True])
+    mixed = flow.or_identity(keep)
+    z = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(14), dtype=DTYPE)
+    x, log_det = mixed.forward(z)
+    x_all, log_det_all = flow.forward(z)
+    assert torch.equal(x[1], z[1]) and torch.equal(log_det[1], torch.zeros(6, dtype=DTYPE))
+    assert torch.equal(mixed.inverse(z)[0][1], z[1])
+    torch.testing.assert_close(x[keep], x_all[keep], rtol=0, atol=0)
+    torch.testing.assert_close(log_det[keep], log_det_all[keep], rtol=0, atol=0)
+
+
 def halves_weights(n: int, r: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Log weights ``(r, 2n)``: uniform on the first n particles (fitted), and on the last n (held out)."""
     fit = torch.cat([torch.full((r, n), -math.log(n), dtype=DTYPE), torch.full((r, n), -math.inf, dtype=DTYPE)], 1)
@@ -151,10 +164,11 @@ def test_neutra_with_every_particle_of_a_replica_in_one_half():
     assert all(torch.isfinite(v).all() for v in out.info.values())
 
 
-def test_neutra_caches_the_evaluation_of_where_particles_are():
+@pytest.mark.parametrize("compare", [False, True])
+def test_neutra_caches_the_evaluation_of_where_particles_are(compare):
     """After each application the cached log densities and gradients are those of a fresh evaluation."""
     particles, ctx = exact_particles(sampler.get_target("funnel", dim=5), 2, 300, seed=5)
-    step = FlowPreconditioned(n_steps=3, n_fit=30, n_refit=5)
+    step = FlowPreconditioned(n_steps=3, n_fit=30, n_refit=5, compare=compare)
     state = step.init(particles, ctx)
     for _ in range(2):
         out = step.apply(particles, state, ctx)
@@ -168,8 +182,33 @@ def test_neutra_caches_the_evaluation_of_where_particles_are():
     assert 0.2 < float(out.info["acceptance"].mean()) < 0.95
 
 
+def test_compare_chooses_the_plain_sweeps_between_separated_modes_and_the_flow_on_a_narrow_ridge():
+    """Probes decide per replica. Two modes 12 sds apart: the flow's dense affine base whitens across
+    them, its latent steps shrink and the plain sweeps move further. A Gaussian ridge with sds 100
+    and 0.01: plain steps are limited by the narrow direction, the flow whitens it away. Either
+    way the probes differ by more than 3x, and each kind keeps its own step size."""
+    modes = sampler.targets.GaussianMixture(np.array([[-6.0] * 4, [6.0] * 4]), std=1.0)
+    rot = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(15), dtype=DTYPE))[0]
+    cov = rot @ torch.diag(torch.tensor([1e4, 1.0, 1.0, 1e-4], dtype=DTYPE)) @ rot.T
+    ridge = sampler.targets.Gaussian(mean=np.zeros(4), cov=cov.numpy())
+    for target, expected in ((modes, 0.1), (ridge, 0.9)):
+        particles, ctx = exact_particles(target, 3, 400, seed=16)
+        step = FlowPreconditioned(n_steps=10, n_fit=30, n_refit=10, compare=True)
+        state = step.init(particles, ctx)
+        for _ in range(3):
+            out = step.apply(particles, state, ctx)
+            particles, state = out.particles, out.state
+        shares = out.info["flow_sweeps"]
+        assert torch.equal(shares, torch.full((3,), expected, dtype=DTYPE)), (target.name, out.info)
+        jumps = (out.info["flow_jump"], out.info["plain_jump"])
+        assert (jumps[0] > 3 * jumps[1] if expected > 0.5 else jumps[1] > 3 * jumps[0]).all(), jumps
+        assert torch.equal(out.info["step_size"], state.kernel.step_size)
+        assert not torch.equal(state.kernel.step_size, state.plain.step_size)
+
+
 @pytest.mark.slow
-def test_neutra_leaves_the_funnel_invariant():
+@pytest.mark.parametrize("compare", [False, True])
+def test_neutra_leaves_the_funnel_invariant(compare):
     """From exact funnel draws, 8 applications keep x_0 ~ N(0, 9) and the neck's mass P(x_0 < -3).
 
     Cross-fitting matters here: a flow fitted to the particles it moves drifted the variance of
@@ -179,7 +218,7 @@ def test_neutra_leaves_the_funnel_invariant():
     """
     r, n = 4, 2000
     particles, ctx = exact_particles(sampler.get_target("funnel"), r, n, seed=6)
-    step = FlowPreconditioned(n_steps=5, n_fit=100)
+    step = FlowPreconditioned(n_steps=5, n_fit=100, compare=compare)
     state = step.init(particles, ctx)
     for _ in range(8):
         out = step.apply(particles, state, ctx)
@@ -193,12 +232,13 @@ def test_neutra_leaves_the_funnel_invariant():
     assert max(abs(z_mean), abs(z_var), abs(z_neck)) < Z_MAX, (z_mean, z_var, z_neck)
 
 
-def test_flow_smc_counts_the_same_evaluations_as_smc_on_one_schedule():
+@pytest.mark.parametrize("split", ["adaptive", "fixed"])
+def test_flow_smc_counts_the_same_evaluations_as_smc_on_one_schedule(split):
     """Fitting evaluates no target: on a fixed schedule flow-smc spends smc's evaluations, however the sweeps split."""
     common = dict(n_particles=100, n_replicas=2, seed=7, schedule=Linear(4), n_steps=3, progress=False)
     smc = sampler.sample("double-well", method="smc", reference="prior", **common)
     flow = sampler.sample(
-        "double-well", method="flow-smc", reference="prior", n_fit=20, n_refit=5, **common, plain_steps=0
+        "double-well", method="flow-smc", reference="prior", n_fit=20, n_refit=5, **common, plain_steps=0, split=split
     )
     assert (flow.n_target_evals, flow.n_grad_evals) == (smc.n_target_evals, smc.n_grad_evals)
     assert flow.method == "flow-smc" and flow.options["kernel"] == "mala"
@@ -210,9 +250,23 @@ def test_flow_smc_counts_the_same_evaluations_as_smc_on_one_schedule():
         n_refit=5,
         **{**common, "n_steps": 2},
         plain_steps=1,
+        split=split,
     )
     assert (mixed.n_target_evals, mixed.n_grad_evals) == (smc.n_target_evals, smc.n_grad_evals)
-    assert mixed.options["plain_steps"] == 1
+    assert mixed.options["plain_steps"] == 1 and mixed.options["split"] == split
+
+
+@pytest.mark.parametrize("split", ["adaptive", "fixed"])
+def test_flow_smc_passes_kernel_options_to_both_kinds_of_sweeps(split):
+    """HMC with 2 leapfrog steps in the latent and the plain sweeps alike: smc's count with the same options."""
+    common = dict(n_particles=50, n_replicas=1, seed=3, schedule=Linear(3), progress=False, reference="prior")
+    hmc = dict(kernel="hmc", n_leapfrog=2)
+    smc = sampler.sample("double-well", method="smc", n_steps=2, **common, **hmc)
+    flow = sampler.sample(
+        "double-well", method="flow-smc", n_fit=5, n_steps=1, plain_steps=1, split=split, **common, **hmc
+    )
+    assert (flow.n_target_evals, flow.n_grad_evals) == (smc.n_target_evals, smc.n_grad_evals)
+    assert flow.options["n_leapfrog"] == 2
 
 
 @pytest.mark.slow
@@ -235,10 +289,11 @@ def test_flow_smc_log_Z_and_moments_of_a_correlated_gaussian():
     assert z_mean.abs().max() < Z_MAX, z_mean
 
 
-def test_flow_smc_resumes_bit_for_bit(tmp_path):
-    """Checkpoints carry the flows and the latent kernel's step size."""
+@pytest.mark.parametrize("split", ["adaptive", "fixed"])
+def test_flow_smc_resumes_bit_for_bit(tmp_path, split):
+    """Checkpoints carry the flows and both kinds of sweeps' step sizes."""
     common = dict(method="flow-smc", n_particles=60, n_replicas=2, seed=9, dtype=DTYPE, progress=False)
-    options = dict(n_fit=10, n_refit=3, n_steps=2, plain_steps=1, schedule=Linear(5), reference="prior")
+    options = dict(n_fit=10, n_refit=3, n_steps=2, plain_steps=1, schedule=Linear(5), reference="prior", split=split)
     full = sampler.sample(Interrupting(None), **common, **options)
     ck = tmp_path / "run.ckpt"
     with pytest.raises(sampler.errors.Interrupted):
@@ -255,6 +310,7 @@ def test_flow_smc_resumes_bit_for_bit(tmp_path):
         (dict(metric="dense"), "identity metric"),
         (dict(n_fit=0), "n_fit"),
         (dict(lr=0.0), "lr"),
+        (dict(compare=True, n_steps=1), "compare needs n_steps >= 2"),
     ],
 )
 def test_neutra_rejects_bad_options(options, message):
@@ -266,3 +322,12 @@ def test_neutra_rejects_bad_options(options, message):
 def test_flow_smc_rejects_negative_sweep_counts(option):
     with pytest.raises(ConfigurationError, match=option):
         sampler.method("flow-smc", **{option: -1})
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [(dict(split="best"), "split must be one of"), (dict(n_steps=1, plain_steps=0), "n_steps \\+ plain_steps >= 2")],
+)
+def test_flow_smc_rejects_bad_splits(options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        sampler.method("flow-smc", **options)

@@ -140,6 +140,19 @@ class CouplingFlow:
         w_in, b_in, w_out, b_out = params
         return attrs.evolve(self, w_in=w_in, b_in=b_in, w_out=w_out, b_out=b_out)
 
+    def or_identity(self, keep: Tensor) -> CouplingFlow:
+        """This flow on the rows where ``keep`` ``(R,)`` is true, the identity map ``x = z`` on the others."""
+        eye = torch.eye(self.loc.shape[-1], dtype=self.loc.dtype, device=self.loc.device)
+        zero_out = [torch.zeros_like(p) for p in (self.w_out, self.b_out)]
+        w_out, b_out = _per_flow(keep, [self.w_out, self.b_out], zero_out)
+        return attrs.evolve(
+            self,
+            loc=torch.where(keep[:, None], self.loc, 0.0),
+            tril=torch.where(keep[:, None, None], self.tril, eye),
+            w_out=w_out,
+            b_out=b_out,
+        )
+
     def _coupling(self, k: int, kept: Tensor) -> tuple[Tensor, Tensor]:
         """Log scale and shift ``(R, N, d)`` of coupling ``k`` from its kept coordinates ``(R, N, d)``."""
         # log-compressed inputs: heavy tails (a funnel's mouth) do not swamp the network

@@ -14,6 +14,12 @@ is close to a standard normal and one step size fits everywhere: NeuTra (Hoffman
 "NeuTra-lizing bad geometry in Hamiltonian Monte Carlo using neural transport"), here refitted
 at every temperature of a tempered SMC run.
 
+Where the flow does not help -- one flow fitted across separated modes whitens by their spread,
+and the latent step size shrinks to the modes' width -- the kernel does better in the particles'
+own coordinates. With ``compare`` each stage runs one probe sweep of each kind and the rest of
+its sweeps in the kind whose probe moved the particles further (per replica; the plain kind is
+the same kernel through the identity map), so one method serves both kinds of target.
+
 A kernel that leaves ``pi_t^T`` invariant leaves ``pi_t`` invariant after mapping back through
 the fixed bijection ``T``. The flows are fitted before the sweeps and fixed within them, as the
 kernels' particle-covariance metric is (the usual adaptive-SMC practice: Buchholz, Chopin &
@@ -163,11 +169,13 @@ class CrossFittedFlow:
 @attrs.frozen
 class LatentState:
     """State of :class:`FlowPreconditioned`: the ``2R`` flows as trained so far (the next fit continues
-    from them; the moves used the held-out check's choice), the kernel's state, the fits so far."""
+    from them; the moves used the held-out check's choice), the kernel's latent-space state, the fits
+    so far, and with ``compare`` the kernel's state in the particles' own coordinates."""
 
     flows: CouplingFlow
     kernel: Any
     fits: int
+    plain: Any = None
 
 
 class FlowPreconditioned(Corrector):
@@ -182,12 +190,19 @@ class FlowPreconditioned(Corrector):
         lr: Adam's learning rate.
         check_every: Adam iterations between the held-out checks that stop a fit early
             (:func:`~sampler_plugins.flow_smc.flow.fit_flow`); ``None`` turns them off.
+        compare: choose, per replica and stage, where the sweeps run: one probe sweep in the
+            latent space and one in the particles' own coordinates (the kernel as ``smc`` runs it),
+            then the other ``n_steps - 2`` sweeps where the probe's mean squared jump, measured in
+            the flow's latent units, was larger (``n_steps >= 2``). Off: all ``n_steps`` sweeps in
+            the latent space.
         **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``, ...);
             its metric is the identity (the flow whitens).
 
-    Reports the kernel's ``acceptance`` and ``step_size`` ``(R,)``, and ``flow_gain`` ``(R,)``:
-    how much better than its affine base the flows describe the particles they move, in nats
-    per particle (held-out log likelihood; 0 where a flow kept its base).
+    Reports the kernel's ``acceptance`` and ``step_size`` ``(R,)`` (the latent sweeps' step), and
+    ``flow_gain`` ``(R,)``: how much better than its affine base the flows describe the particles
+    they move, in nats per particle (held-out log likelihood; 0 where a flow kept its base). With
+    ``compare`` also ``flow_jump`` and ``plain_jump`` (the probes' mean squared jumps) and
+    ``flow_sweeps`` (the fraction of the sweeps run in the latent space), each ``(R,)``.
     """
 
     needs_grad = True
@@ -202,6 +217,7 @@ class FlowPreconditioned(Corrector):
         n_refit: int = 20,
         lr: float = 3e-3,
         check_every: int | None = CHECK_EVERY,
+        compare: bool = False,
         **kernel_options: Any,
     ):
         if "metric" in kernel_options:
@@ -217,6 +233,17 @@ class FlowPreconditioned(Corrector):
             raise ConfigurationError(f"lr must be positive, got {lr!r}")
         self.lr = float(lr)
         self.check_every = None if check_every is None else check_positive_int("check_every", check_every)
+        self.compare = bool(compare)
+        if self.compare and n_steps < 2:
+            raise ConfigurationError(f"compare needs n_steps >= 2 (a probe sweep of each kind), got {n_steps}")
+        self.rest_steps = n_steps - 2
+        self.kernel_options = kernel_options
+        self.probe = self._sweeps(1) if self.compare else None
+        self.rest = self._sweeps(self.rest_steps) if self.compare and self.rest_steps > 0 else None
+
+    def _sweeps(self, n: int) -> Corrector:
+        """The kernel with ``n`` sweeps per application."""
+        return corrector(self.kernel_name, n_steps=n, **self.kernel_options)
 
     def init(self, particles: Particles, ctx: StepContext) -> LatentState:
         """Fresh flows (the particles' affine base, identity couplings) and the kernel's latent-space state."""
@@ -227,7 +254,8 @@ class FlowPreconditioned(Corrector):
         latent_ctx = attrs.evolve(
             ctx, path=LatentPath(ctx.path, CrossFittedFlow(flows, halves, *CrossFittedFlow.pack_halves(halves)))
         )
-        return LatentState(flows, self.kernel.init(particles, latent_ctx), fits=0)
+        plain = self.kernel.init(particles, ctx) if self.compare else None
+        return LatentState(flows, self.kernel.init(particles, latent_ctx), fits=0, plain=plain)
 
     def apply(self, particles: Particles, state: LatentState, ctx: StepContext) -> StepOutput:
         """Fit the flow, map to latent space, run the kernel's sweeps there, map back."""
@@ -256,9 +284,73 @@ class FlowPreconditioned(Corrector):
             self.check_every,
         )
         flow = attrs.evolve(flow, flows=flows)
-        latent = LatentPath(ctx.path, flow)
-        latent_ctx = attrs.evolve(ctx, path=latent)
+        if not self.compare:
+            moved, out, _ = self._latent_sweeps(self.kernel, flow, particles, state.kernel, ctx)
+            info = dict(out.info)
+            new_state = LatentState(trained, out.state, state.fits + 1)
+        else:
+            moved, info, kernel_state, plain_state = self._compared_sweeps(flow, particles, state, ctx)
+            new_state = LatentState(trained, kernel_state, state.fits + 1, plain_state)
+        first, second = gain.chunk(2)
+        info["flow_gain"] = 0.5 * (first + second)
+        return StepOutput(moved, new_state, info)
 
+    def _compared_sweeps(
+        self, flow: CrossFittedFlow, particles: Particles, state: LatentState, ctx: StepContext
+    ) -> tuple[Particles, dict[str, Tensor], Any, Any]:
+        """A probe sweep through the flow, one in the particles' coordinates, the rest where the probe moved further.
+
+        The probes' jumps are compared in the flow's latent units: the weighted mean squared
+        jump per particle, the expected squared jump distance that Pasarica & Gelman (2010)
+        maximize to tune a kernel (both probes cost the same gradients). A flow that squeezes some
+        direction (a dense affine base across separated modes) makes its own steps small there
+        and the plain steps look large. Each replica chooses for itself; the choice is fixed for
+        the rest of the stage's sweeps. Returns the particles, the info, and the latent
+        and plain kernel states (each kind keeps its own step size).
+        """
+        weights = particles.log_weights.exp()
+        p1, out1, z0 = self._latent_sweeps(self.probe, flow, particles, state.kernel, ctx)
+        jump_flow = (weights * ((out1.particles.x - z0) ** 2).sum(-1)).sum(-1)
+        out2 = self.probe.apply(p1, state.plain, ctx)
+        with torch.no_grad():
+            before, _ = flow.inverse(p1.x)
+            after, _ = flow.inverse(out2.particles.x)
+        jump_plain = (weights * ((after - before) ** 2).sum(-1)).sum(-1)
+        use_flow = jump_flow >= jump_plain
+        eps_flow, eps_plain = out1.state.step_size, out2.state.step_size
+        info = {
+            "flow_jump": jump_flow.to(torch.float64),
+            "plain_jump": jump_plain.to(torch.float64),
+            "flow_sweeps": (1.0 + self.rest_steps * use_flow.to(torch.float64)) / (2 + self.rest_steps),
+        }
+        acceptance = out1.info["acceptance"] + out2.info["acceptance"]
+        moved = out2.particles
+        if self.rest is not None:
+            if use_flow.any():  # replicas that chose the plain sweeps run them through the identity map
+                chosen = attrs.evolve(flow, flows=flow.flows.or_identity(use_flow.repeat(2)))
+                kernel_state = attrs.evolve(out1.state, step_size=torch.where(use_flow, eps_flow, eps_plain))
+                moved, out, _ = self._latent_sweeps(self.rest, chosen, moved, kernel_state, ctx)
+            else:
+                out = self.rest.apply(moved, out2.state, ctx)
+                moved = out.particles
+            acceptance = acceptance + self.rest_steps * out.info["acceptance"]
+            eps = out.state.step_size
+            eps_flow, eps_plain = torch.where(use_flow, eps, eps_flow), torch.where(use_flow, eps_plain, eps)
+        info["acceptance"] = acceptance / (2 + self.rest_steps)
+        info["step_size"] = eps_flow
+        return (
+            moved,
+            info,
+            attrs.evolve(out1.state, step_size=eps_flow),
+            attrs.evolve(out2.state, step_size=eps_plain),
+        )
+
+    def _latent_sweeps(
+        self, kernel: Corrector, flow: CrossFittedFlow, particles: Particles, kernel_state: Any, ctx: StepContext
+    ) -> tuple[Particles, StepOutput, Tensor]:
+        """``kernel``'s sweeps on the density pulled back through ``flow``: the moved particles ``x``,
+        the kernel's latent output, and the particles' starting latent points ``z0`` ``(R, N, d)``."""
+        x = particles.x
         ev = particles.evaluation
         if not ev.has_grad:
             ev = ctx.path.evaluate(x, grad=True)
@@ -270,15 +362,12 @@ class FlowPreconditioned(Corrector):
         ev_z0 = LatentPath.pull_back(z, y, log_det, ev)
         z0 = z0.detach()
         start = attrs.evolve(particles, x=z0, evaluation=ev_z0)
-        out = self.kernel.apply(start, state.kernel, latent_ctx)
+        out = kernel.apply(start, kernel_state, attrs.evolve(ctx, path=LatentPath(ctx.path, flow)))
         moved = (out.particles.x != z0).any(-1)
         x_new, ev_new = self._push_forward(flow, out.particles.x, out.particles.evaluation, ctx)
         x_new = torch.where(moved[..., None], x_new, x)
         ev_new = ev_new.where(moved, ev)
-        first, second = gain.chunk(2)
-        info = {**out.info, "flow_gain": 0.5 * (first + second)}
-        new_state = LatentState(trained, out.state, state.fits + 1)
-        return StepOutput(attrs.evolve(particles, x=x_new, evaluation=ev_new), new_state, info)
+        return attrs.evolve(particles, x=x_new, evaluation=ev_new), out, z0
 
     @staticmethod
     def _push_forward(
