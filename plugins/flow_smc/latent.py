@@ -284,6 +284,7 @@ class FlowPreconditioned(Corrector):
             self.check_every,
         )
         flow = attrs.evolve(flow, flows=flows)
+        info: dict[str, Any]
         if not self.compare:
             moved, out, _ = self._latent_sweeps(self.kernel, flow, particles, state.kernel, ctx)
             info = dict(out.info)
@@ -297,7 +298,7 @@ class FlowPreconditioned(Corrector):
 
     def _compared_sweeps(
         self, flow: CrossFittedFlow, particles: Particles, state: LatentState, ctx: StepContext
-    ) -> tuple[Particles, dict[str, Tensor], Any, Any]:
+    ) -> tuple[Particles, dict[str, Any], Any, Any]:
         """A probe sweep through the flow, one in the particles' coordinates, the rest where the probe moved further.
 
         The probes' jumps are compared in the flow's latent units: the weighted mean squared
@@ -308,30 +309,32 @@ class FlowPreconditioned(Corrector):
         the rest of the stage's sweeps. Returns the particles, the info, and the latent
         and plain kernel states (each kind keeps its own step size).
         """
+        probe, rest = self.probe, self.rest
+        assert probe is not None
         weights = particles.log_weights.exp()
-        p1, out1, z0 = self._latent_sweeps(self.probe, flow, particles, state.kernel, ctx)
+        p1, out1, z0 = self._latent_sweeps(probe, flow, particles, state.kernel, ctx)
         jump_flow = (weights * ((out1.particles.x - z0) ** 2).sum(-1)).sum(-1)
-        out2 = self.probe.apply(p1, state.plain, ctx)
+        out2 = probe.apply(p1, state.plain, ctx)
         with torch.no_grad():
             before, _ = flow.inverse(p1.x)
             after, _ = flow.inverse(out2.particles.x)
         jump_plain = (weights * ((after - before) ** 2).sum(-1)).sum(-1)
         use_flow = jump_flow >= jump_plain
         eps_flow, eps_plain = out1.state.step_size, out2.state.step_size
-        info = {
+        info: dict[str, Any] = {
             "flow_jump": jump_flow.to(torch.float64),
             "plain_jump": jump_plain.to(torch.float64),
             "flow_sweeps": (1.0 + self.rest_steps * use_flow.to(torch.float64)) / (2 + self.rest_steps),
         }
         acceptance = out1.info["acceptance"] + out2.info["acceptance"]
         moved = out2.particles
-        if self.rest is not None:
+        if rest is not None:
             if use_flow.any():  # replicas that chose the plain sweeps run them through the identity map
                 chosen = attrs.evolve(flow, flows=flow.flows.or_identity(use_flow.repeat(2)))
                 kernel_state = attrs.evolve(out1.state, step_size=torch.where(use_flow, eps_flow, eps_plain))
-                moved, out, _ = self._latent_sweeps(self.rest, chosen, moved, kernel_state, ctx)
+                moved, out, _ = self._latent_sweeps(rest, chosen, moved, kernel_state, ctx)
             else:
-                out = self.rest.apply(moved, out2.state, ctx)
+                out = rest.apply(moved, out2.state, ctx)
                 moved = out.particles
             acceptance = acceptance + self.rest_steps * out.info["acceptance"]
             eps = out.state.step_size
