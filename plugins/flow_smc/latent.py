@@ -223,7 +223,9 @@ class FlowPreconditioned(Corrector):
         if "metric" in kernel_options:
             raise ConfigurationError("neutra runs its kernel with the identity metric (the flow whitens)")
         self.kernel_name = kernel
-        self.kernel = corrector(kernel, n_steps=check_positive_int("n_steps", n_steps), **kernel_options)
+        #: the options of the kernel (not the flow's), for kernels built alongside (the plain sweeps)
+        self.kernel_options = kernel_options
+        self.kernel = self._sweeps(check_positive_int("n_steps", n_steps))
         if not self.kernel.needs_grad:
             raise ConfigurationError(f"neutra needs a gradient kernel (mala, hmc), got {kernel!r}")
         self.hidden = check_positive_int("hidden", hidden)
@@ -237,7 +239,6 @@ class FlowPreconditioned(Corrector):
         if self.compare and n_steps < 2:
             raise ConfigurationError(f"compare needs n_steps >= 2 (a probe sweep of each kind), got {n_steps}")
         self.rest_steps = n_steps - 2
-        self.kernel_options = kernel_options
         self.probe = self._sweeps(1) if self.compare else None
         self.rest = self._sweeps(self.rest_steps) if self.compare and self.rest_steps > 0 else None
 
@@ -316,9 +317,9 @@ class FlowPreconditioned(Corrector):
         jump_flow = (weights * ((out1.particles.x - z0) ** 2).sum(-1)).sum(-1)
         out2 = probe.apply(p1, state.plain, ctx)
         with torch.no_grad():
-            before, _ = flow.inverse(p1.x)
             after, _ = flow.inverse(out2.particles.x)
-        jump_plain = (weights * ((after - before) ** 2).sum(-1)).sum(-1)
+        # out1's latent points are where the plain probe starts (T^-1(p1.x) up to round-off)
+        jump_plain = (weights * ((after - out1.particles.x) ** 2).sum(-1)).sum(-1)
         use_flow = jump_flow >= jump_plain
         eps_flow, eps_plain = out1.state.step_size, out2.state.step_size
         info: dict[str, Any] = {

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sampler.ext import Adaptive, ConfigurationError, Pipeline, Schedule, check_positive_int, corrector
+from sampler_plugins.flow_smc.latent import FlowPreconditioned
 
 #: How the sweeps of a temperature split between the flow's latent space and the particles' coordinates.
 SPLITS = ("adaptive", "fixed")
-
-#: ``neutra``'s own options (the flow's); the others are the kernel's.
-FLOW_OPTIONS = ("hidden", "n_fit", "n_refit", "lr", "check_every")
-
-
-def _kernel_options(neutra_options: dict[str, Any]) -> dict[str, Any]:
-    """The kernel's options among ``neutra``'s (for the plain sweeps of the fixed split)."""
-    return {k: v for k, v in neutra_options.items() if k not in FLOW_OPTIONS}
 
 
 def build_flow_smc(
@@ -77,10 +70,9 @@ def build_flow_smc(
             )
         moves = [corrector("neutra", kernel=kernel, n_steps=n_steps + plain_steps, compare=True, **neutra_options)]
     else:
-        moves = [
-            corrector("neutra", kernel=kernel, n_steps=n_steps, **neutra_options),
-            *([corrector(kernel, n_steps=plain_steps, **_kernel_options(neutra_options))] if plain_steps else []),
-        ]
+        latent = cast(FlowPreconditioned, corrector("neutra", kernel=kernel, n_steps=n_steps, **neutra_options))
+        plain = [corrector(kernel, n_steps=plain_steps, **latent.kernel_options)] if plain_steps else []
+        moves = [latent, *plain]
     steps = [
         corrector("resample", scheme=scheme, threshold=1.0),
         *moves,
