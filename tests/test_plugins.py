@@ -172,7 +172,7 @@ def test_builtin_mcmc_plugin_comes_from_entry_point(fresh_plugins):
     assert info.version == importlib.metadata.version("sampler-engine")
     assert info.ok
     assert set(info.registered["method"]) == {"smc", "ais", "mala", "hmc"}
-    assert set(info.registered["corrector"]) == {"ula", "mala", "hmc", "rwmh", "imh", "resample"}
+    assert set(info.registered["corrector"]) == {"ula", "mala", "hmc", "rwmh", "imh", "resample", "waste-free"}
 
     import sampler_plugins.mcmc
 

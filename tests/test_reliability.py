@@ -40,6 +40,15 @@ def test_a_hopeless_run_says_so_first():
     text = str(report)
     assert text.startswith("WARNING: the replicas disagree")  # ... and the summary says so first
     assert "log Z estimates spread" in text and report.values["log_Z_spread"] > 1
+    assert "n_steps=" in report.warnings[0]
+
+
+def test_the_advice_names_the_option_the_run_has():
+    """A waste-free run is told about waste_free=, not about n_steps= (which it refuses)."""
+    target = sampler.targets.Gaussian(mean=[1.0] * 1000)
+    res = sampler.sample(target, "smc", waste_free=2, n_particles=8, n_replicas=4, seed=0, progress=False)
+    advice = sampler.summary(res).warnings[0]
+    assert "waste_free=" in advice and "n_steps=" not in advice
 
 
 def test_a_good_run_has_no_warning():

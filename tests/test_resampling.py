@@ -318,3 +318,15 @@ def test_batch_replicas_are_independent(name):
     for i in range(N):
         corr = np.corrcoef(a[:, i], b[:, i])[0, 1]
         assert abs(corr) < Z_CRIT / math.sqrt(m), (i, corr)
+
+
+@pytest.mark.parametrize("m", [1, 7, 40, 100])
+def test_systematic_draws_m_ancestors_within_one_of_their_expected_counts(m):
+    """With ``n_out = M`` each particle gets floor or ceil of M * W_i offspring (systematic's guarantee)."""
+    g = torch.Generator().manual_seed(0)
+    log_w = torch.randn(3, 100, generator=g, dtype=torch.float64)
+    idx = resampling.systematic(log_w, g, n_out=m)
+    assert idx.shape == (3, m)
+    counts = torch.zeros(3, 100, dtype=torch.float64).scatter_add_(1, idx, torch.ones(3, m, dtype=torch.float64))
+    expected = m * torch.softmax(log_w, -1)
+    assert bool(((counts - expected).abs() < 1.0 + 1e-9).all())

@@ -272,11 +272,18 @@ class MetropolisCorrector(Corrector):
 
     def apply(self, particles: Particles, state: KernelState, ctx: StepContext) -> StepOutput:
         """``n_steps`` sweeps at pi_t; reports mean ``acceptance`` probability and ``step_size`` per replica."""
+        return self.sweeps(particles, state, ctx, self.current_metric(particles, state, ctx))
+
+    def sweeps(self, particles: Particles, state: KernelState, ctx: StepContext, metric: Tensor | None) -> StepOutput:
+        """``n_steps`` sweeps at pi_t with a given metric factor (``None``: identity), held fixed throughout.
+
+        :meth:`apply` with the metric of :meth:`current_metric`; a step that estimates the metric
+        elsewhere (e.g. from more particles than it moves) calls this directly.
+        """
         x, ev = particles.x, particles.evaluation
         if self.needs_grad and not ev.has_grad:
             ev = ctx.path.evaluate(x, grad=True)
         eps = state.step_size
-        metric = self.current_metric(particles, state, ctx)
         acceptance = torch.zeros_like(eps)
         for i in range(self.n_steps):
             options = self._proposal_options(metric, ctx.step * self.n_steps + i)

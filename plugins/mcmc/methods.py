@@ -19,15 +19,19 @@ from sampler.ext import (
 _KERNELS = ("mala", "hmc", "rwmh", "ula")
 
 
-def _kernel(kernel: str, n_steps: int, kernel_options: dict[str, Any]):
+def _check_kernel(kernel: str) -> None:
     if kernel not in _KERNELS:
         raise ConfigurationError(f"kernel must be one of {', '.join(_KERNELS)}, got {kernel!r}")
+
+
+def _kernel(kernel: str, n_steps: int, kernel_options: dict[str, Any]):
+    _check_kernel(kernel)
     return corrector(kernel, n_steps=n_steps, **kernel_options)
 
 
 def build_smc(
     kernel: str = "mala",
-    n_steps: int = 10,
+    n_steps: int | None = None,
     target_ess: float = 0.9,
     resample_threshold: float = 1.0,
     scheme: str = "systematic",
@@ -37,6 +41,7 @@ def build_smc(
     reference_scale=None,
     pilot_particles: int | None = None,
     mode_jumps: int = 0,
+    waste_free: int = 0,
     **kernel_options: Any,
 ) -> Pipeline:
     """Adaptive tempered SMC with MCMC moves (MALA by default) and ESS-triggered resampling.
@@ -47,7 +52,7 @@ def build_smc(
 
     Args:
         kernel: MCMC corrector (``mala``, ``hmc``, ``rwmh``, ``ula``).
-        n_steps: MCMC sweeps per temperature.
+        n_steps: MCMC sweeps per temperature (default 10; not with ``waste_free``).
         target_ess: conditional ESS goal of the adaptive schedule (ignored if ``schedule`` is
             given). 0.9 rather than the common 0.5: on multimodal targets, more and gentler
             temperatures gave mode weights closer to exact at the same cost (docs/methods.md).
@@ -71,19 +76,32 @@ def build_smc(
             Gaussian mixture fitted to the particles) per temperature, after the kernel's
             sweeps (which have moved resampled copies apart); 0 (the default) runs none. Each costs one target
             evaluation per particle and re-equilibrates the mass between the modes found.
+        waste_free: P >= 2 runs waste-free SMC (Dau & Chopin 2022; the ``waste-free``
+            corrector): at each temperature ``ceil(N / P)`` resampled ancestors run P - 1 sweeps
+            each and all their states are the N new particles, about N kernel sweeps per
+            temperature instead of ``n_steps * N``. 0 (the default) runs standard SMC.
+            ``resample_threshold`` and ``scheme`` do not apply (the ancestors are always resampled,
+            systematically).
         **kernel_options: passed to the kernel (``metric``, ``step_size``, ``target_acceptance``,
             ``n_leapfrog`` and ``jitter`` for HMC, ...).
     """
     if mode_jumps != 0:
         check_positive_int("mode_jumps", mode_jumps)
-    steps = [
-        corrector("resample", scheme=scheme, threshold=resample_threshold),
-        _kernel(kernel, n_steps, kernel_options),
-        *([corrector("imh", n_steps=mode_jumps)] if mode_jumps else []),
-    ]
+    if waste_free != 0:
+        if n_steps is not None:
+            raise ConfigurationError("waste_free sets the sweeps per temperature: give waste_free or n_steps, not both")
+        _check_kernel(kernel)
+        moves = [corrector("waste-free", kernel=kernel, chain_length=waste_free, **kernel_options)]
+    else:
+        n_steps = 10 if n_steps is None else n_steps
+        moves = [
+            corrector("resample", scheme=scheme, threshold=resample_threshold),
+            _kernel(kernel, n_steps, kernel_options),
+        ]
+    steps = [*moves, *([corrector("imh", n_steps=mode_jumps)] if mode_jumps else [])]
     options = dict(
         kernel=kernel,
-        n_steps=n_steps,
+        **({"waste_free": waste_free} if waste_free else {"n_steps": n_steps}),
         target_ess=target_ess,
         resample_threshold=resample_threshold,
         scheme=scheme,

@@ -167,10 +167,11 @@ def _warnings(result: Result, v: dict[str, Any]) -> tuple[str, ...]:
     rhat = v.get("rhat_max", math.nan)
     if not math.isnan(rhat) and rhat > RHAT_LIMIT:
         unit = "chains" if result.kind == "mcmc" else "replicas"
+        moves = "longer chains per stage: waste_free=" if "waste_free" in result.options else "n_steps="
         out.append(
             f"the {unit} disagree (R-hat {rhat:.3g} > {RHAT_LIMIT}): they did not reach one distribution, so the "
-            "samples, moments and error bars are not to be trusted. Give the sampler more work (more MCMC moves "
-            "per stage: n_steps=; more particles; more warm-up for chains) or a reference closer to the target "
+            f"samples, moments and error bars are not to be trusted. Give the sampler more work (more MCMC moves "
+            f"per stage: {moves}; more particles; more warm-up for chains) or a reference closer to the target "
             "(reference_loc=, reference_scale=)."
         )
     lz = result.log_Z_per_replica

@@ -71,10 +71,11 @@ class Particles:
         return ess(self.log_weights)
 
     def gather(self, indices: Tensor) -> Particles:
-        """Particles at ``indices`` ``(R, N)`` (ancestor indices per replica), equally weighted."""
+        """Particles at ``indices`` ``(R, M)`` (ancestor indices per replica; M = N usually), equally weighted."""
         x = gather_particles(self.x, indices)
         extras = {k: gather_particles(v, indices) for k, v in self.extras.items()}
-        uniform = torch.full_like(self.log_weights, -math.log(self.n_particles))
+        m = indices.shape[1]
+        uniform = torch.full((self.n_replicas, m), -math.log(m), dtype=torch.float64, device=self.log_weights.device)
         return attrs.evolve(self, x=x, log_weights=uniform, evaluation=self.evaluation.gather(indices), extras=extras)
 
 

@@ -37,13 +37,17 @@ def multinomial(log_weights: Tensor, generator: torch.Generator) -> Tensor:
     return torch.multinomial(_normalized(log_weights), n, replacement=True, generator=generator)
 
 
-def systematic(log_weights: Tensor, generator: torch.Generator) -> Tensor:
-    """One uniform per replica, shifted by 1/N: ``u_j = (U + j) / N``."""
+def systematic(log_weights: Tensor, generator: torch.Generator, n_out: int | None = None) -> Tensor:
+    """One uniform per replica, shifted by 1/M: ``u_j = (U + j) / M``, M = ``n_out`` (default N).
+
+    Returns ``(R, M)`` ancestor indices with expected counts ``M * W_i``.
+    """
     r, n = log_weights.shape
+    m = n if n_out is None else n_out
     w = _normalized(log_weights)
     u = torch.rand(r, 1, generator=generator, device=w.device, dtype=w.dtype)
-    grid = torch.arange(n, device=w.device, dtype=w.dtype)
-    return _inverse_cdf(w, (grid + u) / n)
+    grid = torch.arange(m, device=w.device, dtype=w.dtype)
+    return _inverse_cdf(w, (grid + u) / m)
 
 
 def stratified(log_weights: Tensor, generator: torch.Generator) -> Tensor:
