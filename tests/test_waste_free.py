@@ -176,3 +176,8 @@ def test_seeded_runs_repeat_and_resume_bit_for_bit(tmp_path):
 def test_bad_options_are_refused(build, message):
     with pytest.raises(ConfigurationError, match=message):
         build()
+
+
+def test_chains_longer_than_half_the_particles_are_refused():
+    with pytest.raises(ConfigurationError, match="fewer than 2 chains"):
+        sampler.sample("gaussian", method="smc", waste_free=10, n_particles=12, n_replicas=1, seed=0, progress=False)

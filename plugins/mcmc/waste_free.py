@@ -78,6 +78,11 @@ class WasteFree(Corrector):
             raise ConfigurationError("the waste-free corrector does not run sharded")
         r, n = particles.log_weights.shape
         p = self.chain_length
+        if p > n // 2:
+            raise ConfigurationError(
+                f"waste-free chains of {p} states leave fewer than 2 chains for {n} particles per replica: "
+                f"use a chain_length (smc: waste_free) of at most N / 2 = {n // 2}, or more particles"
+            )
         m = math.ceil(n / p)
         ancestors = systematic(particles.log_weights, ctx.generator, n_out=m)
         chain = particles.gather(ancestors)
