@@ -45,7 +45,15 @@ EXAMPLES = """examples:
 """
 
 
+#: Spellings of booleans and None that ``ast.literal_eval`` does not read (``-o adapt=false``
+#: would otherwise be the string "false", which Python treats as true).
+_WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": None}
+
+
 def _parse_value(text: str) -> Any:
+    """A Python literal (``20``, ``0.5``, ``True``, ``[1, 2]``), true/false/none in any case, else the string."""
+    if text.strip().lower() in _WORDS:
+        return _WORDS[text.strip().lower()]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

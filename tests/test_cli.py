@@ -99,3 +99,26 @@ def test_plugins_targets_methods(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "smc" in out and "resample" in out
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("false", False),
+        ("FALSE", False),
+        ("True", True),
+        ("true", True),
+        ("none", None),
+        ("None", None),
+        ("20", 20),
+        ("0.5", 0.5),
+        ("[1, 2]", [1, 2]),
+        ("mala", "mala"),
+        ("falsey", "falsey"),
+    ],
+)
+def test_option_values_parse_booleans_in_any_case(text, value):
+    """``-o adapt=false`` is False, not the (truthy) string "false"."""
+    from sampler.cli import _parse_options
+
+    assert _parse_options([f"key={text}"], "-o") == {"key": value}
