@@ -52,8 +52,9 @@ _WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "null": No
 
 def _parse_value(text: str) -> Any:
     """A Python literal (``20``, ``0.5``, ``True``, ``[1, 2]``), true/false/none in any case, else the string."""
-    if text.strip().lower() in _WORDS:
-        return _WORDS[text.strip().lower()]
+    word = text.strip().lower()
+    if word in _WORDS:
+        return _WORDS[word]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

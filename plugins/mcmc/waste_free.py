@@ -74,8 +74,6 @@ class WasteFree(Corrector):
 
     def apply(self, particles: Particles, state: Any, ctx: StepContext) -> StepOutput:
         """Resample the ancestors, run the chains, return their first N states equally weighted."""
-        if ctx.shard is not None:
-            raise ConfigurationError("the waste-free corrector does not run sharded")
         r, n = particles.log_weights.shape
         p = self.chain_length
         if p > n // 2:
