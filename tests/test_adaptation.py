@@ -193,7 +193,9 @@ def test_warmup_windows_are_stans():
 )
 def test_hmc_chains_jitter_their_trajectories_with_an_adapted_metric(options, jitter):
     """A fixed trajectory length resonates with a whitened Gaussian: the chains' default jitters it."""
-    res = sampler.sample("gaussian", method="hmc", n_particles=5, n_replicas=2, n_warmup=30, seed=0, **options)
+    res = sampler.sample(
+        "gaussian", method="hmc", trajectory="fixed", n_particles=5, n_replicas=2, n_warmup=30, seed=0, **options
+    )
     assert res.options.get("jitter") == jitter
 
 
@@ -235,7 +237,7 @@ def test_chains_warmup_on_correlated_gaussian(method):
     [
         (dict(method="smc", metric="dense", reference="laplace", n_particles=200, schedule=Linear(4)), 50),
         (dict(method="smc", metric="diag", reference="pilot", n_particles=200), 125),
-        (dict(method="hmc", metric="dense", n_warmup=150, n_particles=50, jitter=0.5), 90 * 5),
+        (dict(method="hmc", metric="dense", n_warmup=150, n_particles=50, trajectory="fixed", jitter=0.5), 90 * 5),
         (dict(method="hmc", n_warmup=150, n_particles=50), 90 * 5),
     ],
     ids=["smc-laplace-dense", "smc-pilot-diag", "hmc-chains-window", "hmc-chains-auto"],

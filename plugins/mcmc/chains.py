@@ -5,8 +5,11 @@ tuning"): a fast initial buffer (75 iterations) where only the step size adapts,
 windows of 25, 50, 100, ... iterations (the last one stretched to the terminal buffer) at the
 end of each of which the metric is set to the regularized covariance of the window's draws,
 pooled over the R chains, and the step-size adaptation restarts; a terminal buffer (50) adapts
-the step size to the final metric. Step sizes adapt per chain by dual averaging (Hoffman &
-Gelman 2014). Short warm-ups scale the buffers as Stan does (15% / 75% / 10%).
+the step size to the final metric. Step sizes adapt by dual averaging (Hoffman & Gelman 2014):
+per chain toward the kernel's target acceptance with ``trajectory="fixed"``; with ``hmc``'s
+default ``trajectory="chees"`` one step size for all chains, toward a harmonic-mean acceptance of
+0.9, while ChEES adapts the trajectory length (:mod:`sampler_plugins.mcmc.chees`). Short
+warm-ups scale the buffers as Stan does (15% / 75% / 10%).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Protocol, cast
 
 import attrs
 import torch
+from torch import Tensor
 
 from sampler.ext import (
     Capabilities,
@@ -27,9 +31,11 @@ from sampler.ext import (
     GeometricPath,
     Loop,
     LoopState,
+    Particles,
     Result,
     RunSettings,
     Session,
+    StepContext,
     apply_steps,
     as_target,
     check_positive_int,
@@ -39,7 +45,8 @@ from sampler.ext import (
     record,
     reopen,
 )
-from sampler_plugins.mcmc.kernels import KernelState, MetropolisCorrector, regularized_metric
+from sampler_plugins.mcmc.chees import ChEES, chees_gradient
+from sampler_plugins.mcmc.kernels import HMC, KernelState, MetropolisCorrector, regularized_metric, whiten
 
 
 class _Tunable(Protocol):
@@ -50,6 +57,18 @@ class _Tunable(Protocol):
 
 #: Default trajectory-length jitter of ``hmc`` chains with an adapted metric (see :class:`MCMCChains`).
 HMC_CHAIN_JITTER = 0.5
+
+#: Trajectory schemes of ``hmc`` chains: ChEES-adapted lengths, or ``n_leapfrog`` steps (with ``jitter``).
+TRAJECTORIES = ("chees", "fixed")
+
+#: The harmonic-mean acceptance ChEES chains tune their shared step size to by default. The
+#: paper's 0.651 (optimal on Gaussians) leaves the chains short of the centered eight schools'
+#: funnel neck and the GP's narrow regions (posteriors suite: 7-8 of 10 posteriors on every seed
+#: at 0.651, all 10 at 0.9, for 1.1-2.5x the gradients; docs/posteriors.md).
+CHEES_TARGET_ACCEPTANCE = 0.9
+
+#: Memory of the running posterior-mean estimate ChEES centres at: about 1 / rate iterations.
+CHEES_CENTER_RATE = 0.02
 
 #: ``metric="auto"`` adapts a dense metric up to this dimension, a diagonal one above.
 AUTO_DENSE_MAX_DIM = 100
@@ -87,6 +106,14 @@ class MCMCChains:
             (``jitter=0.5``, :data:`HMC_CHAIN_JITTER`): a fixed length resonates with the
             whitened posterior's period. The default is ``"auto"`` for ``hmc`` chains and
             ``"diag"`` for ``mala`` chains (:func:`build_chains`).
+        trajectory: ``"chees"`` (the default for ``hmc``; ``hmc`` only): one step size shared
+            by the chains, tuned by dual averaging of the harmonic mean of their acceptance
+            probabilities toward 0.9 (``target_acceptance``), and the trajectory length adapted
+            by ChEES (:mod:`~sampler_plugins.mcmc.chees`), starting at ``n_leapfrog`` initial
+            steps, with at most ``max_leapfrog`` steps per iteration.
+            ``"fixed"`` (the only one for other kernels): ``n_leapfrog`` steps (jittered by
+            ``jitter``) and per-chain step sizes.
+        max_leapfrog: the cap on leapfrog steps per iteration with ``trajectory="chees"``.
         **kernel_options: passed to the kernel (``step_size``, ``target_acceptance``,
             ``n_leapfrog`` and ``jitter`` for HMC).
     """
@@ -102,12 +129,27 @@ class MCMCChains:
         reference_loc=None,
         reference_scale=None,
         metric: str = "diag",
+        trajectory: str | None = None,
+        max_leapfrog: int = 100,
         **kernel_options: Any,
     ):
         if isinstance(n_warmup, bool) or not isinstance(n_warmup, int) or n_warmup < 0:
             raise ConfigurationError(f"n_warmup must be a non-negative integer, got {n_warmup!r}")
         check_positive_int("thin", thin)
-        if kernel == "hmc" and metric != "identity":
+        check_positive_int("max_leapfrog", max_leapfrog)
+        if trajectory is None:
+            trajectory = "chees" if kernel == "hmc" else "fixed"
+        if trajectory not in TRAJECTORIES:
+            raise ConfigurationError(f"trajectory must be one of {', '.join(TRAJECTORIES)}, got {trajectory!r}")
+        if trajectory == "chees" and kernel != "hmc":
+            raise ConfigurationError(f"trajectory='chees' adapts HMC's trajectory length; kernel {kernel!r} has none")
+        if trajectory == "chees" and "jitter" in kernel_options:
+            raise ConfigurationError(
+                "jitter applies to trajectory='fixed'; ChEES jitters each length over (0, T] itself"
+            )
+        if trajectory == "chees":
+            kernel_options.setdefault("target_acceptance", CHEES_TARGET_ACCEPTANCE)
+        if kernel == "hmc" and metric != "identity" and trajectory == "fixed":
             # With an adapted metric every direction of a roughly Gaussian posterior has a period
             # near 2 pi in whitened units, and the tuned eps * n_leapfrog can land on it: chains
             # that return to where they started (R-hat 1.1-1.3 on a 3D Gaussian in 8 of 12
@@ -120,12 +162,16 @@ class MCMCChains:
             kernel, n_steps=1, adapt=False, metric="diag" if metric == "auto" else metric, **kernel_options
         )
         self.metric = metric
+        self.trajectory = trajectory
+        self.max_leapfrog = max_leapfrog
         self.n_warmup = n_warmup
         self.thin = thin
         self.windows = warmup_windows(n_warmup) if metric != "identity" else []
         self.reference_loc = reference_loc
         self.reference_scale = reference_scale
         self.options = dict(kernel=kernel, n_warmup=n_warmup, thin=thin, metric=metric, **kernel_options)
+        if kernel == "hmc":
+            self.options.update(trajectory=trajectory, max_leapfrog=max_leapfrog)
 
     def run(
         self,
@@ -162,6 +208,8 @@ class MCMCChains:
             self.reference_loc,
             self.reference_scale,
             metric=auto_metric(dim),
+            trajectory=self.trajectory,
+            max_leapfrog=self.max_leapfrog,
             **self.kernel_options,
         )
         chains.options = self.options  # checkpoints compare the options as the user gave them
@@ -218,6 +266,9 @@ class MCMCChains:
         aux: dict[str, Any] = {"tuner": DualAveraging.start(kstate.step_size, target_acceptance), "draws": draws}
         if self.windows:
             aux["window"] = WindowMoments.start(particles.x[:, 0], self.metric)
+        if self.trajectory == "chees":
+            aux["chees"] = ChEES.start(cast(HMC, self.kernel).n_leapfrog * float(kstate.step_size.mean()))
+            aux["chees_center"] = particles.x[:, 0].to(torch.float64).mean(0)
         state = LoopState(k=0, t=one, particles=particles, weighted=particles, step_states=(kstate,), aux=aux)
         return state if resume is None else session.restore(resume, state)
 
@@ -227,11 +278,15 @@ class MCMCChains:
         ctx = session.context(state.t, state.t, state.k + 1)
         info: dict[str, torch.Tensor] = {}
         (kstate,), tuner, draws = state.step_states, state.aux["tuner"], state.aux["draws"]
-        particles, _, _ = apply_steps([self.kernel], state.particles, [kstate], ctx, info)
-        it, acc = state.k, info["acceptance"]
-        aux = dict(state.aux)
+        it, aux = state.k, dict(state.aux)
+        if self.trajectory == "chees":
+            particles, tuned = self._chees_transition(state.particles, kstate, ctx, aux, info)
+        else:
+            particles, _, _ = apply_steps([self.kernel], state.particles, [kstate], ctx, info)
+            tuned = info["acceptance"]
+        acc = info["acceptance"]
         if it < self.n_warmup - 1:
-            tuner = tuner.update(acc)
+            tuner = tuner.update(tuned)
             kstate = KernelState(tuner.step_size, kstate.metric)
         elif it == self.n_warmup - 1:  # the last warm-up iteration freezes the averaged step sizes
             kstate = KernelState(tuner.final(), kstate.metric)
@@ -241,6 +296,7 @@ class MCMCChains:
         if kept >= 0 and (kept + 1) % self.thin == 0:
             draws[:, kept // self.thin] = particles.x[:, 0]
         info = {
+            **info,
             "acceptance": acc,
             "step_size": kstate.step_size,
             "warmup": torch.full_like(acc, float(it < self.n_warmup)),
@@ -255,6 +311,48 @@ class MCMCChains:
             step_states=(kstate,),
             aux=aux,
         )
+
+    def _chees_transition(
+        self, particles: Particles, kstate: KernelState, ctx: StepContext, aux: dict[str, Any], info: dict[str, Tensor]
+    ) -> tuple[Particles, Tensor]:
+        """One HMC transition of every chain with the ChEES length; during warm-up, the ChEES update.
+
+        Returns the moved chains and the acceptance statistic the shared step size tunes on: the
+        harmonic mean over the chains of their acceptance probabilities, divergent transitions
+        included (BlackJAX leaves them out, which leaves chains that diverge from the start
+        stuck: docs/methods.md), expanded to ``(R,)``. Fills ``info`` with the chains'
+        ``acceptance``, ``n_leapfrog`` and ``trajectory_length``, and ``aux["chees"]`` and
+        ``aux["chees_center"]``.
+        """
+        kernel, chees, k = cast(HMC, self.kernel), aux["chees"], ctx.step - 1
+        x, ev = particles.x, particles.evaluation
+        if not ev.has_grad:
+            ev = ctx.path.evaluate(x, grad=True)
+        eps = kstate.step_size
+        n, h = chees.n_leapfrog(k, float(eps.mean()), self.max_leapfrog)
+        options: dict[str, Any] = {"n_leapfrog": n}
+        if kstate.metric is not None:
+            options["metric"] = kstate.metric
+        x1, ev1, log_alpha, prop = kernel.transition(x, ev, kernel.particle_steps(eps, x, ctx), ctx, **options)
+        alpha = log_alpha.exp()[:, 0]
+        if k < self.n_warmup and prop.momentum is not None:
+            # the posterior mean's estimate: a running mean of the chains' positions, pooled (the
+            # mean over the last ~50 iterations once there are that many), so that few chains, even
+            # one, centre the criterion where the chains' own mean would be noise
+            rate = max(1.0 / (k + 1), CHEES_CENTER_RATE)
+            center = aux["chees_center"]
+            center = center + rate * (x1[:, 0].to(torch.float64).mean(0) - center)
+            aux["chees_center"] = center
+            z0, z1, zc = (whiten(v, kstate.metric)[:, 0] for v in (x, prop.x, center.to(x.dtype).expand_as(x)))
+            grad = chees_gradient(z0, z1, prop.momentum[:, 0], log_alpha[:, 0], h * chees.length, zc[0])
+            aux["chees"] = chees.update(float(grad))
+        harmonic = 1.0 / (1.0 / alpha.clamp(min=1e-300)).mean()
+        info.update(
+            acceptance=alpha,
+            n_leapfrog=torch.full_like(alpha, float(n)),
+            trajectory_length=torch.full_like(alpha, chees.length),
+        )
+        return attrs.evolve(particles, x=x1, evaluation=ev1), harmonic.expand_as(alpha)
 
     def _adapt_metric(
         self, it: int, x: torch.Tensor, kstate: KernelState, tuner: DualAveraging, window: WindowMoments
@@ -412,6 +510,7 @@ def build_chains(kernel: str) -> Callable[..., MCMCChains]:
 
     build.__doc__ = (
         f"{kernel.upper()} chains: R chains x N draws after warm-up (dual-averaging step size, windowed "
-        f"metric; default metric {'auto: dense up to d = 100' if kernel == 'hmc' else 'diag'})."
+        f"metric; default metric {'auto: dense up to d = 100' if kernel == 'hmc' else 'diag'}"
+        f"{'; ChEES-adapted trajectory lengths' if kernel == 'hmc' else ''})."
     )
     return build

@@ -87,6 +87,15 @@ def _down(g: Tensor, metric: Tensor | None) -> Tensor:
     return g @ metric
 
 
+def whiten(x: Tensor, metric: Tensor | None) -> Tensor:
+    """``L^{-1} x``: positions ``(R, N, d)`` in the metric's whitened coordinates (the inverse of ``_up``)."""
+    if metric is None:
+        return x
+    if metric.ndim == 2:
+        return x / metric[:, None, :]
+    return torch.linalg.solve_triangular(metric, x.transpose(-1, -2), upper=False).transpose(-1, -2)
+
+
 def weighted_moments(x: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Weighted mean ``(R, d)``, centred particles ``(R, N, d)`` and weights ``(R, N)``, all float64.
 
@@ -159,11 +168,16 @@ def reference_metric(reference: GaussianReference, kind: str, r: int, like: Tens
 
 @attrs.frozen
 class Proposal:
-    """A proposed move: positions ``x`` ``(R, N, d)``, their evaluation, and ``log_alpha`` ``(R, N)``."""
+    """A proposed move: positions ``x`` ``(R, N, d)``, their evaluation, and ``log_alpha`` ``(R, N)``.
+
+    ``momentum`` ``(R, N, d)`` is HMC's whitened momentum at the trajectory's end (``None`` for
+    kernels without one); trajectory-length adaptation (ChEES) reads it.
+    """
 
     x: Tensor
     evaluation: PathEvaluation
     log_alpha: Tensor
+    momentum: Tensor | None = None
 
 
 class MetropolisCorrector(Corrector):
@@ -250,11 +264,12 @@ class MetropolisCorrector(Corrector):
         """Propose from ``x`` with step sizes ``eps`` ``(R, 1, 1)`` (in ``x``'s dtype).
 
         Keyword arguments, passed only when they are not the default: ``metric`` (the factor
-        ``L`` of :class:`KernelState`, default ``None``) and ``sweep`` (the sweep's index in this
-        run, for kernels whose proposal varies deterministically between sweeps).
+        ``L`` of :class:`KernelState`, default ``None``), ``sweep`` (the sweep's index in this
+        run, for kernels whose proposal varies deterministically between sweeps) and, for HMC,
+        ``n_leapfrog`` (this proposal's number of leapfrog steps, overriding the kernel's).
         """
 
-    def _particle_steps(self, eps: Tensor, x: Tensor, ctx: StepContext) -> Tensor:
+    def particle_steps(self, eps: Tensor, x: Tensor, ctx: StepContext) -> Tensor:
         """The sweep's step sizes: ``(R, 1, 1)``, or ``(R, N, 1)`` randomized per particle with ``step_jitter``.
 
         With ``step_jitter = s`` particle i uses ``eps * exp(s (2 u_i - 1))``, ``u_i`` uniform,
@@ -287,22 +302,34 @@ class MetropolisCorrector(Corrector):
         acceptance = torch.zeros_like(eps)
         for i in range(self.n_steps):
             options = self._proposal_options(metric, ctx.step * self.n_steps + i)
-            prop = self.propose(x, ev, self._particle_steps(eps, x, ctx), ctx, **options)
-            log_alpha = prop.log_alpha.to(torch.float64)
-            log_alpha = log_alpha.masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
-            if self.metropolis:
-                u = ctx.rand(log_alpha.shape, torch.float64, x.device)
-                accept = torch.log(u) < log_alpha
-                x = torch.where(accept[..., None], prop.x, x)
-                ev = prop.evaluation.where(accept, ev)
-            else:
-                x, ev = prop.x, prop.evaluation
+            x, ev, log_alpha, _ = self.transition(x, ev, self.particle_steps(eps, x, ctx), ctx, **options)
             rate = ctx.mean_probability(log_alpha.exp())
             acceptance = acceptance + rate / self.n_steps
             if self.adapt:
                 eps = (eps * torch.exp(self.adapt_rate * (rate - self.target_acceptance))).clamp(*STEP_SIZE_BOUNDS)
         new = attrs.evolve(particles, x=x, evaluation=ev)
         return StepOutput(new, KernelState(eps, metric), {"acceptance": acceptance, "step_size": eps})
+
+    def transition(
+        self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **options: Any
+    ) -> tuple[Tensor, PathEvaluation, Tensor, Proposal]:
+        """One proposal from ``x`` ``(R, N, d)`` and its Metropolis accept/reject at pi_t.
+
+        ``eps`` and ``options`` are :meth:`propose`'s. Returns the new positions, their
+        evaluation, the float64 log acceptance probabilities ``(R, N)`` (NaN read as a
+        rejection, capped at 0) and the proposal itself.
+        """
+        prop = self.propose(x, ev, eps, ctx, **options)
+        log_alpha = prop.log_alpha.to(torch.float64)
+        log_alpha = log_alpha.masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
+        if self.metropolis:
+            u = ctx.rand(log_alpha.shape, torch.float64, x.device)
+            accept = torch.log(u) < log_alpha
+            x = torch.where(accept[..., None], prop.x, x)
+            ev = prop.evaluation.where(accept, ev)
+        else:
+            x, ev = prop.x, prop.evaluation
+        return x, ev, log_alpha, prop
 
     # -- helpers shared by the kernels ---------------------------------------------------------------
     @staticmethod
@@ -450,7 +477,7 @@ class HMC(MetropolisCorrector):
         """Leapfrog in whitened coordinates: ``x += eps L p``, ``p += eps L^T grad`` (``L = I`` by default)."""
         path, t = ctx.path, ctx.t
         metric = kwargs.get("metric")
-        n_leapfrog = self.trajectory_length(kwargs.get("sweep", 0))
+        n_leapfrog = kwargs.get("n_leapfrog") or self.trajectory_length(kwargs.get("sweep", 0))
         p0 = self._noise(x, ctx)
         p = p0 + 0.5 * eps * _down(path.grad_log_prob(ev, t), metric)
         y, ev_y = x, ev
@@ -460,7 +487,7 @@ class HMC(MetropolisCorrector):
             p = p + (eps if i < n_leapfrog - 1 else 0.5 * eps) * _down(path.grad_log_prob(ev_y, t), metric)
         kinetic = lambda m: 0.5 * (m * m).sum(-1).to(torch.float64)  # noqa: E731
         log_alpha = path.log_prob(ev_y, t) - kinetic(p) - path.log_prob(ev, t) + kinetic(p0)
-        return Proposal(y, ev_y, log_alpha)
+        return Proposal(y, ev_y, log_alpha, momentum=p)
 
 
 #: The golden ratio's fractional part: ``frac(k * phi)`` spreads evenly over [0, 1).
