@@ -103,7 +103,11 @@ def ours_smc(name: str, n: int, kernel: str, seed: int, dim: int | None = None) 
 
 
 def ours_chains(n_draws: int, n_warmup: int, seed: int) -> Measurement:
-    """Our ``hmc`` chains (R = 4) on the funnel."""
+    """Our ``hmc`` chains (R = 4) on the funnel, ``N_LEAPFROG`` steps per iteration as BlackJAX's.
+
+    ``trajectory="fixed"``: the default ChEES chains vary their lengths, which would compare a
+    different per-iteration workload.
+    """
     res = sampler.sample(
         "funnel",
         method="hmc",
@@ -113,6 +117,7 @@ def ours_chains(n_draws: int, n_warmup: int, seed: int) -> Measurement:
         dtype="float32",
         n_warmup=n_warmup,
         n_leapfrog=N_LEAPFROG,
+        trajectory="fixed",
     )
     return Measurement(res.n_grad_evals, res.wall_time)
 
