@@ -122,6 +122,10 @@ def test_chees_chains_share_one_step_size_and_count_every_leapfrog_step():
     assert torch.all(steps == steps[:, :1])
     n_leapfrog = res.stats["n_leapfrog"][:, 0]
     assert res.n_grad_evals == 4 * (int(n_leapfrog.sum()) + 1)
+    summary = sampler.summary(res)
+    assert summary.values["leapfrog_per_iteration"] == pytest.approx(float(n_leapfrog[200:].mean()))
+    assert summary.values["trajectory_length"] == pytest.approx(float(res.stats["trajectory_length"][-1, 0]))
+    assert "trajectory length" in str(summary)
 
 
 def test_fixed_trajectories_stay_available():

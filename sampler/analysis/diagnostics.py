@@ -54,7 +54,8 @@ def summary(result: Result, target: Any = None) -> Summary:
 
     R-hat and bulk ESS compare the replicas (or MCMC chains) coordinate by coordinate; the
     table shows the worst coordinate. Weight ESS and Pareto k describe the importance weights
-    of the particles before the final resampling.
+    of the particles before the final resampling. Chains with an adapted trajectory (``hmc``'s
+    ChEES) add its final length and the mean leapfrog steps per kept iteration.
 
     Pass the ``target`` that was sampled to add, when it exposes ``modes`` ``(K, d)`` and the
     result has at least 2 replicas, the mode-weight concentration: a Dirichlet fitted (by the
@@ -102,6 +103,17 @@ def summary(result: Result, target: Any = None) -> Summary:
             acc, label = float(torch.nanmean(stats["acceptance"][-1])), "acceptance (last step)"
         v["acceptance"] = acc
         rows.append((label, _fmt(acc, ".3f")))
+    if "trajectory_length" in stats and "warmup" in stats:  # chains with an adapted trajectory (ChEES)
+        kept_steps = stats["n_leapfrog"][stats["warmup"][:, 0] == 0]
+        v["trajectory_length"] = float(stats["trajectory_length"][-1].mean())
+        v["leapfrog_per_iteration"] = float(kept_steps.mean()) if kept_steps.numel() else math.nan
+        rows.append(
+            (
+                "trajectory length",
+                f"{v['trajectory_length']:.3g} (whitened; "
+                f"{_fmt(v['leapfrog_per_iteration'], '.1f')} leapfrog steps per iteration after warm-up)",
+            )
+        )
     v.update(
         steps=len(result.steps),
         n_target_evals=result.n_target_evals,
