@@ -63,7 +63,7 @@ TRAJECTORIES = ("chees", "fixed")
 
 #: The harmonic-mean acceptance ChEES chains tune their shared step size to by default. The
 #: paper's 0.651 (optimal on Gaussians) leaves the chains short of the centered eight schools'
-#: funnel neck and the GP's narrow regions (posteriors suite: 7-8 of 10 posteriors on every seed
+#: funnel neck and the GP's narrow regions (posteriors suite: 7 of 10 posteriors on every seed
 #: at 0.651, all 10 at 0.9, for 1.1-2.5x the gradients; docs/posteriors.md).
 CHEES_TARGET_ACCEPTANCE = 0.9
 
