@@ -46,3 +46,19 @@ class Interrupting(sampler.BoltzmannTarget):
         if self.at is not None and self.calls == self.at:
             raise KeyboardInterrupt
         return super().log_prob_and_grad(x)
+
+
+def run_and_resume(tmp_path, at: int, method: str, options: dict, **common):
+    """``(full, resumed)``: a seeded run of ``method`` on :class:`Interrupting` straight through,
+    and the same run interrupted at the ``at``-th gradient call and resumed from its checkpoint.
+
+    ``options`` are the method's (they rebuild it for the resume); ``common`` the run's
+    (``n_particles``, ``n_replicas``, ``seed``, ...).
+    """
+    full = sampler.sample(Interrupting(None), method=method, **common, **options)
+    ck = tmp_path / "run.ckpt"
+    with pytest.raises(sampler.errors.Interrupted) as info:
+        sampler.sample(Interrupting(at), method=method, checkpoint=ck, **common, **options)
+    assert 0 < info.value.step
+    resumed = sampler.method(method, **options).resume(ck, Interrupting(None), progress=False)
+    return full, resumed

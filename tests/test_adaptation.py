@@ -20,7 +20,7 @@ from sampler.schedules import Linear
 from sampler_plugins.mcmc.chains import warmup_windows
 from sampler_plugins.mcmc.kernels import HMC, MALA, particle_metric
 
-from conftest import Interrupting
+from conftest import run_and_resume
 
 DTYPE = torch.float64
 D = 4
@@ -244,14 +244,9 @@ def test_chains_warmup_on_correlated_gaussian(method):
 )
 def test_resume_with_metric_state_equals_uninterrupted(tmp_path, settings, at):
     """Checkpoints carry the kernel's metric, the warm-up window and the fitted reference, bit for bit."""
-    common = dict(n_replicas=2, seed=5, dtype=DTYPE, progress=False, **settings)
-    full = sampler.sample(Interrupting(None), **common)
-    ck = tmp_path / "run.ckpt"
-    with pytest.raises(sampler.errors.Interrupted) as info:
-        sampler.sample(Interrupting(at), checkpoint=ck, **common)
-    assert 0 < info.value.step
     method_options = {k: v for k, v in settings.items() if k not in ("method", "n_particles")}
-    resumed = sampler.method(settings["method"], **method_options).resume(ck, Interrupting(None), progress=False)
+    common = dict(n_particles=settings["n_particles"], n_replicas=2, seed=5, dtype=DTYPE, progress=False)
+    full, resumed = run_and_resume(tmp_path, at, settings["method"], method_options, **common)
     assert torch.equal(resumed.samples, full.samples)
     assert (resumed.n_target_evals, resumed.n_grad_evals) == (full.n_target_evals, full.n_grad_evals)
     assert resumed.options == full.options

@@ -21,7 +21,7 @@ from sampler.ext import Linear
 from sampler_plugins.flow_smc.flow import CouplingFlow, coupling_masks, fit_flow, weighted_base
 from sampler_plugins.flow_smc.latent import CrossFittedFlow, FlowPreconditioned
 
-from conftest import Interrupting
+from conftest import run_and_resume
 
 DTYPE = torch.float64
 
@@ -292,13 +292,9 @@ def test_flow_smc_log_Z_and_moments_of_a_correlated_gaussian():
 @pytest.mark.parametrize("split", ["adaptive", "fixed"])
 def test_flow_smc_resumes_bit_for_bit(tmp_path, split):
     """Checkpoints carry the flows and both kinds of sweeps' step sizes."""
-    common = dict(method="flow-smc", n_particles=60, n_replicas=2, seed=9, dtype=DTYPE, progress=False)
+    common = dict(n_particles=60, n_replicas=2, seed=9, dtype=DTYPE, progress=False)
     options = dict(n_fit=10, n_refit=3, n_steps=2, plain_steps=1, schedule=Linear(5), reference="prior", split=split)
-    full = sampler.sample(Interrupting(None), **common, **options)
-    ck = tmp_path / "run.ckpt"
-    with pytest.raises(sampler.errors.Interrupted):
-        sampler.sample(Interrupting(8), checkpoint=ck, **common, **options)
-    resumed = sampler.method("flow-smc", **options).resume(ck, Interrupting(None), progress=False)
+    full, resumed = run_and_resume(tmp_path, 8, "flow-smc", options, **common)
     assert torch.equal(resumed.samples, full.samples)
     assert torch.equal(resumed.log_Z_per_replica, full.log_Z_per_replica)
 

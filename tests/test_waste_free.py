@@ -20,7 +20,7 @@ from sampler.ext import Linear
 from sampler_plugins.mcmc.kernels import particle_metric
 from sampler_plugins.mcmc.waste_free import WasteFree
 
-from conftest import Interrupting
+from conftest import Interrupting, run_and_resume
 
 DTYPE = torch.float64
 
@@ -150,15 +150,11 @@ def test_cost_per_temperature_is_about_n_kernel_sweeps():
 
 
 def test_seeded_runs_repeat_and_resume_bit_for_bit(tmp_path):
-    common = dict(method="smc", n_particles=60, n_replicas=2, seed=9, dtype=DTYPE, progress=False)
+    common = dict(n_particles=60, n_replicas=2, seed=9, dtype=DTYPE, progress=False)
     options = dict(waste_free=4, kernel="hmc", n_leapfrog=3, jitter=0.5, schedule=Linear(5), reference="prior")
-    full = sampler.sample(Interrupting(None), **common, **options)
-    again = sampler.sample(Interrupting(None), **common, **options)
+    full, resumed = run_and_resume(tmp_path, 30, "smc", options, **common)
+    again = sampler.sample(Interrupting(None), method="smc", **common, **options)
     assert torch.equal(again.samples, full.samples)
-    ck = tmp_path / "run.ckpt"
-    with pytest.raises(sampler.errors.Interrupted):
-        sampler.sample(Interrupting(8), checkpoint=ck, **common, **options)
-    resumed = sampler.method("smc", **options).resume(ck, Interrupting(None), progress=False)
     assert torch.equal(resumed.samples, full.samples)
     assert torch.equal(resumed.log_Z_per_replica, full.log_Z_per_replica)
 

@@ -326,8 +326,6 @@ class MCMCChains:
         """
         kernel, chees, k = cast(HMC, self.kernel), aux["chees"], ctx.step - 1
         x, ev = particles.x, particles.evaluation
-        if not ev.has_grad:
-            ev = ctx.path.evaluate(x, grad=True)
         eps = kstate.step_size
         n, h = chees.n_leapfrog(k, float(eps.mean()), self.max_leapfrog)
         options: dict[str, Any] = {"n_leapfrog": n}

@@ -11,7 +11,7 @@ estimate of the criterion's derivative with respect to ``log T``:
     g_i = h_k T (|z'_i - mean z'|^2 - |z_i - mean z|^2) ((z'_i - mean z') . p'_i),
 
 averaged over the chains with their acceptance probabilities as weights (``z'``, ``p'`` the
-proposal's position and whitened momentum; ``mean z'`` acceptance-weighted). ``log T`` ascends
+proposal's position and whitened momentum; the caller chooses the centre). ``log T`` ascends
 it with Adam without momentum (beta_2 = 0.95, as the paper), each update clipped to ±0.35 and
 scaled by ``m^{-1/2}`` at the m-th update, so the length settles as warm-up ends. After warm-up
 T is frozen and the Halton jitter continues: the number of leapfrog steps of an iteration
@@ -46,9 +46,7 @@ def halton(k: int, base: int = 2) -> float:
     return out
 
 
-def chees_gradient(
-    z0: Tensor, z1: Tensor, p1: Tensor, log_alpha: Tensor, scale: float, center: Tensor | None = None
-) -> Tensor:
+def chees_gradient(z0: Tensor, z1: Tensor, p1: Tensor, log_alpha: Tensor, scale: float, center: Tensor) -> Tensor:
     """The acceptance-weighted ChEES gradient estimate, a float64 scalar.
 
     Args:
@@ -57,8 +55,9 @@ def chees_gradient(
         p1: ``(C, d)`` the proposals' whitened momenta.
         log_alpha: ``(C,)`` log acceptance probabilities (``-inf`` for a divergence).
         scale: ``h_k T``, the derivative of this iteration's trajectory length in ``log T``.
-        center: ``(d,)`` whitened estimate of the posterior mean both positions are centred at;
-            ``None``: the chains' own means (acceptance-weighted for the proposals), as the paper.
+        center: ``(d,)`` whitened estimate of the posterior mean both positions are centred at
+            (the paper centres at the chains' own means; :class:`~sampler_plugins.mcmc.chains.MCMCChains`
+            passes a running mean, docs/methods.md says why).
 
     Chains whose proposal is not finite get weight 0; with no weight at all the estimate is 0.
     """
@@ -70,11 +69,8 @@ def chees_gradient(
         return torch.zeros((), dtype=torch.float64, device=z0.device)
     z1 = torch.where(finite[:, None], z1, torch.zeros_like(z1))
     p1 = torch.where(finite[:, None], p1, torch.zeros_like(p1))
-    if center is None:
-        c1, c0 = z1 - (w[:, None] * z1).sum(0) / total, z0 - z0.mean(0)
-    else:
-        center = center.to(torch.float64)
-        c1, c0 = z1 - center, z0 - center
+    center = center.to(torch.float64)
+    c1, c0 = z1 - center, z0 - center
     g = scale * ((c1 * c1).sum(-1) - (c0 * c0).sum(-1)) * (c1 * p1).sum(-1)
     return (w * g).sum() / total
 

@@ -296,8 +296,6 @@ class MetropolisCorrector(Corrector):
         elsewhere (e.g. from more particles than it moves) calls this directly.
         """
         x, ev = particles.x, particles.evaluation
-        if self.needs_grad and not ev.has_grad:
-            ev = ctx.path.evaluate(x, grad=True)
         eps = state.step_size
         acceptance = torch.zeros_like(eps)
         for i in range(self.n_steps):
@@ -315,10 +313,13 @@ class MetropolisCorrector(Corrector):
     ) -> tuple[Tensor, PathEvaluation, Tensor, Proposal]:
         """One proposal from ``x`` ``(R, N, d)`` and its Metropolis accept/reject at pi_t.
 
-        ``eps`` and ``options`` are :meth:`propose`'s. Returns the new positions, their
-        evaluation, the float64 log acceptance probabilities ``(R, N)`` (NaN read as a
-        rejection, capped at 0) and the proposal itself.
+        ``eps`` and ``options`` are :meth:`propose`'s; ``ev`` is evaluated with its gradient first
+        if the kernel needs one and it has none. Returns the new positions, their evaluation, the
+        float64 log acceptance probabilities ``(R, N)`` (NaN read as a rejection, capped at 0)
+        and the proposal itself.
         """
+        if self.needs_grad and not ev.has_grad:
+            ev = ctx.path.evaluate(x, grad=True)
         prop = self.propose(x, ev, eps, ctx, **options)
         log_alpha = prop.log_alpha.to(torch.float64)
         log_alpha = log_alpha.masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
