@@ -11,15 +11,21 @@ matrices with ``phi`` replaced by ``phi'`` or ``phi''`` at the differentiated co
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from types import ModuleType
 
-import tntorch as tn
 import torch
 from torch import Tensor
 
 from sampler_plugins.tt_continuity.basis import BasisValues
 
 __all__ = ["FunctionalTT", "rank_caps", "core_matrices"]
+
+
+def _tntorch() -> ModuleType:
+    """``tntorch``, imported on first use: it imports scipy's FFT modules, 0.15 s of every start-up."""
+    return importlib.import_module("tntorch")
 
 
 def rank_caps(d: int, n: int, rank_max: int) -> list[int]:
@@ -53,7 +59,7 @@ class FunctionalTT:
         cores = [c for c in cores]
         if not cores or any(c.ndim != 4 for c in cores) or cores[0].shape[1] != 1 or cores[-1].shape[-1] != 1:
             raise ValueError("cores must be d >= 1 tensors (R, r_{j-1}, n, r_j) with r_0 = r_d = 1")
-        self.tt = tn.Tensor(cores, batch=True)
+        self.tt = _tntorch().Tensor(cores, batch=True)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -272,7 +278,7 @@ class FunctionalTT:
             return
         rounded = []
         for r in range(self.tt.cores[0].shape[0]):
-            t = tn.Tensor([c[r] for c in self.tt.cores])
+            t = _tntorch().Tensor([c[r] for c in self.tt.cores])
             t.round_tt(eps=eps, rmax=rank_max)
             rounded.append(t.cores)
         ranks = [max(rc[j].shape[-1] for rc in rounded) for j in range(self.dim - 1)]
@@ -286,4 +292,4 @@ class FunctionalTT:
                 pad[: c.shape[0], :, : c.shape[2]] = c
                 padded.append(pad)
             new.append(torch.stack(padded))
-        self.tt = tn.Tensor(new, batch=True)
+        self.tt = _tntorch().Tensor(new, batch=True)

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from sampler.core.laplace import N_STARTS, fit_laplace
 from sampler.core.paths import EvaluationCounter, GaussianReference, GeometricPath
-from sampler.io._arviz import pareto_k
+from sampler.core.psis import pareto_k
 from sampler.targets.base import Target
 
 __all__ = ["auto_reference", "AUTO_MAX_DIM", "AUTO_SCALE_RATIO", "AUTO_FAR", "AUTO_MAX_PARETO_K", "AUTO_CHECK_DRAWS"]
