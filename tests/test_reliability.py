@@ -41,6 +41,7 @@ def test_a_hopeless_run_says_so_first():
     assert text.startswith("WARNING: the replicas disagree")  # ... and the summary says so first
     assert "log Z estimates spread" in text and report.values["log_Z_spread"] > 1
     assert "n_steps=" in report.warnings[0]
+    assert "kernel='hmc', n_leapfrog=10" in report.warnings[0]  # MALA runs are also told of longer moves
 
 
 def test_the_advice_names_the_option_the_run_has():
@@ -49,6 +50,9 @@ def test_the_advice_names_the_option_the_run_has():
     res = sampler.sample(target, "smc", waste_free=2, n_particles=8, n_replicas=4, seed=0, progress=False)
     advice = sampler.summary(res).warnings[0]
     assert "waste_free=" in advice and "n_steps=" not in advice
+    hmc = sampler.sample(target, "smc", kernel="hmc", n_particles=8, n_replicas=4, seed=0, progress=False)
+    advice = sampler.summary(hmc).warnings[0]
+    assert "n_steps=" in advice and "kernel='hmc'" not in advice  # already HMC moves
 
 
 def test_a_good_run_has_no_warning():

@@ -179,12 +179,23 @@ def _warnings(result: Result, v: dict[str, Any]) -> tuple[str, ...]:
     rhat = v.get("rhat_max", math.nan)
     if not math.isnan(rhat) and rhat > RHAT_LIMIT:
         unit = "chains" if result.kind == "mcmc" else "replicas"
-        moves = "longer chains per stage: waste_free=" if "waste_free" in result.options else "n_steps="
+        if result.kind == "mcmc":
+            work = "longer chains and more warm-up"
+        elif "waste_free" in result.options:
+            work = "longer chains per stage: waste_free=; more particles"
+        else:
+            parts = ["more MCMC moves per stage: n_steps="] if "n_steps" in result.options else []
+            if result.method == "smc" and result.options.get("kernel") == "mala":
+                # n_steps alone may not do: MALA's local steps never crossed the centered eight
+                # schools' funnel (n_steps=100 failed), 10-step HMC moves did (docs/posteriors.md).
+                parts.append(
+                    "longer moves, which cross funnels that MALA's local steps do not: kernel='hmc', n_leapfrog=10"
+                )
+            work = "; ".join([*parts, "more particles"])
         out.append(
             f"the {unit} disagree (R-hat {rhat:.3g} > {RHAT_LIMIT}): they did not reach one distribution, so the "
-            f"samples, moments and error bars are not to be trusted. Give the sampler more work (more MCMC moves "
-            f"per stage: {moves}; more particles; more warm-up for chains) or a reference closer to the target "
-            "(reference_loc=, reference_scale=)."
+            f"samples, moments and error bars are not to be trusted. Give the sampler more work ({work}) or a "
+            "reference closer to the target (reference_loc=, reference_scale=)."
         )
     lz = result.log_Z_per_replica
     if lz is not None and lz.numel() > 1:
