@@ -31,6 +31,14 @@ def tight_mixture() -> sampler.targets.GaussianMixture:
     return sampler.targets.GaussianMixture(np.stack([CENTRE - offset, CENTRE + offset]), std=S, name="tight")
 
 
+def informative_mixture() -> sampler.targets.GaussianMixture:
+    """Like :func:`tight_mixture` at sd 0.1 in d = 10, centred: within 100x of the N(0, I) prior's
+    scale in every direction, yet KL(Laplace, prior) = 10 ln 10 - 4.95 = 18 nats > 10."""
+    offset = np.zeros(10)
+    offset[0] = SHIFT * 0.1
+    return sampler.targets.GaussianMixture(np.stack([-offset, offset]), std=0.1, name="informative")
+
+
 def decide(target, **prior) -> str:
     counter = EvaluationCounter()
     _, used = auto_reference(
@@ -60,13 +68,45 @@ def test_laplace_fit_counts_other_maxima():
         (lambda: sampler.get_target("gaussian", dim=101), {}, "d = 101 > 100"),
         (tight_mixture, {}, "on the target's scale"),  # its own reference hints are on its scale
         (tight_mixture, {"loc": 0.0, "scale": 1.0}, "laplace (auto: one maximum"),
+        (informative_mixture, {"loc": 0.0, "scale": 1.0}, "laplace (auto: one maximum"),
+        (lambda: sampler.get_target("mustache"), {}, "on the target's scale"),  # KL 2.4 nats
     ],
-    ids=["gmm40", "double-well", "funnel", "gaussian", "high-dim", "tight-own-hints", "tight-vs-N(0,I)"],
+    ids=[
+        "gmm40",
+        "double-well",
+        "funnel",
+        "gaussian",
+        "high-dim",
+        "tight-own-hints",
+        "tight-vs-N(0,I)",
+        "informative-vs-N(0,I)",
+        "mustache",
+    ],
 )
 def test_auto_decides_and_says_why(target, prior, reason):
     used = decide(target(), **prior)
     assert reason in used
     assert used.startswith("laplace") == reason.startswith("laplace")
+
+
+def test_the_mismatch_measures_are_exact():
+    """The sd ratios are the whitened fit's singular values; the KL is torch.distributions'."""
+    from sampler.engine.auto_reference import _mismatch
+
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(4, 4, generator=gen, dtype=DTYPE)
+    tril = torch.linalg.cholesky(a @ a.T + 0.1 * torch.eye(4, dtype=DTYPE))
+    loc, prior_loc, prior_scale = torch.randn(4, generator=gen, dtype=DTYPE), 0.5, torch.tensor([1.0, 2.0, 0.5, 3.0])
+    fit = sampler.GaussianReference(4, loc=loc, scale_tril=tril)
+    prior = sampler.GaussianReference(4, loc=prior_loc, scale=prior_scale)
+    (low, high), distance, kl = _mismatch(prior, fit, torch.device("cpu"))
+    mvn = torch.distributions.MultivariateNormal
+    prior_mvn = mvn(torch.full((4,), prior_loc, dtype=DTYPE), scale_tril=torch.diag(prior_scale).to(DTYPE))
+    exact = torch.distributions.kl_divergence(mvn(loc, scale_tril=tril), prior_mvn)
+    assert kl == pytest.approx(float(exact), rel=1e-10)
+    sv = torch.linalg.svdvals(tril / prior_scale.to(DTYPE)[:, None])
+    assert (low, high) == pytest.approx((float(sv.min()), float(sv.max())), rel=1e-12)
+    assert distance == pytest.approx(float(((loc - prior_loc) / prior_scale).norm()), rel=1e-12)
 
 
 def test_prior_fallback_leaves_the_run_unchanged_but_counts_the_fit():

@@ -457,7 +457,7 @@ def test_adaptive_schedule_out_of_steps_is_a_run_error():
     run-time failure, after work was done), not a ConfigurationError."""
     far = sampler.targets.Gaussian(mean=[4.0, -4.0], scale=0.3)  # needs many more than 2 stages
     with pytest.raises(RunError, match=r"max_steps=2 .*raise max_steps") as err:
-        sampler.sample(far, method="smc", schedule=Adaptive(0.5, max_steps=2), **SMALL)
+        sampler.sample(far, method="smc", schedule=Adaptive(0.5, max_steps=2), reference="prior", **SMALL)
     assert isinstance(err.value, SamplerError) and not isinstance(err.value, ConfigurationError)
     assert issubclass(NonFiniteError, RunError)
 
