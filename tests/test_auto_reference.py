@@ -12,7 +12,7 @@ import torch
 import sampler
 from sampler.core.laplace import fit_laplace
 from sampler.core.paths import EvaluationCounter
-from sampler.engine.auto_reference import auto_reference
+from sampler.engine.auto_reference import _mismatch, auto_reference
 from sampler.engine.pipeline import make_reference
 
 DTYPE = torch.float64
@@ -91,8 +91,6 @@ def test_auto_decides_and_says_why(target, prior, reason):
 
 def test_the_mismatch_measures_are_exact():
     """The sd ratios are the whitened fit's singular values; the KL is torch.distributions'."""
-    from sampler.engine.auto_reference import _mismatch
-
     gen = torch.Generator().manual_seed(3)
     a = torch.randn(4, 4, generator=gen, dtype=DTYPE)
     tril = torch.linalg.cholesky(a @ a.T + 0.1 * torch.eye(4, dtype=DTYPE))

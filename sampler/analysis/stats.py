@@ -85,18 +85,15 @@ def _ess(x: Tensor) -> Tensor:
     spectrum = torch.fft.rfft(centred, n=2 * n, dim=1)
     acov = torch.fft.irfft(spectrum * spectrum.conj(), n=2 * n, dim=1)[:, :n] / n  # (C, n, d)
     mean_acov = acov.mean(0)  # (n, d)
-    mean_var = mean_acov[0] * n / (n - 1)
-    var_plus = mean_var * (n - 1) / n
-    if n_chains > 1:
-        var_plus = var_plus + x.mean(1).var(0)
+    mean_var = mean_acov[0] * n / (n - 1)  # the mean within-chain variance W
+    var_plus = mean_acov[0] + (x.mean(1).var(0) if n_chains > 1 else 0.0)  # (n - 1) / n W + B / n
     rho = 1 - (mean_var - mean_acov) / var_plus
     rho[0] = 1.0
     # Pairs Γ_j = ρ_2j + ρ_2j+1, j = 0..j_max; the sum stops at the first Γ_J <= 0 (or j_max).
     j_max = max(0, (n - 3) // 2)
     pairs = rho[: 2 * j_max + 2].reshape(j_max + 1, 2, d).sum(1)  # (j_max + 1, d)
     stops = ~(pairs > 0)
-    first = torch.where(stops.any(0), stops.to(torch.int64).argmax(0), j_max)
-    last = first.clamp(max=j_max)  # J
+    last = torch.where(stops.any(0), stops.to(torch.int64).argmax(0), j_max)  # J
     monotone = pairs.cummin(0).values
     coords = torch.arange(d, device=x.device)
     taken = torch.arange(j_max + 1, device=x.device)[:, None] < last
