@@ -212,6 +212,18 @@ def test_hmc_chains_default_to_a_dense_metric_up_to_d_100():
     assert sampler.sample("gaussian", method="mala", **common).options["metric_used"] == "diag"
 
 
+@pytest.mark.parametrize("dim, kind", [(3, "dense"), (101, "diag")])
+def test_smc_auto_metric_is_dense_up_to_d_100(dim, kind):
+    """``smc`` with ``metric="auto"`` is the dense run bit for bit at d <= 100, the diagonal one
+    above (as the ``hmc`` chains' default); the default stays the identity."""
+    target = sampler.get_target("gaussian", dim=dim)
+    common = dict(method="smc", n_particles=16, n_replicas=2, seed=5, progress=False, schedule=Linear(3))
+    auto = sampler.sample(target, metric="auto", **common)
+    assert torch.equal(auto.samples, sampler.sample(target, metric=kind, **common).samples)
+    default = sampler.sample(target, **common)
+    assert torch.equal(default.samples, sampler.sample(target, metric="identity", **common).samples)
+
+
 @pytest.mark.parametrize("method", ["mala", "hmc"])
 def test_chains_warmup_on_correlated_gaussian(method):
     """Windowed dense adaptation: chains from the prior reach and sample a correlated Gaussian (cond ~ 1e2)."""

@@ -46,7 +46,14 @@ from sampler.ext import (
     reopen,
 )
 from sampler_plugins.mcmc.chees import ChEES, chees_gradient
-from sampler_plugins.mcmc.kernels import HMC, KernelState, MetropolisCorrector, regularized_metric, whiten
+from sampler_plugins.mcmc.kernels import (
+    HMC,
+    KernelState,
+    MetropolisCorrector,
+    auto_metric,
+    regularized_metric,
+    whiten,
+)
 
 
 class _Tunable(Protocol):
@@ -69,19 +76,6 @@ CHEES_TARGET_ACCEPTANCE = 0.9
 
 #: Memory of the running posterior-mean estimate ChEES centres at: about 1 / rate iterations.
 CHEES_CENTER_RATE = 0.02
-
-#: ``metric="auto"`` adapts a dense metric up to this dimension, a diagonal one above.
-AUTO_DENSE_MAX_DIM = 100
-
-
-def auto_metric(dim: int) -> str:
-    """The metric ``"auto"`` adapts in ``dim`` dimensions: ``"dense"`` up to d = 100, else ``"diag"``.
-
-    A dense metric whitens correlations a diagonal one leaves (the ridge of a regression's
-    intercept and slope); above a hundred dimensions its ``O(d^2)`` work per gradient and the
-    noise of a ``d x d`` covariance from the warm-up windows' draws outweigh that.
-    """
-    return "dense" if dim <= AUTO_DENSE_MAX_DIM else "diag"
 
 
 class MCMCChains:

@@ -44,8 +44,11 @@ from sampler.ext import (
 #: Adapted step sizes stay within these bounds (a stuck acceptance cannot drive them to 0 or inf).
 STEP_SIZE_BOUNDS = (1e-10, 1e10)
 
-#: The metrics a kernel can precondition with.
-METRICS = ("identity", "diag", "dense")
+#: The metrics a kernel can precondition with (``"auto"``: :func:`auto_metric` of the dimension).
+METRICS = ("identity", "diag", "dense", "auto")
+
+#: ``metric="auto"`` adapts a dense metric up to this dimension, a diagonal one above.
+AUTO_DENSE_MAX_DIM = 100
 
 #: Shrinkage pseudo-count of the dense metric toward its own diagonal: ``n / (n + 5)`` of the
 #: sample covariance plus ``5 / (n + 5)`` of its diagonal, with n the effective sample size
@@ -154,6 +157,17 @@ def regularized_metric(second: Tensor, n_eff: Tensor, kind: str) -> Tensor:
     return torch.where((info == 0)[..., None, None], tril, torch.diag_embed(var.sqrt()))
 
 
+def auto_metric(dim: int) -> str:
+    """The metric ``"auto"`` adapts in ``dim`` dimensions: ``"dense"`` up to d = 100, else ``"diag"``.
+
+    A dense metric whitens correlations a diagonal one leaves (the ridge of a regression's
+    intercept and slope, the centered eight schools' thetas and mu); above a hundred dimensions
+    its ``O(d^2)`` work per gradient and the noise of a ``d x d`` covariance estimated from the
+    particles (or a warm-up window's draws) outweigh that.
+    """
+    return "dense" if dim <= AUTO_DENSE_MAX_DIM else "diag"
+
+
 def reference_metric(reference: GaussianReference, kind: str, r: int, like: Tensor) -> Tensor | None:
     """The metric of ``kind`` from the reference's covariance, repeated for ``r`` replicas (``None``: identity)."""
     if kind == "identity":
@@ -190,8 +204,9 @@ class MetropolisCorrector(Corrector):
         adapt: adapt the step size between sweeps.
         adapt_rate: gain of the adaptation (default per kernel: 1 for MALA/ULA/RWMH, 0.3 for
             HMC, whose acceptance falls off a cliff as the step grows and would oscillate).
-        metric: ``"identity"``, ``"diag"`` or ``"dense"`` preconditioning (module docstring);
-            with ``adapt`` the metric is re-estimated from the particles at every ``apply``.
+        metric: ``"identity"``, ``"diag"`` or ``"dense"`` preconditioning (module docstring),
+            or ``"auto"`` (:func:`auto_metric`: dense up to d = 100, diagonal above); with
+            ``adapt`` the metric is re-estimated from the particles at every ``apply``.
     """
 
     default_acceptance: float = 0.5
@@ -246,9 +261,12 @@ class MetropolisCorrector(Corrector):
             scale = float(ctx.path.reference.scale.mean()) if self.metric == "identity" else 1.0
             eps = self.default_step_size(scale, particles.dim)
         step_size = torch.full((particles.n_replicas,), eps, dtype=torch.float64, device=particles.x.device)
-        return KernelState(
-            step_size, reference_metric(ctx.path.reference, self.metric, particles.n_replicas, particles.x)
-        )
+        kind = self.metric_kind(particles.dim)
+        return KernelState(step_size, reference_metric(ctx.path.reference, kind, particles.n_replicas, particles.x))
+
+    def metric_kind(self, dim: int) -> str:
+        """The metric this kernel uses in ``dim`` dimensions: ``metric``, with ``"auto"`` resolved."""
+        return auto_metric(dim) if self.metric == "auto" else self.metric
 
     def current_metric(self, particles: Particles, state: KernelState, ctx: StepContext) -> Tensor | None:
         """The metric of this ``apply``: from the particles (all N of them) if adapting, else the state's."""
@@ -257,7 +275,7 @@ class MetropolisCorrector(Corrector):
         if not self.adapt:
             return state.metric
         x = particles.x if ctx.shard is None else ctx.shard.gather(particles.x, "positions")
-        return particle_metric(x, ctx.global_log_weights(particles), self.metric)
+        return particle_metric(x, ctx.global_log_weights(particles), self.metric_kind(particles.dim))
 
     @abc.abstractmethod
     def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any) -> Proposal:
