@@ -12,7 +12,7 @@ import torch
 import sampler
 from sampler.core.laplace import fit_laplace
 from sampler.core.paths import EvaluationCounter
-from sampler.engine.auto_reference import _mismatch, auto_reference
+from sampler.engine.auto_reference import AUTO_CHECK_DRAWS, AUTO_WIDEN, _mismatch, auto_reference
 from sampler.engine.pipeline import make_reference
 
 DTYPE = torch.float64
@@ -37,6 +37,20 @@ def informative_mixture() -> sampler.targets.GaussianMixture:
     offset = np.zeros(10)
     offset[0] = SHIFT * 0.1
     return sampler.targets.GaussianMixture(np.stack([-offset, offset]), std=0.1, name="informative")
+
+
+def log_gamma() -> sampler.Target:
+    """``x_j = 2 + 0.01 log g_j``, ``g_j ~ Gamma(1/2, 1)`` iid, d = 3: unimodal, skewed (a long left
+    tail), normalized (log Z = 0), a hundred times tighter than the N(0, I) prior."""
+
+    def log_prob(x):
+        u = (x - LG_CENTRE) / LG_SCALE
+        return (LG_SHAPE * u - torch.exp(u) - math.lgamma(LG_SHAPE) - math.log(LG_SCALE)).sum(-1)
+
+    return sampler.target(log_prob=log_prob, dim=3, name="log-gamma", log_Z=0.0)
+
+
+LG_SHAPE, LG_SCALE, LG_CENTRE = 0.5, 1e-2, 2.0
 
 
 def decide(target, **prior) -> str:
@@ -87,6 +101,20 @@ def test_auto_decides_and_says_why(target, prior, reason):
     used = decide(target(), **prior)
     assert reason in used
     assert used.startswith("laplace") == reason.startswith("laplace")
+
+
+def test_where_the_fit_misses_mass_its_widened_gaussian_is_checked_and_taken():
+    """On the skewed log-gamma target the fit's Pareto k exceeds 0.7 for this seed's check draws,
+    and the fit widened 2x passes: the path starts at ``N(MAP, 4 H^{-1})``, and the reason says so."""
+    target = log_gamma()
+    prior = make_reference(target, 0.0, 1.0)
+    counter = EvaluationCounter()
+    ref, used = auto_reference(target, prior, counter, torch.Generator().manual_seed(2))
+    fit = fit_laplace(target, prior, EvaluationCounter(), torch.Generator().manual_seed(2))
+    assert used.startswith("laplace (auto: one maximum") and f"widened {AUTO_WIDEN:g}x: k" in used, used
+    np.testing.assert_array_equal(ref.loc, fit.reference.loc)
+    np.testing.assert_allclose(ref.scale_tril, AUTO_WIDEN * fit.reference.scale_tril, rtol=1e-15)
+    assert counter.target_evals >= 2 * AUTO_CHECK_DRAWS  # both checks' draws are counted
 
 
 def test_the_mismatch_measures_are_exact():
@@ -150,3 +178,26 @@ def test_default_smc_is_right_on_a_tight_non_gaussian_target():
     assert z_mean.max() < 4.5 and z_var.max() < 4.5, (z_mean, z_var)
     assert abs(res.log_Z - target.log_Z) < 4.5 * res.log_Z_stderr + 1e-12
     assert math.isfinite(res.log_Z_stderr) and res.log_Z_stderr < 0.05
+
+
+@pytest.mark.slow
+def test_default_smc_from_the_widened_fit_is_right_on_a_skewed_target():
+    """Default smc on the log-gamma target, with a seed whose check takes the widened fit: the exact
+    means, variances and log Z within 4.5 Monte Carlo sigma (as the test above; 16 replicas)."""
+    target = log_gamma()
+    r, n = 16, 500
+    res = sampler.sample(
+        target, method="smc", n_particles=n, n_replicas=r, seed=2, dtype=DTYPE, reference_loc=0.0, reference_scale=1.0
+    )
+    assert "widened" in res.options["reference"] and res.options["reference"].startswith("laplace")
+    x = res.samples.reshape(-1, 3).numpy()
+    # log g, g ~ Gamma(a): mean digamma(a), variance trigamma(a), 4th central moment psi_3(a) + 3 psi_1(a)^2
+    mean = LG_CENTRE + LG_SCALE * float(torch.special.digamma(torch.tensor(LG_SHAPE, dtype=DTYPE)))
+    psi1 = float(torch.special.polygamma(1, torch.tensor(LG_SHAPE, dtype=DTYPE)))
+    psi3 = float(torch.special.polygamma(3, torch.tensor(LG_SHAPE, dtype=DTYPE)))
+    var, mu4 = LG_SCALE**2 * psi1, LG_SCALE**4 * (psi3 + 3 * psi1**2)
+    m = r * n
+    z_mean = np.abs(x.mean(0) - mean) / math.sqrt(var / m)
+    z_var = np.abs(x.var(0) - var) / math.sqrt((mu4 - var**2) / m)
+    assert z_mean.max() < 4.5 and z_var.max() < 4.5, (z_mean, z_var)
+    assert abs(res.log_Z - 0.0) < 4.5 * res.log_Z_stderr, (res.log_Z, res.log_Z_stderr)
