@@ -63,8 +63,9 @@ def build_smc(
         schedule: a fixed :mod:`sampler.core.schedules` schedule instead of the adaptive one.
         reference: ``"auto"`` (default: the Laplace approximation ``N(MAP, H^{-1})`` if the
             target has d <= 100 and a single maximum from 8 L-BFGS starts, the prior misses the
-            fit's scale by more than 100x or its mode by more than 10 sds, and the fit covers
-            the target, Pareto k <= 0.7; the prior reference otherwise, e.g. on every
+            fit's scale by more than 100x, its mode by more than 10 sds or 10 nats of
+            information, and the fit covers the target, Pareto k <= 0.7 (else the fit widened
+            2x, if that covers it); the prior reference otherwise, e.g. on every
             multimodal target), ``"prior"`` (the target's hints or
             ``reference_loc``/``reference_scale``), ``"laplace"`` (always the Laplace fit) or
             ``"pilot"`` (moments of a short run); see :class:`~sampler.Pipeline`. What was used,

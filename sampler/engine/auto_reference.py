@@ -130,7 +130,7 @@ def auto_reference(
     k = _coverage(target, fit.reference, counter, generator, dtype)
     if k <= AUTO_MAX_PARETO_K:
         return fit.reference, f"laplace (auto: one maximum, {mismatch}, Pareto k {k:.2f})"
-    wide = widened(fit.reference, AUTO_WIDEN)
+    wide = _widened(fit.reference, AUTO_WIDEN)
     k_wide = _coverage(target, wide, counter, generator, dtype)
     if k_wide <= AUTO_MAX_PARETO_K:
         why = f"Pareto k {k:.2f}, widened {AUTO_WIDEN:g}x: k {k_wide:.2f}"
@@ -139,7 +139,7 @@ def auto_reference(
     return prior, f"prior (auto: the Laplace Gaussian misses target mass, {why})"
 
 
-def widened(reference: GaussianReference, factor: float) -> GaussianReference:
+def _widened(reference: GaussianReference, factor: float) -> GaussianReference:
     """``reference`` (a dense Gaussian) with its standard deviations multiplied by ``factor``."""
     assert reference.scale_tril is not None
     return GaussianReference(reference.dim, torch.as_tensor(reference.loc), scale_tril=factor * reference.scale_tril)
