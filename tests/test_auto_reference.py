@@ -39,6 +39,9 @@ def informative_mixture() -> sampler.targets.GaussianMixture:
     return sampler.targets.GaussianMixture(np.stack([-offset, offset]), std=0.1, name="informative")
 
 
+LG_SHAPE, LG_SCALE, LG_CENTRE = 0.5, 1e-2, 2.0  # the log-gamma target's shape, scale and centre
+
+
 def log_gamma() -> sampler.Target:
     """``x_j = 2 + 0.01 log g_j``, ``g_j ~ Gamma(1/2, 1)`` iid, d = 3: unimodal, skewed (a long left
     tail), normalized (log Z = 0), a hundred times tighter than the N(0, I) prior."""
@@ -48,9 +51,6 @@ def log_gamma() -> sampler.Target:
         return (LG_SHAPE * u - torch.exp(u) - math.lgamma(LG_SHAPE) - math.log(LG_SCALE)).sum(-1)
 
     return sampler.target(log_prob=log_prob, dim=3, name="log-gamma", log_Z=0.0)
-
-
-LG_SHAPE, LG_SCALE, LG_CENTRE = 0.5, 1e-2, 2.0
 
 
 def decide(target, **prior) -> str:

@@ -130,19 +130,13 @@ def auto_reference(
     k = _coverage(target, fit.reference, counter, generator, dtype)
     if k <= AUTO_MAX_PARETO_K:
         return fit.reference, f"laplace (auto: one maximum, {mismatch}, Pareto k {k:.2f})"
-    wide = _widened(fit.reference, AUTO_WIDEN)
+    assert fit.reference.scale_tril is not None  # a "dense" fit
+    wide = GaussianReference(d, torch.as_tensor(fit.reference.loc), scale_tril=AUTO_WIDEN * fit.reference.scale_tril)
     k_wide = _coverage(target, wide, counter, generator, dtype)
+    why = f"Pareto k {k:.2f}, widened {AUTO_WIDEN:g}x: k {k_wide:.2f}"
     if k_wide <= AUTO_MAX_PARETO_K:
-        why = f"Pareto k {k:.2f}, widened {AUTO_WIDEN:g}x: k {k_wide:.2f}"
         return wide, f"laplace (auto: one maximum, {mismatch}, {why})"
-    why = f"Pareto k {k:.2f}, widened {AUTO_WIDEN:g}x: {k_wide:.2f}"
     return prior, f"prior (auto: the Laplace Gaussian misses target mass, {why})"
-
-
-def _widened(reference: GaussianReference, factor: float) -> GaussianReference:
-    """``reference`` (a dense Gaussian) with its standard deviations multiplied by ``factor``."""
-    assert reference.scale_tril is not None
-    return GaussianReference(reference.dim, torch.as_tensor(reference.loc), scale_tril=factor * reference.scale_tril)
 
 
 def _mismatch(
