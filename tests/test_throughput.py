@@ -44,6 +44,22 @@ def test_every_case_runs_and_counts_gradients_without_peers(tmp_path):
     assert "torch" in (out / "results.md").read_text()
 
 
+def test_our_smc_starts_from_the_prior_reference_as_blackjax_does(monkeypatch):
+    """BlackJAX's SMC starts at the prior it is given: ours must not first fit smc's default Laplace reference."""
+    seen = []
+    real = sampler.sample
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(throughput.sampler, "sample", spy)
+    for name in throughput.SMC_TARGETS:
+        throughput.ours_smc(name, 50, "mala", seed=0)
+    assert [r.options["reference"] for r in seen] == ["prior"] * len(throughput.SMC_TARGETS)
+    assert all(list(r.options.get("reference_evals", [0, 0])) == [0, 0] for r in seen)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
