@@ -8,21 +8,21 @@ from typing import Any, cast
 import attrs
 import torch
 
+# Importing plotting and persistence registers Result.plot, to_arviz and save (sampler.core.result's
+# providers): results of sample() and resume() have them wherever this module was imported from.
+from sampler.analysis import plotting as _plotting  # noqa: F401
 from sampler.core.result import Result
 from sampler.core.runner import Resumable, Runner, capabilities_of
 from sampler.core.settings import _checked_device
 from sampler.core.threads import Threads, cpu_threads
+from sampler.defaults import DEFAULT_METHOD, DEFAULT_TARGET
 from sampler.errors import ConfigurationError
 from sampler.host.building import build, get_target, list_targets
+from sampler.io import persistence as _persistence  # noqa: F401
 from sampler.io.checkpoint import Checkpoint, build_metadata, read_checkpoint
 from sampler.targets.base import Target
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_TARGET", "sample", "resume"]
-
-#: Method used when none is named (``sampler run``, :func:`sample`).
-DEFAULT_METHOD = "smc"
-#: Target ``sampler run`` samples when none is named.
-DEFAULT_TARGET = "gmm40"
 
 
 def sample(

@@ -17,17 +17,18 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sampler
-from sampler.api import DEFAULT_METHOD, DEFAULT_TARGET
-from sampler.core.runner import capabilities_of
-from sampler.core.settings import _checked_device
-from sampler.core.threads import cpu_threads
-from sampler.engine import distributed
+from sampler.defaults import DEFAULT_METHOD, DEFAULT_TARGET
 from sampler.errors import ConfigurationError, Interrupted, SamplerError, TargetError
-from sampler.io.checkpoint import Checkpoint, CheckpointData, build_metadata, read_checkpoint
-from sampler.targets.base import Target
+
+if TYPE_CHECKING:
+    from sampler.io.checkpoint import CheckpointData
+    from sampler.targets.base import Target
+
+# Nothing above imports torch: ``sampler --help`` and argument errors answer at once, and each
+# command imports the layers it uses (torch with them).
 
 log = logging.getLogger("sampler")
 
@@ -77,6 +78,8 @@ def load_target(spec: str, options: dict[str, Any], dim: int | None = None) -> T
     ``Name`` may be a Target instance, a Target subclass or a factory (called with
     ``options``), or, with ``dim``, an energy function ``U(x)``.
     """
+    from sampler.targets.base import Target
+
     file, sep, attr = spec.rpartition(":")
     if not sep or not file.endswith(".py"):
         return sampler.get_target(spec, **options)
@@ -143,6 +146,8 @@ def _resume_target(args: argparse.Namespace, data: CheckpointData) -> Target | N
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from sampler.engine import distributed
+
     # Under torchrun (RANK, WORLD_SIZE, MASTER_ADDR set) join the process group: the particles of
     # a method that supports it are sharded over the ranks; rank 0 alone prints and writes files.
     started = not distributed.is_initialized() and distributed.init_from_env()
@@ -157,6 +162,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    from sampler.engine import distributed
+
     main = distributed.is_main_process()
     out = _checked_out(args.out) if args.out is not None else None
     try:
@@ -188,6 +195,12 @@ def _sample(args: argparse.Namespace, main: bool) -> tuple[sampler.Result, Targe
     Returns the result, the target, and whether the run was sharded (its particles' random
     streams split per particle, so one process repeats it only with ``--distributed``).
     """
+    from sampler.core.runner import capabilities_of
+    from sampler.core.settings import _checked_device
+    from sampler.core.threads import cpu_threads
+    from sampler.engine import distributed
+    from sampler.io.checkpoint import Checkpoint, build_metadata, read_checkpoint
+
     if args.resume:
         data = read_checkpoint(args.resume)
         log.info(
@@ -256,6 +269,8 @@ def _threads(text: str) -> int | str | None:
 
 def _resume_command(args: argparse.Namespace, checkpoint: str) -> str:
     """The command that resumes a run interrupted with its state saved in ``checkpoint``."""
+    from sampler.io.checkpoint import read_checkpoint
+
     spec = args.target
     if spec is None and args.resume:
         spec = read_checkpoint(args.resume).run.get("metadata", {}).get("target_spec")
@@ -651,6 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except SamplerError as exc:
+        from sampler.engine import distributed
+
         where = f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
         print(f"sampler: error{where}: {exc}", file=sys.stderr)
         return 2

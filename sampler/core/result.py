@@ -23,7 +23,8 @@ __all__ = ["StepStats", "Result", "pooled_log_Z", "provide"]
 #: What the layers above the core provide for :class:`Result`'s convenience methods, by name:
 #: ``"to_arviz"`` and ``"save"`` (:mod:`sampler.io.persistence`), ``"plot"``
 #: (:mod:`sampler.analysis.plotting`). They register themselves when imported, and
-#: ``import sampler`` imports them, so the core never imports a higher layer.
+#: :mod:`sampler.api` and the first use of any ``sampler.<name>`` import them, so the core never
+#: imports a higher layer.
 _PROVIDERS: dict[str, Callable[..., Any]] = {}
 
 
@@ -36,7 +37,9 @@ def _provided(name: str) -> Callable[..., Any]:
     try:
         return _PROVIDERS[name]
     except KeyError:
-        raise RuntimeError(f"Result.{name} needs the full package: import sampler") from None
+        raise RuntimeError(
+            f"Result.{name} is provided by the package's upper layers: use sampler.sample (or import sampler.api)"
+        ) from None
 
 
 @attrs.frozen
