@@ -49,6 +49,7 @@ for _module, _names in {
     "sampler.analysis.diagnostics": ("Summary", "summary"),
     "sampler.analysis.estimators": ("Estimator", "estimate", "estimator", "list_estimators"),
     "sampler.api": ("DEFAULT_METHOD", "DEFAULT_TARGET", "resume", "sample"),
+    "sampler.core.allocator": ("tune_cpu_allocator",),
     "sampler.core.particles": ("Particles",),
     "sampler.core.paths": ("GaussianReference", "GeometricPath", "PathEvaluation"),
     "sampler.core.result": ("Result", "StepStats"),
@@ -156,6 +157,7 @@ if TYPE_CHECKING:  # what type checkers and the API docs see
     from sampler.analysis.estimators import Estimator, estimate, estimator, list_estimators
     from sampler.api import DEFAULT_METHOD, DEFAULT_TARGET, resume, sample
     from sampler.core import paths, resampling, schedules
+    from sampler.core.allocator import tune_cpu_allocator
     from sampler.core.particles import Particles
     from sampler.core.paths import GaussianReference, GeometricPath, PathEvaluation
     from sampler.core.result import Result, StepStats
@@ -245,6 +247,7 @@ __all__ = [
     "targets",
     "target",
     "transport",
+    "tune_cpu_allocator",
     "__version__",
     "unregister_plugin",
 ]

@@ -146,8 +146,10 @@ def _resume_target(args: argparse.Namespace, data: CheckpointData) -> Target | N
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from sampler.core.allocator import tune_cpu_allocator
     from sampler.engine import distributed
 
+    tune_cpu_allocator()  # this process is ours: keep freed tensor memory for reuse
     # Under torchrun (RANK, WORLD_SIZE, MASTER_ADDR set) join the process group: the particles of
     # a method that supports it are sharded over the ranks; rank 0 alone prints and writes files.
     started = not distributed.is_initialized() and distributed.init_from_env()
@@ -367,6 +369,9 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from sampler.core.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as for `sampler run`: the benchmarks measure what the command line gives
     try:
         from sampler_benchmarks import DEFAULT_TARGETS, run_suite
     except ImportError as exc:  # pragma: no cover - only without the benchmarks package
