@@ -7,9 +7,10 @@ heap above its trim threshold. A run allocates and frees the same (R, N, d) and 
 buffers at every operation, so whenever a buffer falls on the wrong side of either threshold,
 each operation writes to pages the kernel must fault in and zero first. At N = 20,000 on gmm40
 ((N, 40) logits, 3.2 MB) that made ``smc``'s gradient rate vary by up to 2x from one process to
-the next (docs/benchmarks.md, "Throughput"). Fixing the thresholds at glibc's largest mmap threshold (32 MiB) and twice that
-for trimming (what glibc's own adaptation converges to) keeps such buffers on the heap for
-reuse; PyTorch's CPU performance guide recommends jemalloc or tcmalloc for the same reason.
+the next (docs/benchmarks.md, "Throughput"). Fixing the thresholds at glibc's largest mmap
+threshold (32 MiB) and twice that for trimming (what glibc's own adaptation converges to) keeps
+such buffers on the heap for reuse; PyTorch's CPU performance guide recommends jemalloc or
+tcmalloc for the same reason.
 
 The setting is process-wide and cannot be undone, so the library never applies it by itself:
 the ``sampler`` command line does (it owns its process), and a Python program may call
