@@ -6,6 +6,8 @@ measured in docs/benchmarks.md, never asserted here.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import subprocess
 import sys
 
@@ -88,3 +90,15 @@ def test_unknown_names_are_attribute_errors_and_dir_lists_the_api():
     from sampler.schedules import Adaptive
 
     assert Adaptive is sampler.core.schedules.Adaptive
+
+
+def test_the_lazy_table_the_static_imports_and_all_name_the_same_api():
+    """``_EXPORTS`` (what runs), the ``TYPE_CHECKING`` imports (what mypy and the docs see) and ``__all__`` agree."""
+    static = set()
+    for node in ast.walk(ast.parse(inspect.getsource(sampler))):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            static |= {alias.asname or alias.name for imp in node.body for alias in imp.names}  # type: ignore[attr-defined]
+    assert static == set(sampler._EXPORTS)
+    assert set(sampler.__all__) == set(sampler._EXPORTS) - {"plotting"} | {
+        "__version__"
+    }  # plotting: by its module name
