@@ -92,15 +92,22 @@ def _target(name: str, dim: int | None = None) -> sampler.Target:
     return sampler.get_target("gaussian", dim=dim) if name == "gaussian" else sampler.get_target(name)
 
 
-def ours_smc(name: str, n: int, kernel: str, seed: int, dim: int | None = None) -> Measurement:
+def ours_smc(name: str, n: int, kernel: str, seed: int, dim: int | None = None, compile: bool = False) -> Measurement:
     """Our ``smc`` with the case's settings; gradients and wall time from the result.
+
+    ``compile=True`` fuses the kernel's steps (the kernels' ``compile`` option).
 
     ``reference="prior"``: BlackJAX's SMC starts from the prior it is given (our prior
     reference), where ``smc``'s default ``"auto"`` first fits a Laplace approximation (L-BFGS;
     on the funnel 0.2 s of wall time that no BlackJAX step does, and a fit these targets reject).
     """
     options: dict[str, Any] = dict(
-        kernel=kernel, n_steps=N_MOVES, target_ess=TARGET_ESS, step_size=STEP_SIZES[name], reference="prior"
+        kernel=kernel,
+        n_steps=N_MOVES,
+        target_ess=TARGET_ESS,
+        step_size=STEP_SIZES[name],
+        reference="prior",
+        compile=compile,
     )
     if kernel == "hmc":
         options["n_leapfrog"] = N_LEAPFROG
@@ -110,7 +117,7 @@ def ours_smc(name: str, n: int, kernel: str, seed: int, dim: int | None = None) 
     return Measurement(res.n_grad_evals, res.wall_time)
 
 
-def ours_chains(n_draws: int, n_warmup: int, seed: int) -> Measurement:
+def ours_chains(n_draws: int, n_warmup: int, seed: int, compile: bool = False) -> Measurement:
     """Our ``hmc`` chains (R = 4) on the funnel, ``N_LEAPFROG`` steps per iteration as BlackJAX's.
 
     ``trajectory="fixed"``: the default ChEES chains vary their lengths, which would compare a
@@ -126,6 +133,7 @@ def ours_chains(n_draws: int, n_warmup: int, seed: int) -> Measurement:
         n_warmup=n_warmup,
         n_leapfrog=N_LEAPFROG,
         trajectory="fixed",
+        compile=compile,
     )
     return Measurement(res.n_grad_evals, res.wall_time)
 
@@ -277,12 +285,15 @@ def run_throughput(
     smc_sizes: Sequence[int] = SMC_SIZES,
     chain_draws: int = 1000,
     peers: bool | None = None,
+    compile: bool = False,
     progress: Callable[[str], None] | None = print,
 ) -> list[Row]:
     """Measure the ``cases`` (of :data:`CASES`), median of ``repeats`` seeds each; one :class:`Row` per case.
 
     ``peers=None`` compares with BlackJAX when it is installed (``True`` requires it). The chain
-    case runs ``chain_draws`` iterations after ``chain_draws // 2`` of warm-up.
+    case runs ``chain_draws`` iterations after ``chain_draws // 2`` of warm-up. ``compile=True``
+    runs our kernels with ``compile=True`` and, as BlackJAX's side, times each case's first run
+    (compilation included) apart from the measured ones.
 
     Raises:
         ConfigurationError: an unknown case, ``repeats < 1``, or ``peers=True`` without jax/blackjax.
@@ -298,7 +309,10 @@ def run_throughput(
     rows: list[Row] = []
 
     def measure(label: str, ours: Callable[[int], Measurement], peer: Callable[[int], Measurement]) -> tuple:
+        first = ours(repeats) if compile else None  # another seed; compiles the steps
         mine = _median([ours(seed) for seed in range(repeats)])
+        if first is not None:
+            mine = attrs.evolve(mine, compile_seconds=first.seconds)
         theirs = _median([peer(seed) for seed in range(repeats)]) if peers else None
         if progress is not None:
             other = f", blackjax {theirs.rate:,.0f}/s" if theirs is not None else ""
@@ -311,14 +325,14 @@ def run_throughput(
                 for kernel in ("hmc", "mala"):
                     mine, theirs = measure(
                         f"smc {kernel} {name} N={n}",
-                        lambda s, name=name, n=n, kernel=kernel: ours_smc(name, n, kernel, s),
+                        lambda s, name=name, n=n, kernel=kernel: ours_smc(name, n, kernel, s, compile=compile),
                         lambda s, name=name, n=n, kernel=kernel: blackjax_smc(name, n, kernel, s),
                     )
                     rows.append(Row("smc", name, kernel, n, _target(name).dim, mine, theirs))
     if "chains" in cases:
         mine, theirs = measure(
             "hmc chains funnel R=4",
-            lambda s: ours_chains(chain_draws, chain_draws // 2, s),
+            lambda s: ours_chains(chain_draws, chain_draws // 2, s, compile=compile),
             lambda s: blackjax_chains(chain_draws, chain_draws // 2, s),
         )
         rows.append(Row("chains", "funnel", "hmc", chain_draws, 10, mine, theirs))
@@ -329,7 +343,7 @@ def run_throughput(
                     continue
                 mine, theirs = measure(
                     f"sweep hmc gaussian d={d} N={n}",
-                    lambda s, n=n, d=d: ours_smc("gaussian", n, "hmc", s, dim=d),
+                    lambda s, n=n, d=d: ours_smc("gaussian", n, "hmc", s, dim=d, compile=compile),
                     lambda s, n=n, d=d: blackjax_smc("gaussian", n, "hmc", s, dim=d),
                 )
                 rows.append(Row("sweep", f"gaussian-{d}", "hmc", n, d, mine, theirs))
@@ -354,15 +368,16 @@ def machine() -> str:
 def markdown(rows: Sequence[Row]) -> str:
     """The table of docs/benchmarks.md."""
     lines = [
-        "| case | target | kernel | N | d | ours grads/s | BlackJAX grads/s (compile+run s) | ratio |",
+        "| case | target | kernel | N | d | ours grads/s [(compile+run s)] | BlackJAX grads/s (compile+run s) "
+        "| ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         peer = f"{r.peer.rate:,.0f} ({r.peer.compile_seconds:.1f})" if r.peer is not None else "n/a"
+        compiled = "" if math.isnan(r.ours.compile_seconds) else f" ({r.ours.compile_seconds:.1f})"
+        ours = f"{r.ours.rate:,.0f}{compiled}"
         ratio = "n/a" if r.peer is None else f"{r.ratio:.2f}" if r.ratio >= 0.01 else f"{r.ratio:.1e}"
-        lines.append(
-            f"| {r.case} | {r.target} | {r.kernel} | {r.n} | {r.dim} | {r.ours.rate:,.0f} | {peer} | {ratio} |"
-        )
+        lines.append(f"| {r.case} | {r.target} | {r.kernel} | {r.n} | {r.dim} | {ours} | {peer} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -383,9 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per case (median)")
     parser.add_argument("--max-n", type=int, default=max(SWEEP_SIZES), help="largest N of the sweep grid")
     parser.add_argument("--out", default=None, help="folder for results.json and results.md")
+    parser.add_argument("--compile", action="store_true", help="our kernels with compile=True")
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    rows = run_throughput(cases, repeats=args.repeats, sweep_sizes=[n for n in SWEEP_SIZES if n <= args.max_n])
+    sizes = [n for n in SWEEP_SIZES if n <= args.max_n]
+    rows = run_throughput(cases, repeats=args.repeats, sweep_sizes=sizes, compile=args.compile)
     print(f"\n{machine()}\n\n{markdown(rows)}")
     if args.out:
         write(rows, args.out)

@@ -438,10 +438,16 @@ def _bench_throughput(args: argparse.Namespace) -> int:
     from sampler_benchmarks import throughput
 
     if args.particles is not None or args.replicas is not None or args.methods or args.targets:
-        raise ConfigurationError("--suite throughput takes --cases, --seeds (repeats), --out and --quiet")
+        raise ConfigurationError(
+            "--suite throughput takes --cases, --seeds (repeats), -o compile=true, --out and --quiet"
+        )
+    options = _parse_options(args.option, "--option")
+    if set(options) - {"compile"}:
+        raise ConfigurationError(f"--suite throughput takes one option, compile=true|false; got {sorted(options)}")
     rows = throughput.run_throughput(
         _split(args.cases) or list(throughput.CASES),
         repeats=3 if args.seeds is None else args.seeds,
+        compile=bool(options.get("compile", False)),
         progress=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
     )
     print(f"{throughput.machine()}\n\n{throughput.markdown(rows)}")

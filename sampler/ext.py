@@ -11,7 +11,8 @@ What is here, by what a plugin does with it:
 * **Targets**: :class:`Target`, :class:`BoltzmannTarget`, :func:`as_target`.
 * **Particles and paths**: :class:`Particles` (``(R, N, d)`` positions, ``(R, N)`` float64 log
   weights), :func:`ess`, :class:`GeometricPath`, :class:`GaussianReference`,
-  :class:`PathEvaluation`, :class:`EvaluationCounter`.
+  :class:`PathEvaluation`, :class:`EvaluationCounter`; :func:`sanitized` (a target's values made
+  harmless, side-effect free, for kernels that evaluate the target in a compiled step).
 * **Steps**: :class:`Transport`, :class:`Corrector` (subclass one), :class:`StepContext`,
   :class:`StepOutput`; :func:`corrector`, :func:`transport` build registered ones by name.
 * **Schedules and resampling**: :class:`Schedule` and the built-in schedules,
@@ -40,7 +41,7 @@ from __future__ import annotations
 
 from sampler.analysis.metrics import nearest_mode, projected_energy_distances, random_directions, slicing_constant
 from sampler.core.particles import Particles, ess, random_halves
-from sampler.core.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation
+from sampler.core.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation, sanitized
 from sampler.core.resampling import get_scheme, systematic
 from sampler.core.result import Result, StepStats
 from sampler.core.runner import Capabilities, Runner
@@ -94,6 +95,7 @@ __all__ = [
     "GaussianReference",
     "Geometric",
     "GeometricPath",
+    "sanitized",
     "Interrupted",
     "Linear",
     "Loop",

@@ -81,9 +81,25 @@ def test_cli_suite_throughput_writes_the_table(tmp_path, capsys, monkeypatch):
     assert "| chains | funnel | hmc |" in printed and (out / "results.md").exists()
 
 
+def test_cli_compile_option_reaches_our_kernels_and_times_their_compilation(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(throughput, "peers_available", lambda: False)
+    calls = []
+
+    def fake(n_draws, n_warmup, seed, compile=False):
+        calls.append((seed, compile))
+        return throughput.Measurement(100, 9.0 if seed == 2 else 1.0)  # seed 2: the extra first run
+
+    monkeypatch.setattr(throughput, "ours_chains", fake)
+    argv = ["bench", "--suite", "throughput", "--cases", "chains", "--seeds", "2", "-o", "compile=true", "-q"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert calls == [(2, True), (0, True), (1, True)]
+    assert "| chains | funnel | hmc | 1000 | 10 | 100 (9.0) | n/a | n/a |" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["bench", "--suite", "throughput", "-o", "n_steps=3"], "takes one option, compile=true|false"),
         (["bench", "--cases", "smc"], "--cases applies to --suite throughput"),
         (["bench", "--suite", "throughput", "--methods", "smc"], "--suite throughput takes"),
         (["bench", "--suite", "throughput", "--cases", "nope"], "cases must be among"),

@@ -238,6 +238,25 @@ class PathEvaluation:
         )
 
 
+def sanitized(lp: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """A target's log density ``(...)`` and gradient ``(..., d)`` made harmless, and how many were not.
+
+    A NaN or +inf log density, or a non-finite gradient at a finite one, becomes ``-inf``
+    (weight 0) with a zero gradient. Returns the float64 log density, the gradient (``None`` if
+    ``g`` is) and the count ``()`` of such values. Free of side effects, so a compiled kernel
+    step can trace it.
+    """
+    lp = lp.to(torch.float64)
+    keep = torch.isfinite(lp)
+    if g is not None:
+        # (g * 0).sum(-1) is 0 exactly when every component is finite (NaN otherwise): the
+        # same test as isfinite(g).all(-1), which torch's CPU reduces 10x slower.
+        keep = keep & ((g * 0).sum(-1) == 0)
+        g = torch.where(keep[..., None], g, 0.0)
+    nonfinite = (~keep & (lp != -math.inf)).sum()
+    return torch.where(keep, lp, -math.inf), g, nonfinite
+
+
 class GeometricPath:
     """``log pi_t = (1 - t) log ref + t log target``, evaluated through cached components.
 
@@ -312,19 +331,11 @@ class GeometricPath:
     def _evaluation(self, x: Tensor, lp: Tensor, g: Tensor | None) -> PathEvaluation:
         """The evaluation at ``x`` from the target's checked ``lp`` ``(...)`` and gradient ``g``.
 
-        Non-finite values are counted and made harmless: a NaN or +inf log density, or a
-        non-finite gradient at a finite one, becomes ``-inf`` (weight 0) with a zero gradient.
-        Autograd graphs of ``lp`` and ``g`` are kept (subclasses that differentiate rely on it).
+        Non-finite values are counted and made harmless (:func:`sanitized`). Autograd graphs of
+        ``lp`` and ``g`` are kept (subclasses that differentiate rely on it).
         """
-        lp = lp.to(torch.float64)
-        keep = torch.isfinite(lp)
-        if g is not None:
-            # (g * 0).sum(-1) is 0 exactly when every component is finite (NaN otherwise): the
-            # same test as isfinite(g).all(-1), which torch's CPU reduces 10x slower.
-            keep = keep & ((g * 0).sum(-1) == 0)
-            g = torch.where(keep[..., None], g, 0.0)
-        self.counter.add_nonfinite((~keep & (lp != -math.inf)).sum())  # a tensor: no host sync per evaluation
-        lp = torch.where(keep, lp, -math.inf)
+        lp, g, nonfinite = sanitized(lp, g)
+        self.counter.add_nonfinite(nonfinite)  # a tensor: no host sync per evaluation
         return PathEvaluation(
             log_ref=self.reference.log_prob(x),
             log_target=lp,
@@ -332,9 +343,21 @@ class GeometricPath:
             grad_target=g,
         )
 
+    def count(self, x: Tensor, grad: bool, nonfinite: Tensor) -> None:
+        """Count one evaluation (with its gradient if ``grad``) at each point of ``x`` ``(..., d)``.
+
+        For kernels that evaluate the target themselves (a compiled leapfrog step) and pass the
+        count of non-finite values :func:`sanitized` returned.
+        """
+        n_points = x.numel() // max(x.shape[-1], 1)
+        self.counter.target_evals += n_points
+        if grad:
+            self.counter.grad_evals += n_points
+        self.counter.add_nonfinite(nonfinite)
+
     # -- the path at time t ---------------------------------------------------------------------
     @staticmethod
-    def _mix(ref: Tensor, tgt: Tensor, t: float | Tensor) -> Tensor:
+    def mix(ref: Tensor, tgt: Tensor, t: float | Tensor) -> Tensor:
         """``(1 - t) ref + t tgt``, exactly ``ref`` at t = 0 and ``tgt`` at t = 1 (even where one is -inf).
 
         ``t`` is a float or a per-replica tensor ``(R,)`` matching the first axis of ``ref``.
@@ -352,7 +375,7 @@ class GeometricPath:
     @classmethod
     def log_prob(cls, ev: PathEvaluation, t: float | Tensor) -> Tensor:
         """``log pi_t`` from cached components, float64 ``(R, N)``; ``t`` a float or ``(R,)``."""
-        return cls._mix(ev.log_ref, ev.log_target, t)
+        return cls.mix(ev.log_ref, ev.log_target, t)
 
     @classmethod
     def grad_log_prob(cls, ev: PathEvaluation, t: float | Tensor) -> Tensor:

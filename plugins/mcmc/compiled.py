@@ -1,0 +1,89 @@
+"""Compiled kernel steps: ``compile=True`` of :class:`~sampler_plugins.mcmc.kernels.HMC` and ``MALA``.
+
+Eager PyTorch dispatches every tensor operation of a leapfrog or Langevin step on its own: about
+forty per step, target included, each a few microseconds of dispatch and a full pass over the
+particles' memory. ``torch.compile`` (TorchInductor) fuses one step -- the move, the target's
+log density and gradient, the reference's, the non-finite guard, and the momentum update or the
+acceptance ratio -- into a few loops. The kernels write that step without side effects (the
+caller counts the evaluations and builds the :class:`~sampler.ext.PathEvaluation`):
+:func:`~sampler_plugins.mcmc.kernels.leapfrog_step` and
+:func:`~sampler_plugins.mcmc.kernels.mala_proposal`, one graph each for the built-in targets. A
+target whose code cannot be traced (Python control flow on tensor values, autograd inside)
+splits the graph and still runs.
+
+:class:`CompiledStep` compiles lazily at the first call (:func:`compiled_copy`: once per process,
+target class, dtype and kind of metric; several seconds on a CPU, which is why ``compile`` is
+off by default: it pays off on long runs and large N). Where compilation is unavailable (no C++
+compiler, an unsupported platform), or a compiled call fails, it warns once and the kernel runs
+eagerly from then on, with the same results in distribution: the compiled and eager steps
+compute the same quantities, up to floating-point rounding (``tests/test_compiled.py``).
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sampler.ext import GeometricPath
+
+
+class CompilationWarning(UserWarning):
+    """``compile=True`` could not compile a kernel step; the kernel runs eagerly instead."""
+
+
+#: ``torch.compile``d copies of the step functions, one per (function, target class).
+_COPIES: dict[tuple[Callable[..., Any], type], Callable[..., Any]] = {}
+
+
+def compiled_copy(function: Callable[..., Any], target_type: type) -> Callable[..., Any]:
+    """``torch.compile`` of a copy of ``function`` with its own code object, one per target class.
+
+    Dynamo keeps its compiled variants and their guards per code object. Sharing one between
+    target classes breaks: guards written for one class's attributes fail to evaluate on
+    another's (a ``KeyError`` from the guard, not a recompilation, in torch 2.13), and the
+    variants of every class would count against one ``recompile_limit``. Instances of one class
+    share their copy, so a process compiles once per class, dtype and kind of metric (and once
+    more, with dynamic shapes, when N changes).
+    """
+    key = (function, target_type)
+    if key not in _COPIES:
+        copy = types.FunctionType(
+            function.__code__.replace(), function.__globals__, function.__name__, function.__defaults__
+        )
+        copy.__qualname__ = f"{function.__qualname__}[{target_type.__qualname__}]"
+        _COPIES[key] = torch.compile(copy)
+    return _COPIES[key]
+
+
+class CompiledStep:
+    """A side-effect-free step function ``function(path, ...)``, compiled at its first call.
+
+    Calling it returns the function's result, or ``None`` when compilation is unavailable or
+    the compiled call failed (after one :class:`CompilationWarning`): the caller then runs its
+    eager code, which raises the target's own error if the target was at fault.
+    """
+
+    def __init__(self, function: Callable[..., tuple[Tensor, ...]]):
+        self.function = function
+        self.failed = False
+
+    def __call__(self, path: GeometricPath, *args: Any) -> tuple[Tensor, ...] | None:
+        if self.failed:
+            return None
+        try:
+            return compiled_copy(self.function, type(path.target))(path, *args)
+        except Exception as exc:  # noqa: BLE001 - any failure of the compiler falls back to eager
+            self.failed = True
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            warnings.warn(
+                f"compile=True: torch.compile of {self.function.__name__} failed "
+                f"({type(exc).__name__}: {first_line}); running eagerly",
+                CompilationWarning,
+                stacklevel=3,
+            )
+            return None
