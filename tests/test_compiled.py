@@ -125,3 +125,18 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
 def test_compile_is_refused_by_kernels_without_a_compiled_step():
     with pytest.raises(ConfigurationError, match="RWMH has no compiled step"):
         RWMH(compile=True)
+
+
+def test_a_new_run_with_another_reference_reuses_the_compiled_step():
+    """Per-run values (the reference's normalizer, the stage's time) are tensors, never compiled-in constants."""
+    import warnings
+
+    run = lambda scale: sampler.sample(  # noqa: E731
+        gaussian3(), method="smc", kernel="mala", n_particles=40, n_replicas=2, seed=1, dtype="float64",
+        reference="prior", reference_scale=scale, compile=True,
+    )  # fmt: skip
+    run(2.0)
+    with torch._dynamo.config.patch(error_on_recompile=True), warnings.catch_warnings():
+        warnings.simplefilter("error", CompilationWarning)
+        result = run(3.0)
+    assert math.isfinite(result.log_Z)

@@ -103,9 +103,14 @@ def whiten(x: Tensor, metric: Tensor | None) -> Tensor:
     return torch.linalg.solve_triangular(metric, x.transpose(-1, -2), upper=False).transpose(-1, -2)
 
 
-def _times(t: float | Tensor, x: Tensor) -> Tensor:
-    """The path time(s) as an ``(R,)`` float64 tensor on ``x``'s device (the compiled steps' ``t``)."""
-    return torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+def _step_constants(path: GeometricPath, t: float | Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The compiled steps' ``t`` (``(R,)`` float64) and ``log_norm`` (``()`` float64), on ``x``'s device.
+
+    Tensors, not Python floats: Dynamo would compile a float in as a constant, and compile again
+    at every stage's time and every run's reference.
+    """
+    times = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+    return times, torch.tensor(path.reference.log_norm, dtype=torch.float64, device=x.device)
 
 
 def _log_prob_and_grad(target: Target, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,17 +132,27 @@ def _log_prob_and_grad(target: Target, y: Tensor) -> tuple[Tensor, Tensor]:
     return lp, grad
 
 
-def _evaluate_uncounted(path: GeometricPath, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _evaluate_uncounted(
+    path: GeometricPath, y: Tensor, log_norm: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``log_ref, log_target, grad_ref, grad_target, nonfinite`` at ``y``: :meth:`GeometricPath.evaluate`'s
-    values without its checks and counts (the compiled steps' caller counts)."""
+    values without its checks and counts (the compiled steps' caller counts). ``log_norm`` is the
+    reference's :attr:`~sampler.ext.GaussianReference.log_norm` as a ``()`` float64 tensor."""
     lp, grad = _log_prob_and_grad(path.target, y)
     lp, g, nonfinite = sanitized(lp.detach(), grad.detach().to(y.dtype))
     assert g is not None
-    return path.reference.log_prob(y), lp, path.reference.grad_log_prob(y), g, nonfinite
+    return path.reference.log_kernel(y) + log_norm, lp, path.reference.grad_log_prob(y), g, nonfinite
 
 
 def leapfrog_step(
-    path: GeometricPath, y: Tensor, p: Tensor, eps: Tensor, kick: Tensor, metric: Tensor | None, t: Tensor
+    path: GeometricPath,
+    y: Tensor,
+    p: Tensor,
+    eps: Tensor,
+    kick: Tensor,
+    metric: Tensor | None,
+    t: Tensor,
+    log_norm: Tensor,
 ) -> tuple[Tensor, ...]:
     """HMC's leapfrog step after the first half kick, side-effect free (``compile=True`` compiles it).
 
@@ -150,13 +165,14 @@ def leapfrog_step(
             last step of a trajectory kicks by ``eps / 2``).
         metric: the factor ``L`` of :class:`KernelState` or ``None``.
         t: ``(R,)`` float64 path times.
+        log_norm: ``()`` float64, the reference's log normalizing constant.
 
     Returns:
         ``(y, p, log_ref, log_target, grad_ref, grad_target, nonfinite)``: the evaluation's four
         components and its count of non-finite values, for the caller to count.
     """
     y = y + eps * _up(p, metric)
-    log_ref, lp, grad_ref, g, nonfinite = _evaluate_uncounted(path, y)
+    log_ref, lp, grad_ref, g, nonfinite = _evaluate_uncounted(path, y, log_norm)
     p = p + kick * _down(torch.lerp(grad_ref, g, t.to(y.dtype)[:, None, None]), metric)
     return y, p, log_ref, lp, grad_ref, g, nonfinite
 
@@ -170,6 +186,7 @@ def mala_proposal(
     eps: Tensor,
     metric: Tensor | None,
     t: Tensor,
+    log_norm: Tensor,
 ) -> tuple[Tensor, ...]:
     """MALA's proposal and log acceptance ratio, side-effect free (``compile=True`` compiles it).
 
@@ -181,14 +198,14 @@ def mala_proposal(
             the gradient and log density of ``pi_t`` there.
         xi: ``(R, N, d)`` standard normal noise.
         eps: ``(R, 1, 1)`` (or ``(R, N, 1)``) step sizes; ``metric`` the factor ``L`` or ``None``.
-        t: ``(R,)`` float64 path times.
+        t: ``(R,)`` float64 path times; ``log_norm`` ``()`` float64 the reference's log normalizer.
 
     Returns:
         ``(y, log_ref, log_target, grad_ref, grad_target, nonfinite, log_alpha)``.
     """
     step = eps * xi + 0.5 * eps**2 * _down(grad_x, metric)
     y = x + _up(step, metric)
-    log_ref, lp, grad_ref, g, nonfinite = _evaluate_uncounted(path, y)
+    log_ref, lp, grad_ref, g, nonfinite = _evaluate_uncounted(path, y, log_norm)
     back = step + 0.5 * eps**2 * _down(torch.lerp(grad_ref, g, t.to(y.dtype)[:, None, None]), metric)
     eps64 = eps.to(torch.float64)[..., 0]
     log_q_bwd = -0.5 * (back * back).sum(-1).to(torch.float64) / eps64**2
@@ -507,7 +524,8 @@ class MALA(MetropolisCorrector):
         step = self._compiled_step(ctx)
         if step is not None:
             xi = self._noise(x, ctx)
-            out = step(path, x, path.grad_log_prob(ev, t), path.log_prob(ev, t), xi, eps, metric, _times(t, x))
+            grad_x, log_pi_x = path.grad_log_prob(ev, t), path.log_prob(ev, t)
+            out = step(path, x, grad_x, log_pi_x, xi, eps, metric, *_step_constants(path, t, x))
             if out is not None:
                 y, *parts, nonfinite, log_alpha = out
                 path.count(y, True, nonfinite)
@@ -633,9 +651,9 @@ class HMC(MetropolisCorrector):
         y, ev_y, done = x, ev, 0
         step = self._compiled_step(ctx)
         if step is not None:
-            tt, half = _times(t, x), 0.5 * eps
+            (times, log_norm), half = _step_constants(path, t, x), 0.5 * eps
             while done < n_leapfrog:
-                out = step(path, y, p, eps, eps if done < n_leapfrog - 1 else half, metric, tt)
+                out = step(path, y, p, eps, eps if done < n_leapfrog - 1 else half, metric, times, log_norm)
                 if out is None:  # compilation failed: the eager loop below takes over from here
                     break
                 y, p, *parts, nonfinite = out

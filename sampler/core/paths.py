@@ -116,6 +116,11 @@ class GaussianReference:
         z = torch.linalg.solve_triangular(tril, flat, upper=False)
         return z.T.reshape(diff.shape)
 
+    @property
+    def log_norm(self) -> float:
+        """The log normalizing constant: :meth:`log_prob` is ``log_kernel + log_norm``."""
+        return self._log_norm
+
     def log_prob(self, x: Tensor) -> Tensor:
         """Normalized log density, ``(...)`` in float64 for ``x`` ``(..., dim)``.
 
@@ -123,14 +128,22 @@ class GaussianReference:
         density at float32 positions, and no float64 copy of the particles), then converts the
         ``(...)`` result; a dense one whitens in float64.
         """
+        return self.log_kernel(x) + self._log_norm
+
+    def log_kernel(self, x: Tensor) -> Tensor:
+        """``-|L^{-1}(x - loc)|^2 / 2``, float64 ``(...)``: :meth:`log_prob` without the constant.
+
+        Compiled kernel steps add :attr:`log_norm` as a tensor, so that one compiled step serves
+        every reference of a kind (a Python float in the step would be compiled in as a constant).
+        """
         if self.scale_tril is not None:
             x64 = x.to(torch.float64)
             loc, tril = self._params(x64)
             z = self._whiten(x64 - loc, tril)
-            return -0.5 * (z**2).sum(-1) + self._log_norm
+            return -0.5 * (z**2).sum(-1)
         loc, _ = self._params(x)
         z = (x - loc) * self._inverse_scale(x)
-        return -0.5 * (z * z).sum(-1).to(torch.float64) + self._log_norm
+        return -0.5 * (z * z).sum(-1).to(torch.float64)
 
     def grad_log_prob(self, x: Tensor) -> Tensor:
         """Gradient ``-(x - loc) / scale**2`` (dense: ``-(L L^T)^{-1} (x - loc)``), ``(..., dim)`` in ``x``'s dtype."""
