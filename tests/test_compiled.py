@@ -18,7 +18,7 @@ import sampler
 from sampler.errors import ConfigurationError
 from sampler_plugins.mcmc import compiled
 from sampler_plugins.mcmc.compiled import CompilationWarning
-from sampler_plugins.mcmc.kernels import HMC, MALA, RWMH
+from sampler_plugins.mcmc.kernels import HMC, MALA, RWMH, ULA
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +38,12 @@ class AutogradGaussian3(sampler.Target):
         return self.gaussian.sample(n, generator, device, dtype)
 
 
-def _propose(kernel, particles, ctx, metric, seed: int):
-    """``kernel.propose`` from ``particles`` at the context's time, noise from a generator seeded ``seed``."""
+def _transition(kernel, particles, ctx, metric, seed: int):
+    """``kernel.transition`` from ``particles`` at the context's time, draws from a generator seeded ``seed``."""
     ctx.generator.manual_seed(seed)
-    eps = torch.full((particles.n_replicas, 1, 1), 0.3, dtype=particles.x.dtype)
+    eps = torch.full((particles.n_replicas, 1, 1), 1.2, dtype=particles.x.dtype)  # large: some moves rejected
     options = {} if metric is None else {"metric": metric}
-    return kernel.propose(particles.x, particles.evaluation, eps, ctx, **options)
+    return kernel.transition(particles.x, particles.evaluation, eps, ctx, **options)
 
 
 @pytest.mark.parametrize(
@@ -63,20 +63,24 @@ def test_compiled_steps_compute_the_eager_proposals(kernel_type, metric_kind, t,
     eager, fused = kernel_type(), kernel_type(compile=True)
     counter = ctx.path.counter
     before = (counter.target_evals, counter.grad_evals)
-    a = _propose(eager, particles, ctx, metric, seed=11)
+    a = _transition(eager, particles, ctx, metric, seed=11)
     mid = (counter.target_evals, counter.grad_evals)
-    b = _propose(fused, particles, ctx, metric, seed=11)
+    b = _transition(fused, particles, ctx, metric, seed=11)
     after = (counter.target_evals, counter.grad_evals)
     assert not fused._compiled.failed
     # the same number of evaluations, counted
     assert [m - s for m, s in zip(mid, before)] == [e - m for e, m in zip(after, mid)] != [0, 0]
     close = dict(rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(b.x, a.x, **close)
-    torch.testing.assert_close(b.log_alpha, a.log_alpha, **close)
+    (x_a, ev_a, log_alpha_a, prop_a), (x_b, ev_b, log_alpha_b, prop_b) = a, b
+    moved = (x_a != particles.x).any(-1)
+    assert 0 < int(moved.sum()) < moved.numel()  # the choice matters: some moves accepted, some not
+    for got, expected in ((x_b, x_a), (log_alpha_b, log_alpha_a), (prop_b.x, prop_a.x)):
+        torch.testing.assert_close(got, expected, **close)
     for field in ("log_ref", "log_target", "grad_ref", "grad_target"):
-        torch.testing.assert_close(getattr(b.evaluation, field), getattr(a.evaluation, field), **close)
+        torch.testing.assert_close(getattr(ev_b, field), getattr(ev_a, field), **close)
+        torch.testing.assert_close(getattr(prop_b.evaluation, field), getattr(prop_a.evaluation, field), **close)
     if kernel_type is HMC:
-        torch.testing.assert_close(b.momentum, a.momentum, **close)
+        torch.testing.assert_close(prop_b.momentum, prop_a.momentum, **close)
 
 
 def test_compiled_hmc_leaves_a_gaussian_invariant():
@@ -122,9 +126,10 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     assert math.isfinite(float(fallback.samples.sum()))
 
 
-def test_compile_is_refused_by_kernels_without_a_compiled_step():
-    with pytest.raises(ConfigurationError, match="RWMH has no compiled step"):
-        RWMH(compile=True)
+@pytest.mark.parametrize("kernel_type", [RWMH, ULA])
+def test_compile_is_refused_by_kernels_without_a_compiled_step(kernel_type):
+    with pytest.raises(ConfigurationError, match=f"{kernel_type.__name__} has no compiled step"):
+        kernel_type(compile=True)
 
 
 def test_a_new_run_with_another_reference_reuses_the_compiled_step():

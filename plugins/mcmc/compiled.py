@@ -3,11 +3,11 @@
 Eager PyTorch dispatches every tensor operation of a leapfrog or Langevin step on its own: about
 forty per step, target included, each a few microseconds of dispatch and a full pass over the
 particles' memory. ``torch.compile`` (TorchInductor) fuses one step -- the move, the target's
-log density and gradient, the reference's, the non-finite guard, and the momentum update or the
-acceptance ratio -- into a few loops. The kernels write that step without side effects (the
+log density and gradient, the reference's, the non-finite guard, and the momentum update or
+MALA's acceptance ratio and Metropolis choice -- into a few loops. The kernels write that step without side effects (the
 caller counts the evaluations and builds the :class:`~sampler.ext.PathEvaluation`):
 :func:`~sampler_plugins.mcmc.kernels.leapfrog_step` and
-:func:`~sampler_plugins.mcmc.kernels.mala_proposal`, one graph each for the built-in targets. A
+:func:`~sampler_plugins.mcmc.kernels.mala_transition`, one graph each for the built-in targets. A
 target whose code cannot be traced (Python control flow on tensor values, autograd inside)
 splits the graph and still runs.
 

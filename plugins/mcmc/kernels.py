@@ -177,6 +177,60 @@ def leapfrog_step(
     return y, p, log_ref, lp, grad_ref, g, nonfinite
 
 
+def hmc_choice(
+    path: GeometricPath,
+    x: Tensor,
+    ev_x: tuple[Tensor, Tensor, Tensor, Tensor],
+    y: Tensor,
+    ev_y: tuple[Tensor, Tensor, Tensor, Tensor],
+    p0: Tensor,
+    p: Tensor,
+    u: Tensor,
+    t: Tensor,
+) -> tuple[Tensor, ...]:
+    """HMC's Metropolis choice at the end of a trajectory, side-effect free (``compile=True`` compiles it).
+
+    Args:
+        path: a plain :class:`GeometricPath` (unused; every compiled step takes it first).
+        x, y: ``(R, N, d)`` the start and the end of the trajectory; ``ev_x``, ``ev_y`` their
+            evaluations' ``(log_ref, log_target, grad_ref, grad_target)``.
+        p0, p: ``(R, N, d)`` the whitened momenta at the start and the end.
+        u: ``(R, N)`` float64 uniforms; ``t`` ``(R,)`` float64 path times.
+
+    Returns:
+        ``(x', log_ref', log_target', grad_ref', grad_target', log_alpha)``: the chosen state,
+        its evaluation and the cleaned log acceptance probabilities (:func:`clean_log_alpha`).
+    """
+    kinetic_0 = 0.5 * (p0 * p0).sum(-1).to(torch.float64)
+    kinetic = 0.5 * (p * p).sum(-1).to(torch.float64)
+    log_pi_y, log_pi_x = GeometricPath.mix(ev_y[0], ev_y[1], t), GeometricPath.mix(ev_x[0], ev_x[1], t)
+    log_alpha = clean_log_alpha(log_pi_y - kinetic - log_pi_x + kinetic_0)
+    return *_choose(torch.log(u) < log_alpha, (y, *ev_y), (x, *ev_x)), log_alpha
+
+
+def _hmc_log_alpha(
+    path: GeometricPath, ev: PathEvaluation, ev_y: PathEvaluation, p0: Tensor, p: Tensor, t: float | Tensor
+) -> Tensor:
+    """HMC's log acceptance ratio ``(R, N)`` float64: the change of ``log pi_t`` minus that of the kinetic energy."""
+    kinetic = lambda m: 0.5 * (m * m).sum(-1).to(torch.float64)  # noqa: E731
+    return path.log_prob(ev_y, t) - kinetic(p) - path.log_prob(ev, t) + kinetic(p0)
+
+
+def _metropolis_choice(
+    x: Tensor, ev: PathEvaluation, prop: Proposal, u: Tensor
+) -> tuple[Tensor, PathEvaluation, Tensor]:
+    """The Metropolis choice between ``x`` and ``prop`` with uniforms ``u`` ``(R, N)``: new state, evaluation, and
+    the cleaned log acceptance probabilities (:func:`clean_log_alpha`)."""
+    log_alpha = clean_log_alpha(prop.log_alpha)
+    accept = torch.log(u) < log_alpha
+    return torch.where(accept[..., None], prop.x, x), prop.evaluation.where(accept, ev), log_alpha
+
+
+def _choose(accept: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...]) -> list[Tensor]:
+    """``new`` where ``accept`` ``(R, N)`` holds, ``old`` elsewhere, for tensors ``(R, N)`` or ``(R, N, d)``."""
+    return [torch.where(accept[..., None] if a.ndim > accept.ndim else accept, a, b) for a, b in zip(new, old)]
+
+
 def mala_proposal(
     path: GeometricPath,
     x: Tensor,
@@ -212,6 +266,49 @@ def mala_proposal(
     log_q_fwd = -0.5 * (xi * xi).sum(-1).to(torch.float64)
     log_alpha = GeometricPath.mix(log_ref, lp, t) - log_pi_x + log_q_bwd - log_q_fwd
     return y, log_ref, lp, grad_ref, g, nonfinite, log_alpha
+
+
+def mala_transition(
+    path: GeometricPath,
+    x: Tensor,
+    ev_x: tuple[Tensor, Tensor, Tensor, Tensor],
+    xi: Tensor,
+    u: Tensor,
+    eps: Tensor,
+    metric: Tensor | None,
+    t: Tensor,
+    log_norm: Tensor,
+) -> tuple[Tensor, ...]:
+    """One MALA transition, proposal and Metropolis choice, side-effect free (``compile=True`` compiles it).
+
+    The same arithmetic as :meth:`MetropolisCorrector.transition` with :meth:`MALA.propose`.
+
+    Args:
+        path: a plain :class:`GeometricPath`.
+        x: ``(R, N, d)`` positions; ``ev_x`` their evaluation's ``(log_ref, log_target,
+            grad_ref, grad_target)``.
+        xi: ``(R, N, d)`` standard normal noise; ``u`` ``(R, N)`` float64 uniforms.
+        eps, metric, t, log_norm: as in :func:`mala_proposal`.
+
+    Returns:
+        ``(x', log_ref', log_target', grad_ref', grad_target', log_alpha, y, log_ref_y,
+        log_target_y, grad_ref_y, grad_target_y, nonfinite)``: the chosen state and its
+        evaluation, the cleaned log acceptance probabilities (:func:`clean_log_alpha`), the
+        proposal and its evaluation, and the proposal's count of non-finite values.
+    """
+    log_ref, log_target, grad_ref, grad_target = ev_x
+    grad_x = torch.lerp(grad_ref, grad_target, t.to(x.dtype)[:, None, None])
+    log_pi_x = GeometricPath.mix(log_ref, log_target, t)
+    y, *ev_y, nonfinite, log_alpha = mala_proposal(path, x, grad_x, log_pi_x, xi, eps, metric, t, log_norm)
+    log_alpha = clean_log_alpha(log_alpha)
+    chosen = _choose(torch.log(u) < log_alpha, (y, *ev_y), (x, *ev_x))
+    return *chosen, log_alpha, y, *ev_y, nonfinite
+
+
+def clean_log_alpha(log_alpha: Tensor) -> Tensor:
+    """Log acceptance probabilities ``(R, N)`` as float64, NaN read as a rejection (``-inf``), capped at 0."""
+    log_alpha = log_alpha.to(torch.float64)
+    return log_alpha.masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
 
 
 def weighted_moments(x: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -323,7 +420,7 @@ class MetropolisCorrector(Corrector):
             or ``"auto"`` (:func:`auto_metric`: dense up to d = 100, diagonal above); with
             ``adapt`` the metric is re-estimated from the particles at every ``apply``.
         step_jitter: randomize each particle's step size by ``exp(step_jitter (2u - 1))``.
-        compile: fuse each step with ``torch.compile`` (HMC, MALA, ULA;
+        compile: fuse each step with ``torch.compile`` (HMC and MALA;
             :mod:`sampler_plugins.mcmc.compiled`): several seconds to compile at a run's first
             step, then 1.5-2x the gradient rate on the CPU; falls back to eager with a warning
             where compilation is unavailable.
@@ -350,7 +447,7 @@ class MetropolisCorrector(Corrector):
     ):
         check_positive_int("n_steps", n_steps)
         if compile and self.compiled_function is None:
-            raise ConfigurationError(f"compile=True: {type(self).__name__} has no compiled step (HMC, MALA and ULA do)")
+            raise ConfigurationError(f"compile=True: {type(self).__name__} has no compiled step (HMC and MALA do)")
         self.compile = bool(compile)
         #: Built lazily per kernel object: each run's first proposal compiles it (see the module
         #: sampler_plugins.mcmc.compiled); used only on a plain GeometricPath.
@@ -468,16 +565,10 @@ class MetropolisCorrector(Corrector):
         if self.needs_grad and not ev.has_grad:
             ev = ctx.path.evaluate(x, grad=True)
         prop = self.propose(x, ev, eps, ctx, **options)
-        log_alpha = prop.log_alpha.to(torch.float64)
-        log_alpha = log_alpha.masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
-        if self.metropolis:
-            u = ctx.rand(log_alpha.shape, torch.float64, x.device)
-            accept = torch.log(u) < log_alpha
-            x = torch.where(accept[..., None], prop.x, x)
-            ev = prop.evaluation.where(accept, ev)
-        else:
-            x, ev = prop.x, prop.evaluation
-        return x, ev, log_alpha, prop
+        if not self.metropolis:
+            return prop.x, prop.evaluation, clean_log_alpha(prop.log_alpha), prop
+        u = ctx.rand(prop.log_alpha.shape, torch.float64, x.device)
+        return (*_metropolis_choice(x, ev, prop, u), prop)
 
     # -- helpers shared by the kernels ---------------------------------------------------------------
     def _compiled_step(self, ctx: StepContext) -> CompiledStep | None:
@@ -513,7 +604,7 @@ class MALA(MetropolisCorrector):
 
     needs_grad = True
     default_acceptance = 0.574
-    compiled_function = staticmethod(mala_proposal)
+    compiled_function: Any = staticmethod(mala_transition)
 
     def default_step_size(self, scale: float, dim: int) -> float:
         return 1.65 * scale * dim ** (-1 / 6)
@@ -521,16 +612,6 @@ class MALA(MetropolisCorrector):
     def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any) -> Proposal:
         path, t = ctx.path, ctx.t
         metric = kwargs.get("metric")
-        step = self._compiled_step(ctx)
-        if step is not None:
-            xi = self._noise(x, ctx)
-            grad_x, log_pi_x = path.grad_log_prob(ev, t), path.log_prob(ev, t)
-            out = step(path, x, grad_x, log_pi_x, xi, eps, metric, *_step_constants(path, t, x))
-            if out is not None:
-                y, *parts, nonfinite, log_alpha = out
-                path.count(y, True, nonfinite)
-                return Proposal(y, PathEvaluation(*parts), log_alpha)
-            return self._propose_whitened(x, ev, eps, ctx, metric, xi)
         if metric is not None:
             return self._propose_whitened(x, ev, eps, ctx, metric)
         fwd_mean = _langevin_mean(x, path.grad_log_prob(ev, t), eps)
@@ -539,6 +620,29 @@ class MALA(MetropolisCorrector):
         bwd_mean = _langevin_mean(y, path.grad_log_prob(ev_y, t), eps)
         log_alpha = path.log_prob(ev_y, t) - path.log_prob(ev, t) + _log_q(x, bwd_mean, eps) - _log_q(y, fwd_mean, eps)
         return Proposal(y, ev_y, log_alpha)
+
+    def transition(
+        self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **options: Any
+    ) -> tuple[Tensor, PathEvaluation, Tensor, Proposal]:
+        """:meth:`MetropolisCorrector.transition`; with ``compile=True`` one compiled :func:`mala_transition`.
+
+        The noise and the uniforms are drawn in the eager order (noise, then uniforms), so a
+        compiled run draws the same random numbers as an eager one.
+        """
+        step = self._compiled_step(ctx)
+        if step is None or not ev.has_grad:
+            return super().transition(x, ev, eps, ctx, **options)
+        path, metric = ctx.path, options.get("metric")
+        xi = self._noise(x, ctx)
+        u = ctx.rand(x.shape[:-1], torch.float64, x.device)
+        parts = (ev.log_ref, ev.log_target, ev.grad_ref, ev.grad_target)
+        out = step(path, x, parts, xi, u, eps, metric, *_step_constants(path, ctx.t, x))
+        if out is None:  # compilation failed: the same transition, eagerly, with the same draws
+            prop = self._propose_whitened(x, ev, eps, ctx, metric, xi)
+            return (*_metropolis_choice(x, ev, prop, u), prop)
+        x1, ev1, log_alpha, y, ev_y, nonfinite = out[0], out[1:5], out[5], out[6], out[7:11], out[11]
+        path.count(y, True, nonfinite)
+        return x1, PathEvaluation(*ev1), log_alpha, Proposal(y, PathEvaluation(*ev_y), log_alpha)
 
     def _propose_whitened(
         self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, metric: Tensor | None, xi=None
@@ -572,6 +676,8 @@ class ULA(MALA):
     """
 
     metropolis = False
+    #: ULA moves without a Metropolis choice: MALA's compiled transition does not apply.
+    compiled_function = None
 
 
 class RWMH(MetropolisCorrector):
@@ -604,7 +710,7 @@ class HMC(MetropolisCorrector):
     needs_grad = True
     default_acceptance = 0.65
     default_adapt_rate = 0.3
-    compiled_function = staticmethod(leapfrog_step)
+    compiled_function: Any = staticmethod(leapfrog_step)
 
     def __init__(
         self,
@@ -621,6 +727,7 @@ class HMC(MetropolisCorrector):
     ):
         super().__init__(n_steps, step_size, target_acceptance, adapt, adapt_rate, metric, step_jitter, compile)
         self.n_leapfrog = check_positive_int("n_leapfrog", n_leapfrog)
+        self._choice = CompiledStep(hmc_choice)
         if not 0.0 <= jitter < 1.0:
             raise ConfigurationError(f"jitter must lie in [0, 1), got {jitter!r}")
         self.jitter = float(jitter)
@@ -643,6 +750,16 @@ class HMC(MetropolisCorrector):
 
     def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any) -> Proposal:
         """Leapfrog in whitened coordinates: ``x += eps L p``, ``p += eps L^T grad`` (``L = I`` by default)."""
+        y, ev_y, p0, p = self._trajectory(x, ev, eps, ctx, **kwargs)
+        return Proposal(y, ev_y, _hmc_log_alpha(ctx.path, ev, ev_y, p0, p, ctx.t), momentum=p)
+
+    def _trajectory(
+        self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any
+    ) -> tuple[Tensor, PathEvaluation, Tensor, Tensor]:
+        """The leapfrog trajectory from ``x`` with fresh momentum: end point, its evaluation, start and end momenta.
+
+        With ``compile=True`` each step after the first half kick is one compiled :func:`leapfrog_step`.
+        """
         path, t = ctx.path, ctx.t
         metric = kwargs.get("metric")
         n_leapfrog = kwargs.get("n_leapfrog") or self.trajectory_length(kwargs.get("sweep", 0))
@@ -663,9 +780,25 @@ class HMC(MetropolisCorrector):
             y = y + eps * _up(p, metric)
             ev_y = self._evaluate(y, ctx)
             p = p + (eps if i < n_leapfrog - 1 else 0.5 * eps) * _down(path.grad_log_prob(ev_y, t), metric)
-        kinetic = lambda m: 0.5 * (m * m).sum(-1).to(torch.float64)  # noqa: E731
-        log_alpha = path.log_prob(ev_y, t) - kinetic(p) - path.log_prob(ev, t) + kinetic(p0)
-        return Proposal(y, ev_y, log_alpha, momentum=p)
+        return y, ev_y, p0, p
+
+    def transition(
+        self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **options: Any
+    ) -> tuple[Tensor, PathEvaluation, Tensor, Proposal]:
+        """:meth:`MetropolisCorrector.transition`; with ``compile=True`` the trajectory's compiled steps, then one
+        compiled :func:`hmc_choice` (the eager order of random draws: momentum, then uniforms)."""
+        if self._compiled_step(ctx) is None or self._choice.failed or not ev.has_grad:
+            return super().transition(x, ev, eps, ctx, **options)
+        y, ev_y, p0, p = self._trajectory(x, ev, eps, ctx, **options)
+        u = ctx.rand(x.shape[:-1], torch.float64, x.device)
+        parts_x = (ev.log_ref, ev.log_target, ev.grad_ref, ev.grad_target)
+        parts_y = (ev_y.log_ref, ev_y.log_target, ev_y.grad_ref, ev_y.grad_target)
+        out = self._choice(ctx.path, x, parts_x, y, parts_y, p0, p, u, _step_constants(ctx.path, ctx.t, x)[0])
+        if out is None:  # compilation failed: the same choice, eagerly, with the same draws
+            prop = Proposal(y, ev_y, _hmc_log_alpha(ctx.path, ev, ev_y, p0, p, ctx.t), momentum=p)
+            return (*_metropolis_choice(x, ev, prop, u), prop)
+        log_alpha = out[5]
+        return out[0], PathEvaluation(*out[1:5]), log_alpha, Proposal(y, ev_y, log_alpha, momentum=p)
 
 
 #: The golden ratio's fractional part: ``frac(k * phi)`` spreads evenly over [0, 1).
