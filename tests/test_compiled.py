@@ -9,6 +9,8 @@ rounding (float64 here; inductor may reorder sums). Each test compiles at most o
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -112,6 +114,17 @@ def test_compiled_runs_are_reproducible_and_count_as_eager_ones():
     assert first.n_grad_evals == eager.n_grad_evals == 2 * 60 * 3  # 2 chains x 60 iterations x 3 leapfrog steps
     assert first.n_target_evals == eager.n_target_evals
     assert first.options["compile"] is True
+
+
+def test_the_callers_distribution_validation_survives_the_first_compilation():
+    """Dynamo turns torch.distributions' validation off for the process when it first compiles; we give it back."""
+    code = (
+        "import torch, sampler\n"
+        "sampler.sample('gaussian', method='smc', kernel='mala', n_particles=20, n_replicas=1, seed=0, compile=True)\n"
+        "print(torch.distributions.Distribution._validate_args)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert done.stdout.split() == ["True"]
 
 
 def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):

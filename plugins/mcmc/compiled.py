@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from sampler.ext import GeometricPath
 
@@ -75,6 +76,11 @@ class CompiledStep:
     def __call__(self, path: GeometricPath, *args: Any) -> tuple[Tensor, ...] | None:
         if self.failed:
             return None
+        # Dynamo turns torch.distributions' argument validation off for the whole process when it
+        # first compiles (torch/_dynamo/eval_frame.py); keep it off only while a step runs, as
+        # sampler.model does, and give the caller's setting back
+        validate = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
         try:
             return compiled_copy(self.function, type(path.target))(path, *args)
         except Exception as exc:  # noqa: BLE001 - any failure of the compiler falls back to eager
@@ -87,3 +93,5 @@ class CompiledStep:
                 stacklevel=3,
             )
             return None
+        finally:
+            Distribution.set_default_validate_args(validate)
