@@ -3,13 +3,14 @@
 Eager PyTorch dispatches every tensor operation of a leapfrog or Langevin step on its own: about
 forty per step, target included, each a few microseconds of dispatch and a full pass over the
 particles' memory. ``torch.compile`` (TorchInductor) fuses one step -- the move, the target's
-log density and gradient, the reference's, the non-finite guard, and the momentum update or
-MALA's acceptance ratio and Metropolis choice -- into a few loops. The kernels write that step without side effects (the
-caller counts the evaluations and builds the :class:`~sampler.ext.PathEvaluation`):
-:func:`~sampler_plugins.mcmc.kernels.leapfrog_step` and
-:func:`~sampler_plugins.mcmc.kernels.mala_transition`, one graph each for the built-in targets. A
-target whose code cannot be traced (Python control flow on tensor values, autograd inside)
-splits the graph and still runs.
+log density and gradient, the reference's, the non-finite guard, and the momentum update or the
+acceptance ratio and Metropolis choice -- into a few loops. The kernels write these steps without
+side effects (the caller counts the evaluations and builds the
+:class:`~sampler.ext.PathEvaluation`): :func:`~sampler_plugins.mcmc.kernels.leapfrog_step` and
+:func:`~sampler_plugins.mcmc.kernels.hmc_choice` for HMC,
+:func:`~sampler_plugins.mcmc.kernels.mala_transition` for MALA, one graph each for the built-in
+targets. A target whose code cannot be traced (Python control flow on tensor values) splits the
+graph and still runs.
 
 :class:`CompiledStep` compiles lazily at the first call (:func:`compiled_copy`: once per process,
 target class, dtype and kind of metric; several seconds on a CPU, which is why ``compile`` is

@@ -135,9 +135,12 @@ def _log_prob_and_grad(target: Target, y: Tensor) -> tuple[Tensor, Tensor]:
 def _evaluate_uncounted(
     path: GeometricPath, y: Tensor, log_norm: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``log_ref, log_target, grad_ref, grad_target, nonfinite`` at ``y``: :meth:`GeometricPath.evaluate`'s
-    values without its checks and counts (the compiled steps' caller counts). ``log_norm`` is the
-    reference's :attr:`~sampler.ext.GaussianReference.log_norm` as a ``()`` float64 tensor."""
+    """``log_ref, log_target, grad_ref, grad_target, nonfinite`` at ``y``, side-effect free.
+
+    :meth:`GeometricPath.evaluate`'s values without its checks and counts (the compiled steps'
+    caller counts). ``log_norm`` is the reference's :attr:`~sampler.ext.GaussianReference.log_norm`
+    as a ``()`` float64 tensor.
+    """
     lp, grad = _log_prob_and_grad(path.target, y)
     lp, g, nonfinite = sanitized(lp.detach(), grad.detach().to(y.dtype))
     assert g is not None
@@ -219,8 +222,11 @@ def _hmc_log_alpha(
 def _metropolis_choice(
     x: Tensor, ev: PathEvaluation, prop: Proposal, u: Tensor
 ) -> tuple[Tensor, PathEvaluation, Tensor]:
-    """The Metropolis choice between ``x`` and ``prop`` with uniforms ``u`` ``(R, N)``: new state, evaluation, and
-    the cleaned log acceptance probabilities (:func:`clean_log_alpha`)."""
+    """The Metropolis choice between ``x`` and ``prop`` with uniforms ``u`` ``(R, N)``.
+
+    Returns the new state, its evaluation, and the cleaned log acceptance probabilities
+    (:func:`clean_log_alpha`).
+    """
     log_alpha = clean_log_alpha(prop.log_alpha)
     accept = torch.log(u) < log_alpha
     return torch.where(accept[..., None], prop.x, x), prop.evaluation.where(accept, ev), log_alpha
@@ -421,9 +427,9 @@ class MetropolisCorrector(Corrector):
             ``adapt`` the metric is re-estimated from the particles at every ``apply``.
         step_jitter: randomize each particle's step size by ``exp(step_jitter (2u - 1))``.
         compile: fuse each step with ``torch.compile`` (HMC and MALA;
-            :mod:`sampler_plugins.mcmc.compiled`): several seconds to compile at a run's first
-            step, then 1.5-2x the gradient rate on the CPU; falls back to eager with a warning
-            where compilation is unavailable.
+            :mod:`sampler_plugins.mcmc.compiled`): seconds to compile at the first step of a
+            process, then 1.1-2.7x the gradient rate on the CPU (docs/methods.md); falls back
+            to eager with a warning where compilation is unavailable.
     """
 
     default_acceptance: float = 0.5
@@ -449,7 +455,7 @@ class MetropolisCorrector(Corrector):
         if compile and self.compiled_function is None:
             raise ConfigurationError(f"compile=True: {type(self).__name__} has no compiled step (HMC and MALA do)")
         self.compile = bool(compile)
-        #: Built lazily per kernel object: each run's first proposal compiles it (see the module
+        #: Compiled at its first call, once per target class in a process (the module
         #: sampler_plugins.mcmc.compiled); used only on a plain GeometricPath.
         self._compiled = CompiledStep(self.compiled_function) if compile and self.compiled_function else None
         if not (0.0 <= step_jitter and math.isfinite(step_jitter)):
@@ -727,6 +733,7 @@ class HMC(MetropolisCorrector):
     ):
         super().__init__(n_steps, step_size, target_acceptance, adapt, adapt_rate, metric, step_jitter, compile)
         self.n_leapfrog = check_positive_int("n_leapfrog", n_leapfrog)
+        #: HMC's second compiled function: the Metropolis choice after the trajectory.
         self._choice = CompiledStep(hmc_choice)
         if not 0.0 <= jitter < 1.0:
             raise ConfigurationError(f"jitter must lie in [0, 1), got {jitter!r}")
@@ -785,8 +792,11 @@ class HMC(MetropolisCorrector):
     def transition(
         self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **options: Any
     ) -> tuple[Tensor, PathEvaluation, Tensor, Proposal]:
-        """:meth:`MetropolisCorrector.transition`; with ``compile=True`` the trajectory's compiled steps, then one
-        compiled :func:`hmc_choice` (the eager order of random draws: momentum, then uniforms)."""
+        """:meth:`MetropolisCorrector.transition`; with ``compile=True`` compiled steps and a compiled choice.
+
+        The trajectory's compiled :func:`leapfrog_step` calls, then one compiled :func:`hmc_choice`,
+        with the random draws in the eager order (momentum, then uniforms).
+        """
         if self._compiled_step(ctx) is None or self._choice.failed or not ev.has_grad:
             return super().transition(x, ev, eps, ctx, **options)
         y, ev_y, p0, p = self._trajectory(x, ev, eps, ctx, **options)
