@@ -428,7 +428,7 @@ class MetropolisCorrector(Corrector):
         step_jitter: randomize each particle's step size by ``exp(step_jitter (2u - 1))``.
         compile: fuse each step with ``torch.compile`` (HMC and MALA;
             :mod:`sampler_plugins.mcmc.compiled`): seconds to compile at the first step of a
-            process, then 1.1-2.7x the gradient rate on the CPU (docs/methods.md); falls back
+            process, then 1.2-4.3x the gradient rate on the CPU (docs/methods.md); falls back
             to eager with a warning where compilation is unavailable.
     """
 
