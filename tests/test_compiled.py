@@ -45,14 +45,21 @@ def _transition(kernel, particles, ctx, metric, seed: int):
     ctx.generator.manual_seed(seed)
     eps = torch.full((particles.n_replicas, 1, 1), 1.2, dtype=particles.x.dtype)  # large: some moves rejected
     options = {} if metric is None else {"metric": metric}
+    if getattr(kernel, "jitter", 0.0) > 0.0:
+        options["sweep"] = 3
     return kernel.transition(particles.x, particles.evaluation, eps, ctx, **options)
 
 
 @pytest.mark.parametrize(
-    ("kernel_type", "metric_kind", "t", "target_type"),
-    [(HMC, "dense", 0.4, gaussian3), (MALA, "diag", 1.0, gaussian3), (HMC, "diag", 0.7, AutogradGaussian3)],
+    ("kernel_type", "options", "metric_kind", "t", "target_type"),
+    [
+        (HMC, {}, "dense", 0.4, gaussian3),  # a fixed length: one compiled hmc_transition
+        (HMC, {"jitter": 0.5}, "dense", 0.4, gaussian3),  # varying lengths: leapfrog_step calls, hmc_choice
+        (MALA, {}, "diag", 1.0, gaussian3),
+        (HMC, {}, "diag", 0.7, AutogradGaussian3),
+    ],
 )
-def test_compiled_steps_compute_the_eager_proposals(kernel_type, metric_kind, t, target_type):
+def test_compiled_steps_compute_the_eager_proposals(kernel_type, options, metric_kind, t, target_type):
     target = target_type()
     particles, ctx = exact_particles(target, 2, 50, seed=3)
     ctx = sampler.StepContext(
@@ -62,7 +69,7 @@ def test_compiled_steps_compute_the_eager_proposals(kernel_type, metric_kind, t,
     scale = torch.linspace(0.5, 1.5, 3, dtype=torch.float64)
     metric = torch.diag(scale).expand(2, 3, 3).clone() if metric_kind == "dense" else scale.expand(2, 3).clone()
     metric[1] *= 0.8  # per replica
-    eager, fused = kernel_type(), kernel_type(compile=True)
+    eager, fused = kernel_type(**options), kernel_type(compile=True, **options)
     counter = ctx.path.counter
     before = (counter.target_evals, counter.grad_evals)
     a = _transition(eager, particles, ctx, metric, seed=11)

@@ -6,9 +6,10 @@ particles' memory. ``torch.compile`` (TorchInductor) fuses one step -- the move,
 log density and gradient, the reference's, the non-finite guard, and the momentum update or the
 acceptance ratio and Metropolis choice -- into a few loops. The kernels write these steps without
 side effects (the caller counts the evaluations and builds the
-:class:`~sampler.ext.PathEvaluation`): :func:`~sampler_plugins.mcmc.kernels.leapfrog_step` and
-:func:`~sampler_plugins.mcmc.kernels.hmc_choice` for HMC,
-:func:`~sampler_plugins.mcmc.kernels.mala_transition` for MALA, one graph each for the built-in
+:class:`~sampler.ext.PathEvaluation`): :func:`~sampler_plugins.mcmc.kernels.hmc_transition`
+for HMC with a fixed trajectory length, :func:`~sampler_plugins.mcmc.kernels.leapfrog_step` and
+:func:`~sampler_plugins.mcmc.kernels.hmc_choice` for varying lengths,
+:func:`~sampler_plugins.mcmc.kernels.mala_transition` for MALA; one graph each for the built-in
 targets. A target whose code cannot be traced (Python control flow on tensor values) splits the
 graph and still runs.
 

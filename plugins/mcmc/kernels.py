@@ -211,6 +211,43 @@ def hmc_choice(
     return *_choose(torch.log(u) < log_alpha, (y, *ev_y), (x, *ev_x)), log_alpha
 
 
+def hmc_transition(
+    path: GeometricPath,
+    x: Tensor,
+    ev_x: tuple[Tensor, Tensor, Tensor, Tensor],
+    p0: Tensor,
+    u: Tensor,
+    eps: Tensor,
+    metric: Tensor | None,
+    t: Tensor,
+    log_norm: Tensor,
+    n_leapfrog: int,
+) -> tuple[Tensor, ...]:
+    """One whole HMC transition of ``n_leapfrog`` steps, side-effect free (``compile=True`` compiles it).
+
+    The first half kick, :func:`leapfrog_step` ``n_leapfrog`` times and :func:`hmc_choice`: one
+    compiled graph per trajectory length (the kernels use it when the length is fixed).
+
+    Args:
+        path, x, ev_x, p0, u: as in :func:`hmc_choice` (``p0`` the drawn momentum).
+        eps, metric, t, log_norm: as in :func:`leapfrog_step`.
+        n_leapfrog: the number of leapfrog steps (a Python int: the graph is unrolled).
+
+    Returns:
+        ``(x', log_ref', log_target', grad_ref', grad_target', log_alpha, y, log_ref_y,
+        log_target_y, grad_ref_y, grad_target_y, p, nonfinite)``: the choice, the trajectory's
+        end, its evaluation and momentum, and the non-finite values of all its evaluations.
+    """
+    p = p0 + 0.5 * eps * _down(torch.lerp(ev_x[2], ev_x[3], t.to(x.dtype)[:, None, None]), metric)
+    y, half, nonfinite = x, 0.5 * eps, torch.zeros((), dtype=torch.int64, device=x.device)
+    ev_y = ev_x
+    for i in range(n_leapfrog):
+        out = leapfrog_step(path, y, p, eps, eps if i < n_leapfrog - 1 else half, metric, t, log_norm)
+        y, p, ev_y, nonfinite = out[0], out[1], (out[2], out[3], out[4], out[5]), nonfinite + out[6]
+    chosen = hmc_choice(path, x, ev_x, y, ev_y, p0, p, u, t)
+    return *chosen, y, *ev_y, p, nonfinite
+
+
 def _hmc_log_alpha(
     path: GeometricPath, ev: PathEvaluation, ev_y: PathEvaluation, p0: Tensor, p: Tensor, t: float | Tensor
 ) -> Tensor:
@@ -428,7 +465,7 @@ class MetropolisCorrector(Corrector):
         step_jitter: randomize each particle's step size by ``exp(step_jitter (2u - 1))``.
         compile: fuse each step with ``torch.compile`` (HMC and MALA;
             :mod:`sampler_plugins.mcmc.compiled`): seconds to compile at the first step of a
-            process, then 1.2-4.3x the gradient rate on the CPU (docs/methods.md); falls back
+            process, then 1.1-4.3x the gradient rate on the CPU (docs/methods.md); falls back
             to eager with a warning where compilation is unavailable.
     """
 
@@ -733,8 +770,10 @@ class HMC(MetropolisCorrector):
     ):
         super().__init__(n_steps, step_size, target_acceptance, adapt, adapt_rate, metric, step_jitter, compile)
         self.n_leapfrog = check_positive_int("n_leapfrog", n_leapfrog)
-        #: HMC's second compiled function: the Metropolis choice after the trajectory.
+        #: HMC's other compiled functions: the Metropolis choice after a trajectory of compiled
+        #: steps (lengths that vary: ChEES, jitter), and the whole transition (a fixed length).
         self._choice = CompiledStep(hmc_choice)
+        self._whole = CompiledStep(hmc_transition)
         if not 0.0 <= jitter < 1.0:
             raise ConfigurationError(f"jitter must lie in [0, 1), got {jitter!r}")
         self.jitter = float(jitter)
@@ -761,16 +800,17 @@ class HMC(MetropolisCorrector):
         return Proposal(y, ev_y, _hmc_log_alpha(ctx.path, ev, ev_y, p0, p, ctx.t), momentum=p)
 
     def _trajectory(
-        self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any
+        self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, p0: Tensor | None = None, **kwargs: Any
     ) -> tuple[Tensor, PathEvaluation, Tensor, Tensor]:
-        """The leapfrog trajectory from ``x`` with fresh momentum: end point, its evaluation, start and end momenta.
+        """The leapfrog trajectory from ``x`` with momentum ``p0`` (fresh if ``None``): end point, its evaluation,
+        start and end momenta.
 
         With ``compile=True`` each step after the first half kick is one compiled :func:`leapfrog_step`.
         """
         path, t = ctx.path, ctx.t
         metric = kwargs.get("metric")
         n_leapfrog = kwargs.get("n_leapfrog") or self.trajectory_length(kwargs.get("sweep", 0))
-        p0 = self._noise(x, ctx)
+        p0 = self._noise(x, ctx) if p0 is None else p0
         p = p0 + 0.5 * eps * _down(path.grad_log_prob(ev, t), metric)
         y, ev_y, done = x, ev, 0
         step = self._compiled_step(ctx)
@@ -792,16 +832,31 @@ class HMC(MetropolisCorrector):
     def transition(
         self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **options: Any
     ) -> tuple[Tensor, PathEvaluation, Tensor, Proposal]:
-        """:meth:`MetropolisCorrector.transition`; with ``compile=True`` compiled steps and a compiled choice.
+        """:meth:`MetropolisCorrector.transition`; with ``compile=True`` compiled functions.
 
-        The trajectory's compiled :func:`leapfrog_step` calls, then one compiled :func:`hmc_choice`,
-        with the random draws in the eager order (momentum, then uniforms).
+        A fixed trajectory length (no ``jitter``, no per-call ``n_leapfrog``): one compiled
+        :func:`hmc_transition`. Otherwise the trajectory's compiled :func:`leapfrog_step` calls,
+        then one compiled :func:`hmc_choice`. The random draws keep the eager order (momentum,
+        then uniforms).
         """
         if self._compiled_step(ctx) is None or self._choice.failed or not ev.has_grad:
             return super().transition(x, ev, eps, ctx, **options)
-        y, ev_y, p0, p = self._trajectory(x, ev, eps, ctx, **options)
-        u = ctx.rand(x.shape[:-1], torch.float64, x.device)
         parts_x = (ev.log_ref, ev.log_target, ev.grad_ref, ev.grad_target)
+        if self.jitter == 0.0 and "n_leapfrog" not in options and not self._whole.failed:
+            p0 = self._noise(x, ctx)
+            u = ctx.rand(x.shape[:-1], torch.float64, x.device)
+            times, log_norm = _step_constants(ctx.path, ctx.t, x)
+            metric = options.get("metric")
+            out = self._whole(ctx.path, x, parts_x, p0, u, eps, metric, times, log_norm, self.n_leapfrog)
+            if out is not None:
+                ctx.path.count(out[6], True, out[12], times=self.n_leapfrog)
+                log_alpha, ev_y = out[5], PathEvaluation(*out[7:11])
+                prop = Proposal(out[6], ev_y, log_alpha, momentum=out[11])
+                return out[0], PathEvaluation(*out[1:5]), log_alpha, prop
+            y, ev_y, p0, p = self._trajectory(x, ev, eps, ctx, p0=p0, **options)
+        else:
+            y, ev_y, p0, p = self._trajectory(x, ev, eps, ctx, **options)
+            u = ctx.rand(x.shape[:-1], torch.float64, x.device)
         parts_y = (ev_y.log_ref, ev_y.log_target, ev_y.grad_ref, ev_y.grad_target)
         out = self._choice(ctx.path, x, parts_x, y, parts_y, p0, p, u, _step_constants(ctx.path, ctx.t, x)[0])
         if out is None:  # compilation failed: the same choice, eagerly, with the same draws

@@ -356,13 +356,13 @@ class GeometricPath:
             grad_target=g,
         )
 
-    def count(self, x: Tensor, grad: bool, nonfinite: Tensor) -> None:
-        """Count one evaluation (with its gradient if ``grad``) at each point of ``x`` ``(..., d)``.
+    def count(self, x: Tensor, grad: bool, nonfinite: Tensor, times: int = 1) -> None:
+        """Count ``times`` evaluations (with gradients if ``grad``) at each point of ``x`` ``(..., d)``.
 
-        For kernels that evaluate the target themselves (a compiled leapfrog step) and pass the
-        count of non-finite values :func:`sanitized` returned.
+        For kernels that evaluate the target themselves (compiled steps) and pass the count of
+        non-finite values :func:`sanitized` returned (summed over the ``times`` evaluations).
         """
-        n_points = x.numel() // max(x.shape[-1], 1)
+        n_points = times * (x.numel() // max(x.shape[-1], 1))
         self.counter.target_evals += n_points
         if grad:
             self.counter.grad_evals += n_points
