@@ -176,7 +176,7 @@ def leapfrog_step(
     """
     y = y + eps * _up(p, metric)
     log_ref, lp, grad_ref, g, nonfinite = _evaluate_uncounted(path, y, log_norm)
-    p = p + kick * _down(torch.lerp(grad_ref, g, t.to(y.dtype)[:, None, None]), metric)
+    p = p + kick * _down(GeometricPath.mix_grad(grad_ref, g, t), metric)
     return y, p, log_ref, lp, grad_ref, g, nonfinite
 
 
@@ -204,10 +204,8 @@ def hmc_choice(
         ``(x', log_ref', log_target', grad_ref', grad_target', log_alpha)``: the chosen state,
         its evaluation and the cleaned log acceptance probabilities (:func:`clean_log_alpha`).
     """
-    kinetic_0 = 0.5 * (p0 * p0).sum(-1).to(torch.float64)
-    kinetic = 0.5 * (p * p).sum(-1).to(torch.float64)
     log_pi_y, log_pi_x = GeometricPath.mix(ev_y[0], ev_y[1], t), GeometricPath.mix(ev_x[0], ev_x[1], t)
-    log_alpha = clean_log_alpha(log_pi_y - kinetic - log_pi_x + kinetic_0)
+    log_alpha = clean_log_alpha(log_pi_y - _kinetic(p) - log_pi_x + _kinetic(p0))
     return *_choose(torch.log(u) < log_alpha, (y, *ev_y), (x, *ev_x)), log_alpha
 
 
@@ -238,7 +236,7 @@ def hmc_transition(
         log_target_y, grad_ref_y, grad_target_y, p, nonfinite)``: the choice, the trajectory's
         end, its evaluation and momentum, and the non-finite values of all its evaluations.
     """
-    p = p0 + 0.5 * eps * _down(torch.lerp(ev_x[2], ev_x[3], t.to(x.dtype)[:, None, None]), metric)
+    p = p0 + 0.5 * eps * _down(GeometricPath.mix_grad(ev_x[2], ev_x[3], t), metric)
     y, half, nonfinite = x, 0.5 * eps, torch.zeros((), dtype=torch.int64, device=x.device)
     ev_y = ev_x
     for i in range(n_leapfrog):
@@ -252,8 +250,12 @@ def _hmc_log_alpha(
     path: GeometricPath, ev: PathEvaluation, ev_y: PathEvaluation, p0: Tensor, p: Tensor, t: float | Tensor
 ) -> Tensor:
     """HMC's log acceptance ratio ``(R, N)`` float64: the change of ``log pi_t`` minus that of the kinetic energy."""
-    kinetic = lambda m: 0.5 * (m * m).sum(-1).to(torch.float64)  # noqa: E731
-    return path.log_prob(ev_y, t) - kinetic(p) - path.log_prob(ev, t) + kinetic(p0)
+    return path.log_prob(ev_y, t) - _kinetic(p) - path.log_prob(ev, t) + _kinetic(p0)
+
+
+def _kinetic(momentum: Tensor) -> Tensor:
+    """The kinetic energy ``|p|^2 / 2`` of whitened momenta ``(R, N, d)``, float64 ``(R, N)``."""
+    return 0.5 * (momentum * momentum).sum(-1).to(torch.float64)
 
 
 def _metropolis_choice(
@@ -303,7 +305,7 @@ def mala_proposal(
     step = eps * xi + 0.5 * eps**2 * _down(grad_x, metric)
     y = x + _up(step, metric)
     log_ref, lp, grad_ref, g, nonfinite = _evaluate_uncounted(path, y, log_norm)
-    back = step + 0.5 * eps**2 * _down(torch.lerp(grad_ref, g, t.to(y.dtype)[:, None, None]), metric)
+    back = step + 0.5 * eps**2 * _down(GeometricPath.mix_grad(grad_ref, g, t), metric)
     eps64 = eps.to(torch.float64)[..., 0]
     log_q_bwd = -0.5 * (back * back).sum(-1).to(torch.float64) / eps64**2
     log_q_fwd = -0.5 * (xi * xi).sum(-1).to(torch.float64)
@@ -340,7 +342,7 @@ def mala_transition(
         proposal and its evaluation, and the proposal's count of non-finite values.
     """
     log_ref, log_target, grad_ref, grad_target = ev_x
-    grad_x = torch.lerp(grad_ref, grad_target, t.to(x.dtype)[:, None, None])
+    grad_x = GeometricPath.mix_grad(grad_ref, grad_target, t)
     log_pi_x = GeometricPath.mix(log_ref, log_target, t)
     y, *ev_y, nonfinite, log_alpha = mala_proposal(path, x, grad_x, log_pi_x, xi, eps, metric, t, log_norm)
     log_alpha = clean_log_alpha(log_alpha)

@@ -399,9 +399,18 @@ class GeometricPath:
         """
         if ev.grad_ref is None or ev.grad_target is None:
             raise ValueError("gradients were not evaluated (evaluate(x, grad=True))")
+        return cls.mix_grad(ev.grad_ref, ev.grad_target, t)
+
+    @staticmethod
+    def mix_grad(grad_ref: Tensor, grad_target: Tensor, t: float | Tensor) -> Tensor:
+        """``(1 - t) grad_ref + t grad_target`` by one ``lerp``, ``(R, N, d)``; ``t`` a float or ``(R,)``.
+
+        The gradient counterpart of :meth:`mix`, on the components themselves (compiled kernel
+        steps hold them as plain tensors).
+        """
         if isinstance(t, Tensor):
-            t = t.to(device=ev.grad_ref.device, dtype=ev.grad_ref.dtype).reshape(t.shape + (1, 1))
-        return torch.lerp(ev.grad_ref, ev.grad_target, t)
+            t = t.to(device=grad_ref.device, dtype=grad_ref.dtype).reshape(t.shape + (1, 1))
+        return torch.lerp(grad_ref, grad_target, t)
 
     def log_weight_increment(
         self, ev_from: PathEvaluation, t_from: float | Tensor, ev_to: PathEvaluation, t_to: float | Tensor
