@@ -285,6 +285,38 @@ def test_adaptive_next_time_hits_target_ess(target_ess, t):
     assert (cess_at(particles, path, t, bound) < target_ess).all()
 
 
+@pytest.mark.parametrize("n_candidates", [1, 4, 32])
+def test_adaptive_search_with_any_number_of_candidates_hits_the_goal(monkeypatch, n_candidates):
+    # SEARCH_BUDGET sets the candidates per round (N = 2000 here): one is a bisection. Each
+    # keeps the goal at its time and misses it one tolerance later, so all agree to the tolerance.
+    target = Gaussian(mean=[3.0, -2.0, 1.0], scale=[0.3, 0.5, 2.0])
+    particles, path = make_particles(target)
+    monkeypatch.setattr(schedules, "SEARCH_BUDGET", 2000 * n_candidates)
+    sched = schedules.Adaptive(0.5)
+    t = torch.tensor([0.0, 0.37, 0.2], dtype=torch.float64)
+    t_next = sched.next_time(0, t, particles, path)
+    assert_times(t_next)
+    assert (cess_at(particles, path, t, t_next) >= 0.5).all()
+    bound = torch.clamp(t_next + torch.clamp(sched.tol * (1 - t), min=sched.min_step), max=1.0)
+    assert (cess_at(particles, path, t, bound) < 0.5).all()
+    monkeypatch.setattr(schedules, "SEARCH_BUDGET", 2**16)
+    reference = sched.next_time(0, t, particles, path)
+    assert (abs(t_next - reference) <= sched.tol * (1 - t)).all()
+
+
+def test_adaptive_search_takes_few_rounds(monkeypatch):
+    # 32 candidates per round at N = 2000: the conditional ESS is evaluated once at t = 1 and
+    # in at most 3 rounds, against 10-20 rounds of a bisection to the same tolerance.
+    target = Gaussian(mean=[3.0, -2.0, 1.0], scale=[0.3, 0.5, 2.0])
+    particles, path = make_particles(target)
+    calls = []
+    real = schedules.conditional_ess
+    monkeypatch.setattr(schedules, "conditional_ess", lambda w, inc: calls.append(inc.shape) or real(w, inc))
+    schedules.Adaptive(0.5).next_time(0, torch.tensor([0.0, 0.37, 0.2], dtype=torch.float64), particles, path)
+    assert calls[0] == (3, 2000) and calls[1:] and all(shape == (32, 3, 2000) for shape in calls[1:])
+    assert len(calls) <= 4
+
+
 def test_adaptive_times_are_per_replica():
     # Every replica holds the SAME particles; replica 1 has weights concentrated on few of them,
     # so its conditional ESS moves differently with the step: it gets another time than the

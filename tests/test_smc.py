@@ -228,7 +228,8 @@ def test_adaptive_schedule_holds_conditional_ess_via_stats():
     "target, n_replicas, mixed_finish",
     [
         pytest.param(lambda: sampler.get_target("double-well"), 4, False, id="double-well"),
-        # ~13 stages: with 8 replicas, some reach t = 1 a stage before the others.
+        # ~13 stages: with 8 replicas, some reach t = 1 a stage before the others (on 9 of the
+        # seeds 0-9; the seed below is one of them).
         pytest.param(far_gaussian, 8, True, id="gaussian-d10-mean3"),
     ],
 )
@@ -254,7 +255,7 @@ def test_adaptive_schedule_conditional_ess_and_log_z_bookkeeping(target, n_repli
         schedule=Adaptive(target_ess=goal, tol=tol, min_step=min_step),
         steps=[sampler.corrector("resample", threshold=0.5), sampler.corrector("mala", n_steps=5), recorder],
     )
-    res = pipeline.run(target, n_particles=1000, n_replicas=n_replicas, seed=9, dtype=DTYPE)
+    res = pipeline.run(target, n_particles=1000, n_replicas=n_replicas, seed=0, dtype=DTYPE)
     stats = res.stats
     t = stats["t"]
     n_stages = len(res.steps)
@@ -322,7 +323,7 @@ def test_weighted_samples_are_each_replicas_state_after_its_reweighting_to_one()
         steps=[snapshot, sampler.corrector("resample", threshold=0.5), sampler.corrector("mala", n_steps=5), recorder],
     )
     n = 1000
-    res = pipeline.run(target, n_particles=n, n_replicas=8, seed=9, dtype=DTYPE)
+    res = pipeline.run(target, n_particles=n, n_replicas=8, seed=0, dtype=DTYPE)  # a seed with a mixed finish
     t = res.stats["t"]
     finish = finishing_stage(t)
     assert bool((finish < len(res.steps) - 1).any()), t  # some replica finished early

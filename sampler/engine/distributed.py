@@ -8,7 +8,7 @@ depend on ``K``:
 
 * **per-particle scalars** (log weights, weight increments, cached log densities: ``8 R N``
   bytes each, float64) are all-gathered, and every rank computes log-sum-exps, ESS, the
-  bisection of the adaptive schedule and the resampling ancestors from the same full ``(R, N)``
+  search of the adaptive schedule and the resampling ancestors from the same full ``(R, N)``
   tensors with the same operations as a single process, so the numbers are bit for bit those of
   one process;
 * **means of acceptance probabilities** (MCMC step-size adaptation) are exact integer sums of
