@@ -58,8 +58,8 @@ def sample(
         distributed: shard the particles across the ranks of the ``torch.distributed`` process
             group (see :meth:`sampler.Pipeline.run` and :mod:`sampler.engine.distributed`); ``None``
             lets a method that supports it decide (sharded when a group is initialized).
-        threads: CPU threads torch uses during the run: ``"auto"`` (one for small problems,
-            else the cores not already busy; see :mod:`sampler.core.threads`), a number, or
+        threads: CPU threads torch uses during the run: ``"auto"`` (one for tiny problems,
+            else the cores no other process keeps busy; see :mod:`sampler.core.threads`), a number, or
             ``None`` to leave torch's setting as it is.
         **options: passed to the method's builder (e.g. ``n_steps=10`` MCMC moves per stage).
     """

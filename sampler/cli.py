@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_threads,
         default="auto",
-        help="CPU threads: auto (one for small runs, else the idle cores), torch (torch's setting) or a number",
+        help="CPU threads: auto (one for tiny runs, else the cores other processes leave idle), torch or a number",
     )
     run.add_argument(
         "--option", "-o", action="append", metavar="KEY=VALUE", help="method option, e.g. -o n_steps=20 (repeatable)"

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
+
 import pytest
 import torch
 
 import sampler
 from sampler.cli import main
-from sampler.core.threads import SMALL_RUN, choose_threads, cpu_threads
+from sampler.core import threads
+from sampler.core.threads import SMALL_RUN, busy_elsewhere, choose_threads, cpu_threads
 from sampler.errors import ConfigurationError
 
 CPU = torch.device("cpu")
@@ -30,6 +37,63 @@ def test_auto_uses_one_thread_for_small_runs_and_at_most_torchs_setting_for_larg
     assert choose_threads("auto", SMALL_RUN, CPU) == 1
     large = choose_threads("auto", SMALL_RUN + 1, CPU)
     assert large is not None and 1 <= large <= torch.get_num_threads()
+
+
+def test_auto_uses_the_cores_other_processes_leave_idle(monkeypatch):
+    monkeypatch.setattr(threads, "_available_cores", lambda: 1)
+    assert choose_threads("auto", SMALL_RUN + 1, CPU) == 1
+    monkeypatch.setattr(threads, "_available_cores", lambda: 64)
+    assert choose_threads("auto", SMALL_RUN + 1, CPU) == torch.get_num_threads()
+
+
+def test_busy_elsewhere_leaves_this_process_out(monkeypatch):
+    # The machine's runnable threads less this process's own (which the load average counts).
+    monkeypatch.setattr(threads, "_machine_runnable_threads", lambda: 5)
+    monkeypatch.setattr(threads, "_own_runnable_threads", lambda: 3)
+    assert busy_elsewhere() == 2.0
+    monkeypatch.setattr(threads, "_own_runnable_threads", lambda: 7)  # read a moment apart
+    assert busy_elsewhere() == 0.0
+
+    def missing() -> int:
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(threads, "_machine_runnable_threads", missing)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 0.5))
+    assert busy_elsewhere() == 1.5  # the load average where /proc is missing
+
+
+linux_proc = pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
+
+
+@linux_proc
+def test_own_runnable_threads_sees_this_process_working():
+    # A thread multiplying matrices (the GIL released) is runnable, besides the one reading.
+    stop = threading.Event()
+
+    def work() -> None:
+        a = torch.randn(256, 256)
+        while not stop.is_set():
+            a @ a
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        seen = max(threads._own_runnable_threads() for _ in range(200))
+    finally:
+        stop.set()
+        worker.join()
+    assert seen >= 2
+
+
+@linux_proc
+def test_busy_elsewhere_counts_a_busy_process():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert busy_elsewhere() >= 1.0
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_auto_leaves_other_devices_alone_and_numbers_are_taken_as_given():

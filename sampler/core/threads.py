@@ -1,13 +1,12 @@
 """How many CPU threads torch's operators use during a run (intra-op parallelism).
 
-Sampling runs many small operations: at R x N x d of a few thousand to a hundred thousand
-numbers, splitting each one over threads gains little when the cores are idle, and loses badly
-when another process shares them -- every operation then waits at a barrier for a thread that
-is not scheduled (measured: the default ``sampler run`` took 26 s instead of 4 s beside two busy
-processes on 2 cores, docs/benchmarks.md, "Throughput"). The default policy, ``"auto"``, runs small
-problems on one thread and large ones on the cores not already busy (by the 1-minute load
-average), never more than torch's own setting. Only CPU runs are affected; the previous setting
-is restored when the run ends.
+Sampling runs many small operations. Splitting each one over threads gains when the cores are
+idle and the run is not tiny, and loses badly when another process shares the cores -- every
+operation then waits at a barrier for a thread that is not scheduled (measured: the default
+``sampler run`` took 26 s instead of 4 s beside two busy processes on 2 cores, docs/benchmarks.md,
+"Throughput"). The default policy, ``"auto"``, runs tiny problems on one thread and the others on
+the cores that no other process keeps busy, never more than torch's own setting. Only CPU runs are
+affected; the previous setting is restored when the run ends.
 """
 
 from __future__ import annotations
@@ -20,26 +19,62 @@ import torch
 
 from sampler.errors import ConfigurationError
 
-__all__ = ["SMALL_RUN", "Threads", "choose_threads", "cpu_threads"]
+__all__ = ["SMALL_RUN", "Threads", "busy_elsewhere", "choose_threads", "cpu_threads"]
 
 #: ``"auto"``, a positive number of threads, or ``None`` to leave torch's setting alone.
 Threads = int | str | None
 
-#: Runs with at most this many coordinates in all (R x N x d) use one thread under ``"auto"``.
-SMALL_RUN = 1 << 17
+#: Runs with at most this many coordinates in all (R x N x d) use one thread under ``"auto"``:
+#: below it a second thread gained nothing on idle cores (0.8-1.0x at 500-2,000 coordinates,
+#: 1.0-1.4x from 4,000; docs/benchmarks.md, "Throughput").
+SMALL_RUN = 1 << 11
 
 
 def _available_cores() -> int:
-    """Cores this process may run on, less those the 1-minute load average says are busy."""
+    """Cores this process may run on, less those other processes keep busy (:func:`busy_elsewhere`)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    return max(1, round(cores - busy_elsewhere()))
+
+
+def busy_elsewhere() -> float:
+    """How many threads of other processes want a core now.
+
+    On Linux: the threads runnable right now (``/proc/loadavg``), less this process's own
+    (``/proc/self/task``), so a process does not see its own work, or its thread pool spinning
+    after the previous run, as a competitor. Elsewhere: the 1-minute load average (which lags by
+    a minute and counts this process too). Both count the whole machine, not only the cores this
+    process may use.
+    """
     try:
-        busy = os.getloadavg()[0]
+        return float(max(0, _machine_runnable_threads() - _own_runnable_threads()))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0]
     except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, round(cores - busy))
+        return 0.0
+
+
+def _machine_runnable_threads() -> int:
+    """The machine's threads in state ``R`` now, this one included (``/proc/loadavg``, 4th field)."""
+    with open("/proc/loadavg") as f:
+        return int(f.read().split()[3].split("/")[0])
+
+
+def _own_runnable_threads() -> int:
+    """This process's threads in state ``R`` (running or runnable), from ``/proc/self/task``."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        count += stat[stat.rindex(")") + 2 : stat.rindex(")") + 3] == "R"
+    return count
 
 
 def choose_threads(threads: Threads, size: int, device: torch.device) -> int | None:
