@@ -53,6 +53,11 @@ def test_busy_elsewhere_leaves_this_process_out(monkeypatch):
     assert busy_elsewhere() == 2.0
     monkeypatch.setattr(threads, "_own_runnable_threads", lambda: 7)  # read a moment apart
     assert busy_elsewhere() == 0.0
+    # A process runnable in one reading only (a shell command, say) is not a competitor.
+    readings = iter([4, 2, 4])
+    monkeypatch.setattr(threads, "_machine_runnable_threads", lambda: next(readings))
+    monkeypatch.setattr(threads, "_own_runnable_threads", lambda: 2)
+    assert busy_elsewhere() == 0.0
 
     def missing() -> int:
         raise OSError("no /proc")

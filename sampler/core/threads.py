@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -30,6 +31,10 @@ Threads = int | str | None
 SMALL_RUN = 1 << 11
 
 
+#: Readings of the runnable threads :func:`busy_elsewhere` takes, and the seconds between them.
+BUSY_SAMPLES, BUSY_SAMPLE_GAP = 3, 5e-4
+
+
 def _available_cores() -> int:
     """Cores this process may run on, less those other processes keep busy (:func:`busy_elsewhere`)."""
     try:
@@ -42,14 +47,21 @@ def _available_cores() -> int:
 def busy_elsewhere() -> float:
     """How many threads of other processes want a core now.
 
-    On Linux: the threads runnable right now (``/proc/loadavg``), less this process's own
+    On Linux: the threads runnable now (``/proc/loadavg``), less this process's own
     (``/proc/self/task``), so a process does not see its own work, or its thread pool spinning
-    after the previous run, as a competitor. Elsewhere: the 1-minute load average (which lags by
-    a minute and counts this process too). Both count the whole machine, not only the cores this
-    process may use.
+    after the previous run, as a competitor; the least of :data:`BUSY_SAMPLES` readings
+    :data:`BUSY_SAMPLE_GAP` s apart, so a process that runs for a moment (a shell command, a pipe
+    waking up) does not count, while a busy one, runnable all the time, does. Elsewhere: the
+    1-minute load average (which lags by a minute and counts this process too). Both count the
+    whole machine, not only the cores this process may use.
     """
     try:
-        return float(max(0, _machine_runnable_threads() - _own_runnable_threads()))
+        counts = []
+        for i in range(BUSY_SAMPLES):
+            if i:
+                time.sleep(BUSY_SAMPLE_GAP)
+            counts.append(max(0, _machine_runnable_threads() - _own_runnable_threads()))
+        return float(min(counts))
     except (OSError, ValueError, IndexError):
         pass
     try:
