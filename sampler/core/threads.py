@@ -85,7 +85,7 @@ def _own_runnable_threads() -> int:
                 stat = f.read()
         except OSError:  # the thread ended meanwhile
             continue
-        count += stat[stat.rindex(")") + 2 : stat.rindex(")") + 3] == "R"
+        count += stat[stat.rindex(")") + 2] == "R"  # the state follows the name, which may hold ")"
     return count
 
 
