@@ -134,6 +134,16 @@ def test_sample_runs_the_target_with_the_chosen_threads_and_restores_them():
     assert untouched.seen == {before}
 
 
+def test_the_thread_count_does_not_change_a_seeded_run():
+    # "auto" picks the count from the machine's load, so a seed must give the same draws on any.
+    runs = [
+        sampler.sample("gmm40", n_particles=2000, n_replicas=2, seed=4, n_steps=3, reference="prior", threads=k)
+        for k in (1, 2)
+    ]
+    assert torch.equal(runs[0].samples, runs[1].samples)
+    assert torch.equal(runs[0].log_Z_per_replica, runs[1].log_Z_per_replica)
+
+
 def test_sample_rejects_a_bad_threads_value():
     with pytest.raises(ConfigurationError, match="threads"):
         sampler.sample(ThreadRecorder(), method="smc", n_particles=64, seed=0, threads="fast")
