@@ -144,6 +144,41 @@ def test_the_thread_count_does_not_change_a_seeded_run():
     assert torch.equal(runs[0].log_Z_per_replica, runs[1].log_Z_per_replica)
 
 
+def test_follow_load_rechooses_within_an_auto_run_only(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(threads, "_available_cores", lambda: 64)
+    threads.follow_load()  # outside any "auto" run: nothing
+    assert torch.get_num_threads() == before
+    with cpu_threads("auto", SMALL_RUN + 1, CPU):
+        monkeypatch.setattr(threads, "_available_cores", lambda: 1)  # another process started
+        threads.follow_load()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(threads, "_available_cores", lambda: 64)  # and stopped
+        threads.follow_load()
+        assert torch.get_num_threads() == before  # never above torch's own setting
+        monkeypatch.setattr(threads, "RECHECK_SECONDS", 3600.0)
+        monkeypatch.setattr(threads, "_available_cores", lambda: 1)
+        threads.follow_load()  # checked a moment ago: no new reading
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before
+    with cpu_threads(1, SMALL_RUN + 1, CPU):  # a number is kept as given
+        monkeypatch.setattr(threads, "RECHECK_SECONDS", 0.0)
+        threads.follow_load()
+        assert torch.get_num_threads() == 1
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs torch to allow two threads")
+def test_a_run_follows_a_competitor_that_starts_midway(monkeypatch):
+    # Idle cores at the start, then every core busy: the stages after the first run on one thread.
+    readings = iter([64])
+    monkeypatch.setattr(threads, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(threads, "_available_cores", lambda: next(readings, 1))
+    target = ThreadRecorder()
+    sampler.sample(target, method="smc", n_particles=2000, n_replicas=2, seed=0, n_steps=1, reference="prior")
+    assert target.seen == {torch.get_num_threads(), 1}
+
+
 def test_sample_rejects_a_bad_threads_value():
     with pytest.raises(ConfigurationError, match="threads"):
         sampler.sample(ThreadRecorder(), method="smc", n_particles=64, seed=0, threads="fast")

@@ -5,8 +5,9 @@ idle and the run is not tiny, and loses badly when another process shares the co
 operation then waits at a barrier for a thread that is not scheduled (measured: the default
 ``sampler run`` took 26 s instead of 4 s beside two busy processes on 2 cores, docs/benchmarks.md,
 "Throughput"). The default policy, ``"auto"``, runs tiny problems on one thread and the others on
-the cores that no other process keeps busy, never more than torch's own setting. Only CPU runs are
-affected; the previous setting is restored when the run ends.
+the cores that no other process keeps busy, never more than torch's own setting, and follows the
+machine's load during the run (:func:`follow_load`). Only CPU runs are affected; the previous
+setting is restored when the run ends.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from sampler.errors import ConfigurationError
 
-__all__ = ["SMALL_RUN", "Threads", "busy_elsewhere", "choose_threads", "cpu_threads"]
+__all__ = ["SMALL_RUN", "Threads", "busy_elsewhere", "choose_threads", "cpu_threads", "follow_load"]
 
 #: ``"auto"``, a positive number of threads, or ``None`` to leave torch's setting alone.
 Threads = int | str | None
@@ -33,6 +34,9 @@ SMALL_RUN = 1 << 11
 
 #: Readings of the runnable threads :func:`busy_elsewhere` takes, and the seconds between them.
 BUSY_SAMPLES, BUSY_SAMPLE_GAP = 3, 5e-4
+
+#: During an ``"auto"`` run, :func:`follow_load` chooses the threads again at most this often (s).
+RECHECK_SECONDS = 1.0
 
 
 def _available_cores() -> int:
@@ -108,16 +112,56 @@ def choose_threads(threads: Threads, size: int, device: torch.device) -> int | N
     return threads
 
 
+class _AutoRun:
+    """An ``"auto"`` run in progress: the most threads it may use and when it last chose."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.checked = time.monotonic()
+
+
+#: The ``"auto"`` runs in progress in this process, innermost last (:func:`follow_load`).
+_ACTIVE: list[_AutoRun] = []
+
+
 @contextlib.contextmanager
 def cpu_threads(threads: Threads, size: int, device: torch.device) -> Iterator[int]:
-    """Run the body with :func:`choose_threads`'s number of intra-op threads; yields the number in use."""
+    """Run the body with :func:`choose_threads`'s number of intra-op threads; yields the number at the start.
+
+    Under ``"auto"`` (beyond :data:`SMALL_RUN`) the body's :func:`follow_load` calls choose again
+    as other processes start or stop. Torch's setting is restored at the end.
+    """
     chosen = choose_threads(threads, size, device)
     before = torch.get_num_threads()
-    if chosen is None or chosen == before:
+    follows = threads == "auto" and chosen is not None and size > SMALL_RUN
+    if chosen is None or (chosen == before and not follows):
         yield before
         return
     torch.set_num_threads(chosen)
+    if follows:
+        _ACTIVE.append(_AutoRun(before))
     try:
         yield chosen
     finally:
+        if follows:
+            _ACTIVE.pop()
         torch.set_num_threads(before)
+
+
+def follow_load() -> None:
+    """Inside an ``"auto"`` run, choose its threads again once :data:`RECHECK_SECONDS` have passed.
+
+    The engine calls it at every stage or iteration, so a run that started on idle cores drops to
+    the cores left when another process starts competing (two threads on two shared cores run
+    2-10x slower than one) and takes them back when it stops. Outside such a run it does nothing.
+    """
+    if not _ACTIVE:
+        return
+    run = _ACTIVE[-1]
+    now = time.monotonic()
+    if now - run.checked < RECHECK_SECONDS:
+        return
+    run.checked = now
+    wanted = max(1, min(run.cap, _available_cores()))
+    if wanted != torch.get_num_threads():
+        torch.set_num_threads(wanted)

@@ -35,6 +35,7 @@ from sampler.core.paths import EvaluationCounter, GeometricPath, PathEvaluation
 from sampler.core.result import StepStats
 from sampler.core.settings import RunSettings
 from sampler.core.steps import Step, StepContext
+from sampler.core.threads import follow_load
 from sampler.engine.distributed import ParticleStreams, Shard
 from sampler.engine.progress import progress_bar
 from sampler.errors import Interrupted, PersistenceError
@@ -315,6 +316,7 @@ class Loop:
                 bar.advance(float(state.t.min()) if by_time else state.k, step=state.k, **shown(state))
             try:
                 while not self.finished(state):
+                    follow_load()
                     new = self.iterate(state, session)
                     last = session.stats[-1]
                     amount = float(new.t.min() - state.t.min()) if by_time else 1
