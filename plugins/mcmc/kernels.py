@@ -205,7 +205,7 @@ def hmc_choice(
         its evaluation and the cleaned log acceptance probabilities (:func:`clean_log_alpha`).
     """
     log_pi_y, log_pi_x = GeometricPath.mix(ev_y[0], ev_y[1], t), GeometricPath.mix(ev_x[0], ev_x[1], t)
-    log_alpha = clean_log_alpha(log_pi_y - _kinetic(p) - log_pi_x + _kinetic(p0))
+    log_alpha = clean_log_alpha(_hmc_log_ratio(log_pi_x, log_pi_y, p0, p))
     return *_choose(torch.log(u) < log_alpha, (y, *ev_y), (x, *ev_x)), log_alpha
 
 
@@ -246,11 +246,16 @@ def hmc_transition(
     return *chosen, y, *ev_y, p, nonfinite
 
 
+def _hmc_log_ratio(log_pi_x: Tensor, log_pi_y: Tensor, p0: Tensor, p: Tensor) -> Tensor:
+    """HMC's log acceptance ratio ``(R, N)`` float64: the change of ``log pi_t`` minus that of the kinetic energy."""
+    return log_pi_y - _kinetic(p) - log_pi_x + _kinetic(p0)
+
+
 def _hmc_log_alpha(
     path: GeometricPath, ev: PathEvaluation, ev_y: PathEvaluation, p0: Tensor, p: Tensor, t: float | Tensor
 ) -> Tensor:
-    """HMC's log acceptance ratio ``(R, N)`` float64: the change of ``log pi_t`` minus that of the kinetic energy."""
-    return path.log_prob(ev_y, t) - _kinetic(p) - path.log_prob(ev, t) + _kinetic(p0)
+    """:func:`_hmc_log_ratio` from the trajectory's two evaluations at time ``t``."""
+    return _hmc_log_ratio(path.log_prob(ev, t), path.log_prob(ev_y, t), p0, p)
 
 
 def _kinetic(momentum: Tensor) -> Tensor:
@@ -289,7 +294,7 @@ def mala_proposal(
 ) -> tuple[Tensor, ...]:
     """MALA's proposal and log acceptance ratio, side-effect free (``compile=True`` compiles it).
 
-    The same arithmetic as ``MALA._propose_whitened`` (``metric=None``: the identity).
+    ``MALA._propose_whitened``'s :func:`_mala_move` and :func:`_mala_log_ratio` (``metric=None``: the identity).
 
     Args:
         path: a plain :class:`GeometricPath`.
@@ -302,15 +307,35 @@ def mala_proposal(
     Returns:
         ``(y, log_ref, log_target, grad_ref, grad_target, nonfinite, log_alpha)``.
     """
-    step = eps * xi + 0.5 * eps**2 * _down(grad_x, metric)
-    y = x + _up(step, metric)
+    step, y = _mala_move(x, _down(grad_x, metric), xi, eps, metric)
     log_ref, lp, grad_ref, g, nonfinite = _evaluate_uncounted(path, y, log_norm)
-    back = step + 0.5 * eps**2 * _down(GeometricPath.mix_grad(grad_ref, g, t), metric)
+    grad_y = _down(GeometricPath.mix_grad(grad_ref, g, t), metric)
+    log_alpha = _mala_log_ratio(log_pi_x, GeometricPath.mix(log_ref, lp, t), step, grad_y, xi, eps)
+    return y, log_ref, lp, grad_ref, g, nonfinite, log_alpha
+
+
+def _mala_move(x: Tensor, grad_x: Tensor, xi: Tensor, eps: Tensor, metric: Tensor | None) -> tuple[Tensor, Tensor]:
+    """MALA's whitened step ``eps xi + eps^2/2 grad_x`` and the proposal ``x + L step``.
+
+    ``grad_x`` ``(R, N, d)`` is the whitened gradient ``L^T grad log pi_t(x)``.
+    """
+    step = eps * xi + 0.5 * eps**2 * grad_x
+    return step, x + _up(step, metric)
+
+
+def _mala_log_ratio(
+    log_pi_x: Tensor, log_pi_y: Tensor, step: Tensor, grad_y: Tensor, xi: Tensor, eps: Tensor
+) -> Tensor:
+    """MALA's log acceptance ratio ``(R, N)`` float64 in whitened units (:meth:`MALA._propose_whitened`).
+
+    ``step`` from :func:`_mala_move`, ``grad_y`` the whitened gradient at the proposal, ``xi``
+    the noise; the Jacobian of the whitening cancels.
+    """
+    back = step + 0.5 * eps**2 * grad_y
     eps64 = eps.to(torch.float64)[..., 0]
     log_q_bwd = -0.5 * (back * back).sum(-1).to(torch.float64) / eps64**2
     log_q_fwd = -0.5 * (xi * xi).sum(-1).to(torch.float64)
-    log_alpha = GeometricPath.mix(log_ref, lp, t) - log_pi_x + log_q_bwd - log_q_fwd
-    return y, log_ref, lp, grad_ref, g, nonfinite, log_alpha
+    return log_pi_y - log_pi_x + log_q_bwd - log_q_fwd
 
 
 def mala_transition(
@@ -702,14 +727,10 @@ class MALA(MetropolisCorrector):
         path, t = ctx.path, ctx.t
         gx = _down(path.grad_log_prob(ev, t), metric)
         xi = self._noise(x, ctx) if xi is None else xi
-        step = eps * xi + 0.5 * eps**2 * gx
-        y = x + _up(step, metric)
+        step, y = _mala_move(x, gx, xi, eps, metric)
         ev_y = self._evaluate(y, ctx)
-        back = step + 0.5 * eps**2 * _down(path.grad_log_prob(ev_y, t), metric)
-        eps64 = eps.to(torch.float64)[..., 0]
-        log_q_bwd = -0.5 * (back * back).sum(-1).to(torch.float64) / eps64**2
-        log_q_fwd = -0.5 * (xi * xi).sum(-1).to(torch.float64)
-        log_alpha = path.log_prob(ev_y, t) - path.log_prob(ev, t) + log_q_bwd - log_q_fwd
+        grad_y = _down(path.grad_log_prob(ev_y, t), metric)
+        log_alpha = _mala_log_ratio(path.log_prob(ev, t), path.log_prob(ev_y, t), step, grad_y, xi, eps)
         return Proposal(y, ev_y, log_alpha)
 
 

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 
+import attrs
 import torch
 
 from sampler.errors import ConfigurationError
@@ -112,12 +113,12 @@ def choose_threads(threads: Threads, size: int, device: torch.device) -> int | N
     return threads
 
 
+@attrs.define
 class _AutoRun:
-    """An ``"auto"`` run in progress: the most threads it may use and when it last chose."""
+    """An ``"auto"`` run in progress: the most threads it may use and when it last chose (monotonic s)."""
 
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.checked = time.monotonic()
+    cap: int
+    checked: float = attrs.field(factory=time.monotonic)
 
 
 #: The ``"auto"`` runs in progress in this process, innermost last (:func:`follow_load`).
