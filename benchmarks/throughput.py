@@ -15,19 +15,22 @@ Cases:
 * ``sweep``: the same on a standard Gaussian target with a standard Gaussian reference, which SMC
   reaches in one temperature: N from 10^3 to 10^6 particles and d from 2 to 200, HMC moves -- a
   grid of pure kernel throughput.
-* ``chains``: ``hmc`` chains (R = 4, 5 leapfrog steps) on the funnel against BlackJAX's HMC kernel
-  vmapped over 4 chains and scanned (``jax.lax.scan``), same number of iterations.
+* ``chains``: ``hmc`` chains (R = 4, 5 leapfrog steps, identity metric) on the funnel against
+  BlackJAX's HMC kernel vmapped over 4 chains and scanned (``jax.lax.scan``), same number of
+  iterations. With ``compile=True`` ours run in fused segments (:mod:`sampler_plugins.mcmc.fused`).
 
 Gradient counts: ours from the result (``n_grad_evals``); BlackJAX's by construction (each
 temperature initializes the kernel state, one gradient per particle, and each HMC move takes one
 gradient per leapfrog step, each MALA move one). Times: ours is the run's wall time; BlackJAX's
 is the second run of the same jitted code with another key (steady state, compilation excluded;
-the first run's time is reported as ``compile+run``). Medians over ``--repeats`` runs.
+the first run's time is reported as ``compile+run``). Every measured run, either side's, starts
+after a full garbage collection. Medians over ``--repeats`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -120,8 +123,10 @@ def ours_smc(name: str, n: int, kernel: str, seed: int, dim: int | None = None, 
 def ours_chains(n_draws: int, n_warmup: int, seed: int, compile: bool = False) -> Measurement:
     """Our ``hmc`` chains (R = 4) on the funnel, ``N_LEAPFROG`` steps per iteration as BlackJAX's.
 
-    ``trajectory="fixed"``: the default ChEES chains vary their lengths, which would compare a
-    different per-iteration workload.
+    The per-iteration workload of BlackJAX's side: ``trajectory="fixed"`` (the default ChEES
+    chains vary their lengths) and ``metric="identity"`` (BlackJAX's HMC is given the identity
+    mass matrix; our default dense metric adds a matrix product per leapfrog step and jitters
+    the lengths). Our warm-up still adapts the step size, which BlackJAX's side does not.
     """
     res = sampler.sample(
         "funnel",
@@ -133,6 +138,7 @@ def ours_chains(n_draws: int, n_warmup: int, seed: int, compile: bool = False) -
         n_warmup=n_warmup,
         n_leapfrog=N_LEAPFROG,
         trajectory="fixed",
+        metric="identity",
         compile=compile,
     )
     return Measurement(res.n_grad_evals, res.wall_time)
@@ -269,6 +275,17 @@ def blackjax_chains(n_draws: int, n_warmup: int, seed: int) -> Measurement:
 
 
 # -- the suite ----------------------------------------------------------------------------------------
+def _collected(run: Callable[[int], Measurement], seed: int) -> Measurement:
+    """``run(seed)`` after a full garbage collection, on either side.
+
+    Compiling leaves cyclic garbage (Dynamo's, TorchInductor's, XLA's tracers) that a later
+    generation-2 collection frees: 0.2 s inside whichever run comes next, five times a
+    compiled chain run's own time.
+    """
+    gc.collect()
+    return run(seed)
+
+
 def _median(runs: Sequence[Measurement]) -> Measurement:
     """The run with the median rate (its own grads and seconds), compile time from the first."""
     ranked = sorted(runs, key=lambda m: m.rate)
@@ -310,10 +327,10 @@ def run_throughput(
 
     def measure(label: str, ours: Callable[[int], Measurement], peer: Callable[[int], Measurement]) -> tuple:
         first = ours(repeats) if compile else None  # another seed; compiles the steps
-        mine = _median([ours(seed) for seed in range(repeats)])
+        mine = _median([_collected(ours, seed) for seed in range(repeats)])
         if first is not None:
             mine = attrs.evolve(mine, compile_seconds=first.seconds)
-        theirs = _median([peer(seed) for seed in range(repeats)]) if peers else None
+        theirs = _median([_collected(peer, seed) for seed in range(repeats)]) if peers else None
         if progress is not None:
             other = f", blackjax {theirs.rate:,.0f}/s" if theirs is not None else ""
             progress(f"{label}: ours {mine.rate:,.0f} gradients/s{other}")

@@ -32,10 +32,12 @@ from sampler.ext import (
     Loop,
     LoopState,
     Particles,
+    PathEvaluation,
     Result,
     RunSettings,
     Session,
     StepContext,
+    StepStats,
     apply_steps,
     as_target,
     check_positive_int,
@@ -46,10 +48,15 @@ from sampler.ext import (
     reopen,
 )
 from sampler_plugins.mcmc.chees import ChEES, chees_gradient
+from sampler_plugins.mcmc.compiled import CompiledStep
+from sampler_plugins.mcmc.fused import SEGMENT_ITERATIONS, compiled_segment, mark_segment_length
 from sampler_plugins.mcmc.kernels import (
     HMC,
+    MALA,
+    ULA,
     KernelState,
     MetropolisCorrector,
+    _step_constants,
     auto_metric,
     regularized_metric,
     whiten,
@@ -163,6 +170,7 @@ class MCMCChains:
         self.windows = warmup_windows(n_warmup) if metric != "identity" else []
         self.reference_loc = reference_loc
         self.reference_scale = reference_scale
+        self._fused: CompiledStep | None = None
         self.options = dict(kernel=kernel, n_warmup=n_warmup, thin=thin, metric=metric, **kernel_options)
         if kernel == "hmc":
             self.options.update(trajectory=trajectory, max_leapfrog=max_leapfrog)
@@ -226,7 +234,12 @@ class MCMCChains:
         )
         state = self._start(session, resume)
         total = self.n_warmup + cfg.n_particles * self.thin
-        loop = Loop(session, self._iteration, lambda st: st.k >= total, total, unit="iteration", annealing=False)
+        segment = self._segment_step()
+        if segment is not None:
+            iterate = lambda st, ses: self._segment(st, ses, segment, total)  # noqa: E731
+        else:
+            iterate = self._iteration
+        loop = Loop(session, iterate, lambda st: st.k >= total, total, unit="iteration", annealing=False)
         state = loop.run(state, desc=f"{self.kernel_name} chains on {target.name}")
         draws = state.aux["draws"]
         return Result.from_run(
@@ -285,7 +298,8 @@ class MCMCChains:
         elif it == self.n_warmup - 1:  # the last warm-up iteration freezes the averaged step sizes
             kstate = KernelState(tuner.final(), kstate.metric)
         if self.windows:
-            kstate, tuner, aux["window"] = self._adapt_metric(it, particles.x[:, 0], kstate, tuner, aux["window"])
+            x = particles.x[:, 0]
+            kstate, tuner, aux["window"] = self._adapt_metric(it, x, x, kstate, tuner, aux["window"])
         kept = it - self.n_warmup
         if kept >= 0 and (kept + 1) % self.thin == 0:
             draws[:, kept // self.thin] = particles.x[:, 0]
@@ -305,6 +319,125 @@ class MCMCChains:
             step_states=(kstate,),
             aux=aux,
         )
+
+    def _segment_step(self) -> CompiledStep | None:
+        """The compiled segment these chains run in (:mod:`~sampler_plugins.mcmc.fused`), or ``None``.
+
+        Chains fuse their iterations with ``compile=True``, a fixed trajectory (ChEES adapts
+        between iterations on the host) and no per-particle step jitter, for HMC and MALA.
+        """
+        kernel = self.kernel
+        fused = isinstance(kernel, HMC) or (isinstance(kernel, MALA) and not isinstance(kernel, ULA))
+        metropolis = cast(MetropolisCorrector, kernel)
+        if not fused or metropolis._compiled is None or self.trajectory != "fixed" or metropolis.step_jitter:
+            return None
+        if self._fused is None:
+            kind = "mala" if isinstance(kernel, MALA) else "hmc" if cast(HMC, kernel).jitter else "hmc-fixed"
+            self._fused = compiled_segment(kind)
+        return None if self._fused.failed else self._fused
+
+    def _segment_end(self, it: int, total: int) -> int:
+        """Where the segment starting at iteration ``it`` ends (exclusive).
+
+        At the next window start or end, the end of warm-up, or :data:`SEGMENT_ITERATIONS`
+        iterations on: the same ends whether or not a run checkpoints, and after a resume.
+        """
+        ends = [total, it + SEGMENT_ITERATIONS, self.n_warmup, *(i for w in self.windows for i in w)]
+        return min(e for e in ends if e > it)
+
+    def _segment(self, state: LoopState, session: Session, segment: CompiledStep, total: int) -> LoopState:
+        """Iterations ``state.k`` to the segment's end in one compiled call, then the host's share.
+
+        The same iterations as :meth:`_iteration` (module :mod:`~sampler_plugins.mcmc.fused`):
+        the draws, the tuner, the metric windows and one :class:`StepStats` per iteration, with
+        the evaluations each iteration made. Falls back to one eager iteration if the segment
+        could not be compiled.
+        """
+        if segment.failed:  # compilation failed (warned): on eagerly
+            return self._iteration(state, session)
+        it = state.k
+        end = self._segment_end(it, total)
+        k = end - it
+        particles, (kstate,), tuner = state.particles, state.step_states, state.aux["tuner"]
+        x, ev = particles.x, particles.evaluation
+        if not ev.has_grad:
+            ev = session.path.evaluate(x, grad=True)
+        r, d = x.shape[0], x.shape[-1]
+        ctx = session.context(state.t, state.t, it + 1)
+        drawn_from = session.generator.get_state()  # a failed compilation gives the draws back
+        # the segment's random numbers, momenta (noise) then uniforms, in the layout the scan
+        # slices (a fresh tensor: a permuted one of one iteration would keep other strides)
+        width = max(k, 2)  # one iteration is padded with an inactive one (module fused)
+        noise = x.new_zeros((width, r, 1, d))
+        noise[:k] = ctx.randn((r, 1, k, d), x.dtype).permute(2, 0, 1, 3)
+        u = torch.zeros((width, r, 1), dtype=torch.float64, device=x.device)
+        u[:k] = ctx.rand((r, 1, k), torch.float64).permute(2, 0, 1)
+        if isinstance(self.kernel, HMC):
+            steps = [self.kernel.trajectory_length(it + 1 + i) for i in range(k)]
+            longest = self.kernel.trajectory_length_bound()
+        else:
+            steps, longest = [1] * k, 1
+        lengths = torch.tensor(steps + [0] * (width - k), dtype=torch.int64, device=x.device)
+        active = torch.arange(width, device=x.device) < k
+        adapting = active & (torch.arange(it, it + width, device=x.device) < self.n_warmup - 1)
+        mark_segment_length(noise, u, lengths, adapting, active)
+        tuning = (
+            tuner.mu,
+            tuner.h_bar,
+            kstate.step_size.log(),  # the tuner's during warm-up; the frozen average after it
+            tuner.log_eps_bar,
+            tuner.mu.new_tensor(float(tuner.m)),
+            tuner.mu.new_tensor([tuner.target, tuner.gamma, tuner.t0, tuner.kappa]),
+        )
+        parts = (ev.log_ref, ev.log_target, ev.grad_ref, ev.grad_target)
+        times, log_norm = _step_constants(session.path, state.t, x)
+        out = segment(
+            session.path,
+            x,
+            parts,
+            tuning,
+            noise,
+            u,
+            lengths,
+            adapting,
+            active,
+            kstate.metric,
+            times,
+            log_norm,
+            longest,
+        )
+        if out is None:  # compilation failed (warned): this iteration and the next ones eagerly
+            session.generator.set_state(drawn_from)
+            return self._iteration(state, session)
+        x1, ev1 = out[0], PathEvaluation(*out[1:5])
+        h_bar, log_eps, log_eps_bar, m = out[5:9]
+        drawn, acceptance, step_size, nonfinite = (v[:k] for v in out[9:13])
+        session.path.count(x1, True, nonfinite.sum(), times=sum(steps))
+        tuner = attrs.evolve(tuner, h_bar=h_bar, log_eps=log_eps, log_eps_bar=log_eps_bar, m=int(m))
+        aux = dict(state.aux)
+        if it < self.n_warmup - 1:  # the segment adapted the step size
+            kstate = KernelState(tuner.step_size, kstate.metric)
+        if it < self.n_warmup <= end:  # the last warm-up iteration freezes the averaged step sizes
+            kstate = KernelState(tuner.final(), kstate.metric)
+            step_size[self.n_warmup - 1 - it] = kstate.step_size
+        if self.windows:
+            kstate, tuner, aux["window"] = self._adapt_metric(
+                end - 1, drawn.reshape(-1, d), drawn[-1], kstate, tuner, aux["window"]
+            )
+        draws = aux["draws"]
+        kept = torch.arange(it, end) - self.n_warmup
+        keep = (kept >= 0) & ((kept + 1) % self.thin == 0)
+        if bool(keep.any()):
+            draws[:, kept[keep] // self.thin] = drawn[keep.to(drawn.device)].transpose(0, 1)
+        # one StepStats per iteration, as _iteration records; the constant rows are shared tensors
+        ones, zeros = torch.ones_like(acceptance[0]), torch.zeros_like(acceptance[0])
+        rows = zip(steps, nonfinite.tolist(), acceptance.unbind(0), step_size.unbind(0))
+        for i, (n_i, bad, acc, eps) in enumerate(rows, start=it):
+            info = {"acceptance": acc, "step_size": eps, "warmup": ones if i < self.n_warmup else zeros}
+            session.stats.append(StepStats(i + 1, state.t, ones, zeros, r * n_i, r * n_i, bad, info))
+        particles = attrs.evolve(particles, x=x1, evaluation=ev1)
+        aux.update(tuner=tuner, draws=draws)
+        return attrs.evolve(state, k=end, particles=particles, weighted=particles, step_states=(kstate,), aux=aux)
 
     def _chees_transition(
         self, particles: Particles, kstate: KernelState, ctx: StepContext, aux: dict[str, Any], info: dict[str, Tensor]
@@ -347,17 +480,24 @@ class MCMCChains:
         return attrs.evolve(particles, x=x1, evaluation=ev1), harmonic.expand_as(alpha)
 
     def _adapt_metric(
-        self, it: int, x: torch.Tensor, kstate: KernelState, tuner: DualAveraging, window: WindowMoments
+        self,
+        it: int,
+        drawn: torch.Tensor,
+        x: torch.Tensor,
+        kstate: KernelState,
+        tuner: DualAveraging,
+        window: WindowMoments,
     ) -> tuple[KernelState, DualAveraging, WindowMoments]:
         """Windowed metric adaptation after iteration ``it`` with chain positions ``x`` ``(R, d)``.
 
-        Inside a window the draws are accumulated; at its end the metric becomes their pooled,
-        regularized covariance, the step sizes restart at the kernel's whitened default (dual
-        averaging restarted there), and a fresh window starts at the chains' current mean.
+        Inside a window the draws ``drawn`` ``(M, d)`` are accumulated (``x``, or a fused
+        segment's iterations, all in the window of ``it``); at its end the metric becomes their
+        pooled, regularized covariance, the step sizes restart at the kernel's whitened default
+        (dual averaging restarted there), and a fresh window starts at the chains' current mean.
         """
         for start, end in self.windows:
             if start <= it < end:
-                window = window.add(x)
+                window = window.add(drawn)
                 if it == end - 1:
                     metric = window.metric(self.metric).to(x.dtype)
                     r = x.shape[0]
@@ -420,7 +560,7 @@ class WindowMoments:
         return cls(x64.new_zeros(()), x64.mean(0), x64.new_zeros(d), squares)
 
     def add(self, x: torch.Tensor) -> WindowMoments:
-        """The window with the chains' draws ``x`` ``(R, d)`` added."""
+        """The window with the draws ``x`` ``(M, d)`` added (the chains' positions, of one or more iterations)."""
         c = x.to(torch.float64) - self.shift
         sq = (c**2).sum(0) if self.squares.ndim == 1 else c.T @ c
         return WindowMoments(self.count + c.shape[0], self.shift, self.total + c.sum(0), self.squares + sq)

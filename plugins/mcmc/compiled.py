@@ -43,7 +43,9 @@ class CompilationWarning(UserWarning):
 _COPIES: dict[tuple[Callable[..., Any], type], Callable[..., Any]] = {}
 
 
-def compiled_copy(function: Callable[..., Any], target_type: type) -> Callable[..., Any]:
+def compiled_copy(
+    function: Callable[..., Any], target_type: type, options: dict[str, Any] | None = None
+) -> Callable[..., Any]:
     """``torch.compile`` of a copy of ``function`` with its own code object, one per target class.
 
     Dynamo keeps its compiled variants and their guards per code object. Sharing one between
@@ -51,7 +53,8 @@ def compiled_copy(function: Callable[..., Any], target_type: type) -> Callable[.
     another's (a ``KeyError`` from the guard, not a recompilation, in torch 2.13), and the
     variants of every class would count against one ``recompile_limit``. Instances of one class
     share their copy, so a process compiles once per class, dtype and kind of metric (and once
-    more, with dynamic shapes, when N changes).
+    more, with dynamic shapes, when N changes). ``options`` are TorchInductor's (``torch.compile``'s
+    ``options``), fixed per function.
     """
     key = (function, target_type)
     if key not in _COPIES:
@@ -59,7 +62,7 @@ def compiled_copy(function: Callable[..., Any], target_type: type) -> Callable[.
             function.__code__.replace(), function.__globals__, function.__name__, function.__defaults__
         )
         copy.__qualname__ = f"{function.__qualname__}[{target_type.__qualname__}]"
-        _COPIES[key] = torch.compile(copy)
+        _COPIES[key] = torch.compile(copy, options=options)
     return _COPIES[key]
 
 
@@ -69,10 +72,23 @@ class CompiledStep:
     Calling it returns the function's result, or ``None`` when compilation is unavailable or
     the compiled call failed (after one :class:`CompilationWarning`): the caller then runs its
     eager code, which raises the target's own error if the target was at fault.
+
+    Args:
+        function: the step.
+        options: TorchInductor's options for it (``torch.compile``'s ``options``).
+        scalar_outputs: trace it with Dynamo's ``capture_scalar_outputs`` (a loop's index read
+            as a number inside the graph, as TorchInductor's lowering of ``scan`` does).
     """
 
-    def __init__(self, function: Callable[..., tuple[Tensor, ...]]):
+    def __init__(
+        self,
+        function: Callable[..., tuple[Tensor, ...]],
+        options: dict[str, Any] | None = None,
+        scalar_outputs: bool = False,
+    ):
         self.function = function
+        self.options = options
+        self.scalar_outputs = scalar_outputs
         self.failed = False
 
     def __call__(self, path: GeometricPath, *args: Any) -> tuple[Tensor, ...] | None:
@@ -84,7 +100,8 @@ class CompiledStep:
         validate = Distribution._validate_args
         Distribution.set_default_validate_args(False)
         try:
-            return compiled_copy(self.function, type(path.target))(path, *args)
+            with torch._dynamo.config.patch(capture_scalar_outputs=self.scalar_outputs):
+                return compiled_copy(self.function, type(path.target), self.options)(path, *args)
         except Exception as exc:  # noqa: BLE001 - any failure of the compiler falls back to eager
             self.failed = True
             first_line = str(exc).splitlines()[0] if str(exc) else ""

@@ -811,6 +811,10 @@ class HMC(MetropolisCorrector):
         u = (sweep * _GOLDEN) % 1.0
         return max(1, round(self.n_leapfrog * (1.0 + self.jitter * (2.0 * u - 1.0))))
 
+    def trajectory_length_bound(self) -> int:
+        """The longest :meth:`trajectory_length` of any sweep."""
+        return max(1, round(self.n_leapfrog * (1.0 + self.jitter)))
+
     def _proposal_options(self, metric: Tensor | None, sweep: int) -> dict[str, Any]:
         options = super()._proposal_options(metric, sweep)
         if self.jitter > 0.0:

@@ -267,7 +267,8 @@ class Loop:
     Args:
         session: the run.
         iterate: one iteration, ``(state, session) -> state``; it appends its record to
-            ``session.stats``.
+            ``session.stats``. It may run several (a fused segment of chain iterations): the
+            state's ``k`` says how many have run, and the bar advances by as many.
         finished: whether the run is done after a state.
         total: the number of iterations, or ``None`` when it is not known in advance (an
             adaptive schedule: the bar then runs over the time t, to 1).
@@ -319,14 +320,16 @@ class Loop:
                     follow_load()
                     new = self.iterate(state, session)
                     last = session.stats[-1]
-                    amount = float(new.t.min() - state.t.min()) if by_time else 1
+                    amount = float(new.t.min() - state.t.min()) if by_time else new.k - state.k
                     bar.advance(
                         amount, step=new.k, ess=last.ess if self.annealing else None, info=last.info, **shown(new)
                     )
+                    # due when k passed a multiple of the interval (an iterate may run several iterations)
+                    due = ckpt is not None and ckpt.every is not None and new.k // ckpt.every > state.k // ckpt.every
                     state = new
                     if ckpt is not None:
                         snapshot = _Snapshot.capture(state, session)
-                        if ckpt.every is not None and state.k % ckpt.every == 0 and not self.finished(state):
+                        if due and not self.finished(state):
                             self._save(snapshot, run_info)
             except KeyboardInterrupt:
                 # Ranks of a sharded run cannot gather their state once one of them stops: there,

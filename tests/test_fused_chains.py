@@ -1,0 +1,127 @@
+"""``compile=True`` chains: fused segments of iterations (sampler_plugins.mcmc.fused).
+
+A segment runs many chain iterations in one compiled ``scan``, the warm-up's dual averaging
+included. It must sample the target (exact moments of a correlated Gaussian), make the same
+evaluations and keep the same records as the eager iterations, adapt as they do, and give the
+same result whether or not the run checkpoints or resumes. Each distinct segment compiles once
+(15-25 s on 2 cores), so these tests are marked slow and still run in CI.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from test_kernels import COV3, MEAN3, Z_MAX, gaussian3, max_abs_z
+
+import sampler
+from sampler.io.checkpoint import read_checkpoint
+from sampler_plugins.mcmc import compiled
+from sampler_plugins.mcmc.compiled import CompilationWarning
+from sampler_plugins.mcmc.fused import SEGMENT_ITERATIONS
+
+pytestmark = pytest.mark.slow
+
+
+def _run(kernel: str, seed: int, n_replicas: int, n_particles: int, n_warmup: int, **options):
+    return sampler.sample(
+        gaussian3(), method=kernel, n_particles=n_particles, n_replicas=n_replicas, seed=seed, dtype="float64",
+        n_warmup=n_warmup, progress=False, **options,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kernel", "options"),
+    [
+        ("hmc", {"trajectory": "fixed", "n_leapfrog": 3}),  # dense metric, jittered lengths: the masked trajectory
+        ("hmc", {"trajectory": "fixed", "n_leapfrog": 3, "metric": "identity"}),  # one length
+        ("mala", {}),  # diagonal metric
+    ],
+)
+def test_fused_chains_draw_the_target(kernel, options):
+    """The last draw of each of 2000 independent chains, after warm-up, is an exact draw of gaussian3.
+
+    200 warm-up iterations (Stan's windows, metric pooled over the chains) and 50 kept
+    draws: the chains have long forgotten their start, so the 2000 last draws are iid draws of
+    the target and ``test_kernels``' iid z-scores apply (max of 9 below 4: P ~ 6e-4).
+    """
+    res = _run(kernel, 3, 2000, 50, 200, compile=True, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompilationWarning)
+        assert max_abs_z(res.samples[:, -1].numpy(), MEAN3, COV3) < Z_MAX
+    acceptance = torch.stack([s.info["acceptance"] for s in res.steps[200:]])
+    assert 0.3 < float(acceptance.mean()) < 1.0  # the chains moved
+
+
+def test_fused_chains_keep_the_eager_records_and_counts():
+    """Per iteration a StepStats with the iteration's evaluations; the step size frozen after warm-up."""
+    options = dict(trajectory="fixed", n_leapfrog=3)
+    fused, eager = _run("hmc", 5, 2, 30, 30, compile=True, **options), _run("hmc", 5, 2, 30, 30, **options)
+    assert len(fused.steps) == len(eager.steps) == 60
+    assert [s.step for s in fused.steps] == list(range(1, 61))
+    # jittered lengths (the dense metric's default): the same per iteration as the eager kernel's
+    assert [s.grad_evals for s in fused.steps] == [s.grad_evals for s in eager.steps]
+    assert fused.n_grad_evals == eager.n_grad_evals and fused.n_target_evals == eager.n_target_evals
+    assert len({s.grad_evals for s in fused.steps}) > 1
+    warm = torch.stack([s.info["warmup"] for s in fused.steps])
+    assert warm[:30].eq(1).all() and warm[30:].eq(0).all()
+    steps = torch.stack([s.info["step_size"] for s in fused.steps])
+    # the last warm-up iteration reports the frozen size the sampling iterations use
+    torch.testing.assert_close(steps[29:], steps[29].expand(31, 2), rtol=1e-14, atol=0)
+    assert not steps[:29].eq(steps[29]).all()  # the warm-up adapted
+    assert fused.samples.shape == eager.samples.shape == (2, 30, 3)
+
+
+def test_fused_chains_are_reproducible_and_checkpointing_changes_nothing(tmp_path):
+    """Segments end at the same iterations with or without checkpoints: the same draws; resume continues them."""
+    options = dict(trajectory="fixed", n_leapfrog=3, compile=True, thin=2)
+    full = _run("hmc", 9, 2, 40, 30, **options)
+    again = _run("hmc", 9, 2, 40, 30, **options)
+    torch.testing.assert_close(full.samples, again.samples, rtol=0, atol=0)
+    ck = tmp_path / "chains.ckpt"
+    saved = _run("hmc", 9, 2, 40, 30, checkpoint=ck, checkpoint_every=7, **options)
+    torch.testing.assert_close(saved.samples, full.samples, rtol=0, atol=0)
+    data = read_checkpoint(ck)
+    assert 0 < data.step < 110  # the last periodic save, at a segment's end
+    resumed = sampler.resume(ck, gaussian3(), progress=False)
+    torch.testing.assert_close(resumed.samples, full.samples, rtol=0, atol=0)
+    assert resumed.n_grad_evals == full.n_grad_evals and len(resumed.steps) == len(full.steps)
+
+
+def test_segments_end_at_windows_warmup_and_their_length():
+    chain = sampler.method("hmc", trajectory="fixed", n_warmup=1000)
+    ends, it, total = [], 0, 1000 + 2 * SEGMENT_ITERATIONS + 7
+    while it < total:
+        it = chain._segment_end(it, total)
+        ends.append(it)
+    window_edges = sorted({i for w in chain.windows for i in w})
+    assert ends == [*window_edges, 1000, 1000 + SEGMENT_ITERATIONS, 1000 + 2 * SEGMENT_ITERATIONS, total]
+
+
+def test_one_iteration_segments_run():
+    """A segment of one iteration (padded with an inactive one) moves the chains once."""
+    res = _run("hmc", 2, 2, 1, 0, trajectory="fixed", n_leapfrog=3, compile=True, metric="identity")
+    assert res.samples.shape == (2, 1, 3) and len(res.steps) == 1
+    assert res.n_grad_evals == 2 * 3 + 2  # one trajectory per chain, and the start's gradient
+
+
+def test_fused_chains_fall_back_to_eager_iterations_with_the_same_draws(monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(compiled.torch, "compile", unavailable)
+    monkeypatch.setattr(compiled, "_COPIES", {})
+    options = dict(trajectory="fixed", n_leapfrog=3)
+    with pytest.warns(CompilationWarning, match=r"hmc_chain_segment failed .*no C\+\+ compiler"):
+        fallback = _run("hmc", 7, 2, 20, 20, compile=True, **options)
+    torch.testing.assert_close(fallback.samples, _run("hmc", 7, 2, 20, 20, **options).samples, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "options"),
+    [("hmc", {}), ("hmc", {"trajectory": "fixed", "step_jitter": 0.2}), ("mala", {"step_jitter": 0.2})],
+)
+def test_chains_that_do_not_fuse(kernel, options):
+    """ChEES trajectories (adapted on the host between iterations) and per-particle step jitter run one by one."""
+    assert sampler.method(kernel, compile=True, **options)._segment_step() is None
