@@ -372,11 +372,8 @@ class MCMCChains:
         noise[:k] = ctx.randn((r, 1, k, d), x.dtype).permute(2, 0, 1, 3)
         u = torch.zeros((width, r, 1), dtype=torch.float64, device=x.device)
         u[:k] = ctx.rand((r, 1, k), torch.float64).permute(2, 0, 1)
-        if isinstance(self.kernel, HMC):
-            steps = [self.kernel.trajectory_length(it + 1 + i) for i in range(k)]
-            longest = self.kernel.trajectory_length_bound()
-        else:
-            steps, longest = [1] * k, 1
+        kernel = cast(MetropolisCorrector, self.kernel)
+        steps, longest = kernel.sweep_lengths(it + 1, k), kernel.longest_sweep()
         lengths = torch.tensor(steps + [0] * (width - k), dtype=torch.int64, device=x.device)
         active = torch.arange(width, device=x.device) < k
         adapting = active & (torch.arange(it, it + width, device=x.device) < self.n_warmup - 1)

@@ -223,6 +223,93 @@ def mala_chain_segment(path: GeometricPath, *args: Any) -> tuple[Any, ...]:
     return _segment(mala_masked_transition, path, *args)
 
 
+def _sweeps(
+    transition: Any,
+    path: GeometricPath,
+    x: Tensor,
+    ev_x: Evaluation,
+    eps: Tensor,
+    adaptation: Tensor,
+    noise: Tensor,
+    u: Tensor,
+    lengths: Tensor,
+    metric: Tensor | None,
+    t: Tensor,
+    log_norm: Tensor,
+    max_leapfrog: int,
+) -> tuple[Tensor, ...]:
+    """``S`` sweeps of ``transition`` at pi_t with the corrector's step-size adaptation, as one ``scan``.
+
+    :meth:`~sampler_plugins.mcmc.kernels.MetropolisCorrector.sweeps` in the graph: after each
+    sweep ``eps *= exp(rate (acceptance - target))``, clamped to ``bounds``, where
+    ``adaptation`` is on.
+
+    Args:
+        transition, path, metric, t, log_norm, max_leapfrog: as in :func:`_segment`.
+        x: ``(R, N, d)`` particles; ``ev_x`` their evaluation.
+        eps: ``(R,)`` float64 step sizes.
+        adaptation: float64 ``(5,)``: ``(adapt, rate, target, lower bound, upper bound)``.
+        noise: ``(S, R, N, d)`` momenta or noise; ``u`` ``(S, R, N)`` float64 uniforms;
+            ``lengths`` ``(S,)`` int64 leapfrog steps per sweep.
+
+    Returns:
+        ``(x, log_ref, log_target, grad_ref, grad_target, eps, acceptance, nonfinite)``: the
+        particles after the sweeps, their evaluation, the adapted step sizes, the mean
+        acceptance probability per replica over the sweeps ``(R,)`` and the non-finite count.
+    """
+    x, t, log_norm, eps, adaptation = x.clone(), t.clone(), log_norm.clone(), eps.clone(), adaptation.clone()
+    lr, lt, gr, gt = (v.clone() for v in ev_x)
+    metric = None if metric is None else metric.clone()
+    n_sweeps = noise.shape[0]
+
+    def body(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        x, lr, lt, gr, gt, eps, acceptance, nonfinite = carry
+        noise_k, u_k, n_k = xs
+        adapt, gain, target, low, high = (adaptation[i] for i in range(5))
+        step = eps.to(x.dtype)[:, None, None]
+        x, ev, log_alpha, bad = transition(
+            path, x, (lr, lt, gr, gt), noise_k, u_k, step, metric, t, log_norm, n_k, max_leapfrog
+        )
+        rate = log_alpha.exp().mean(-1)
+        adapted = (eps * torch.exp(gain * (rate - target))).clamp(low, high)
+        eps = torch.where(adapt > 0, adapted, eps)
+        return (x, *ev, eps, acceptance + rate / n_sweeps, nonfinite + bad), ()
+
+    zero = torch.zeros_like(eps)
+    init = (x, lr, lt, gr, gt, eps, zero, torch.zeros((), dtype=torch.int64, device=x.device))
+    carry, _ = scan(body, init, (noise, u, lengths))
+    return tuple(carry)
+
+
+def hmc_sweeps(path: GeometricPath, *args: Any) -> tuple[Tensor, ...]:
+    """:func:`_sweeps` of HMC transitions of varying lengths (``compile=True`` compiles it)."""
+    return _sweeps(hmc_masked_transition, path, *args)
+
+
+def hmc_fixed_sweeps(path: GeometricPath, *args: Any) -> tuple[Tensor, ...]:
+    """:func:`_sweeps` of HMC transitions of one length (``compile=True`` compiles it)."""
+    return _sweeps(hmc_fixed_transition, path, *args)
+
+
+def mala_sweeps(path: GeometricPath, *args: Any) -> tuple[Tensor, ...]:
+    """:func:`_sweeps` of MALA transitions (``compile=True`` compiles it)."""
+    return _sweeps(mala_masked_transition, path, *args)
+
+
+#: The most random numbers (S sweeps x R x N x d) a fused :func:`_sweeps` call draws at once;
+#: larger runs call the compiled transition once per sweep, where the call's cost is small
+#: beside the sweep's.
+SWEEP_NUMBERS = 1 << 22
+
+#: The sweep functions by kind of transition: each is its own compiled code object.
+SWEEPS = {"hmc": hmc_sweeps, "hmc-fixed": hmc_fixed_sweeps, "mala": mala_sweeps}
+
+
+def compiled_sweeps(kind: str) -> CompiledStep:
+    """The compiled sweeps of a kind of transition (a key of :data:`SWEEPS`), compiled at its first call."""
+    return CompiledStep(SWEEPS[kind], options=COMPILE_OPTIONS, scalar_outputs=True)
+
+
 #: The segment functions by kind of transition: each is its own compiled code object.
 SEGMENTS = {"hmc": hmc_chain_segment, "hmc-fixed": hmc_fixed_chain_segment, "mala": mala_chain_segment}
 

@@ -1,10 +1,12 @@
-"""``compile=True`` chains: fused segments of iterations (sampler_plugins.mcmc.fused).
+"""``compile=True``'s fused loops (sampler_plugins.mcmc.fused): chain segments and SMC sweeps.
 
-A segment runs many chain iterations in one compiled ``scan``, the warm-up's dual averaging
-included. It must sample the target (exact moments of a correlated Gaussian), make the same
-evaluations and keep the same records as the eager iterations, adapt as they do, and give the
-same result whether or not the run checkpoints or resumes. Each distinct segment compiles once
-(15-25 s on 2 cores), so these tests are marked slow and still run in CI.
+A chain segment runs many chain iterations in one compiled ``scan``, the warm-up's dual
+averaging included. It must sample the target (exact moments of a correlated Gaussian), make
+the same evaluations and keep the same records as the eager iterations, adapt as they do, and
+give the same result whether or not the run checkpoints or resumes. Fused sweeps run all of a
+temperature's MCMC sweeps in one call: SMC with them keeps log Z within its standard error and
+counts every gradient. Each distinct loop compiles once (5-25 s on 2 cores), so these tests are
+marked slow and still run in CI.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sampler.io.checkpoint import read_checkpoint
 from sampler_plugins.mcmc import compiled
 from sampler_plugins.mcmc.compiled import CompilationWarning
 from sampler_plugins.mcmc.fused import SEGMENT_ITERATIONS
+from sampler_plugins.mcmc.kernels import HMC
 
 pytestmark = pytest.mark.slow
 
@@ -125,3 +128,49 @@ def test_fused_chains_fall_back_to_eager_iterations_with_the_same_draws(monkeypa
 def test_chains_that_do_not_fuse(kernel, options):
     """ChEES trajectories (adapted on the host between iterations) and per-particle step jitter run one by one."""
     assert sampler.method(kernel, compile=True, **options)._segment_step() is None
+
+
+# -- SMC's sweeps ------------------------------------------------------------------------------------
+def _smc(kernel: str, seed: int, **options):
+    target = sampler.targets.Gaussian(mean=MEAN3, cov=COV3)
+    return target, sampler.sample(
+        target, method="smc", kernel=kernel, n_particles=500, n_replicas=16, seed=seed, dtype="float64",
+        reference="prior", reference_loc=0.0, reference_scale=3.0, progress=False, **options,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("kernel", "options"), [("hmc", {"n_leapfrog": 3}), ("mala", {})])
+def test_fused_sweeps_keep_smc_log_z_within_three_standard_errors(kernel, options):
+    """As ``test_smc``'s log Z check (R = 16: P(|t_15| > 3) ~ 0.009), with the sweeps fused; every gradient counted."""
+    target, res = _smc(kernel, 2024, compile=True, **options)
+    se = res.log_Z_stderr
+    assert 0 < se < 0.2
+    assert abs(res.log_Z - target.log_Z) < 3 * se, f"log Z {res.log_Z:.4f} +- {se:.4f} vs exact {target.log_Z:.4f}"
+    per_stage = 16 * 500 * 10 * options.get("n_leapfrog", 1)  # R x N x 10 sweeps x gradients per sweep
+    assert all(s.grad_evals == per_stage for s in res.steps)
+    assert res.n_grad_evals == 16 * 500 + len(res.steps) * per_stage
+    steps = torch.stack([s.info["step_size"] for s in res.steps])
+    assert not steps.eq(steps[0]).all()  # the sweeps adapted the step size
+
+
+def test_fused_sweeps_fall_back_to_the_eager_sweeps_with_the_same_draws(monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(compiled.torch, "compile", unavailable)
+    monkeypatch.setattr(compiled, "_COPIES", {})
+    with pytest.warns(CompilationWarning, match=r"mala_sweeps failed .*no C\+\+ compiler"):
+        _, fallback = _smc("mala", 3, compile=True)
+    _, eager = _smc("mala", 3)
+    # the same draws; the compiled step's eager fallback rounds its identity-metric move as the
+    # whitened one, in the last digits
+    torch.testing.assert_close(fallback.samples, eager.samples, rtol=1e-9, atol=1e-12)
+    assert fallback.log_Z == pytest.approx(eager.log_Z, abs=1e-9)
+
+
+@pytest.mark.parametrize("n_leapfrog", [1, 3, 5, 10])
+@pytest.mark.parametrize("jitter", [0.0, 0.3, 0.5, 0.9])
+def test_the_masked_trajectory_is_as_long_as_the_longest_jittered_one(n_leapfrog, jitter):
+    kernel = HMC(n_leapfrog=n_leapfrog, jitter=jitter)
+    assert max(kernel.trajectory_length(k) for k in range(20_000)) == kernel.longest_sweep()
+    assert kernel.sweep_lengths(7, 3) == [kernel.trajectory_length(k) for k in (7, 8, 9)]
