@@ -52,8 +52,6 @@ from sampler_plugins.mcmc.compiled import CompiledStep
 from sampler_plugins.mcmc.fused import SEGMENT_ITERATIONS, compiled_segment, mark_segment_length
 from sampler_plugins.mcmc.kernels import (
     HMC,
-    MALA,
-    ULA,
     KernelState,
     MetropolisCorrector,
     _step_constants,
@@ -326,13 +324,11 @@ class MCMCChains:
         Chains fuse their iterations with ``compile=True``, a fixed trajectory (ChEES adapts
         between iterations on the host) and no per-particle step jitter, for HMC and MALA.
         """
-        kernel = self.kernel
-        fused = isinstance(kernel, HMC) or (isinstance(kernel, MALA) and not isinstance(kernel, ULA))
-        metropolis = cast(MetropolisCorrector, kernel)
-        if not fused or metropolis._compiled is None or self.trajectory != "fixed" or metropolis.step_jitter:
+        kernel = cast(MetropolisCorrector, self.kernel)
+        kind = kernel.fused_kind()
+        if kind is None or not kernel.compile or self.trajectory != "fixed" or kernel.step_jitter:
             return None
         if self._fused is None:
-            kind = "mala" if isinstance(kernel, MALA) else "hmc" if cast(HMC, kernel).jitter else "hmc-fixed"
             self._fused = compiled_segment(kind)
         return None if self._fused.failed else self._fused
 

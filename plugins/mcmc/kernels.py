@@ -627,8 +627,8 @@ class MetropolisCorrector(Corrector):
         new = attrs.evolve(particles, x=x, evaluation=ev)
         return StepOutput(new, KernelState(eps, metric), {"acceptance": acceptance, "step_size": eps})
 
-    def _fused_kind(self) -> str | None:
-        """The kind of this kernel's fused sweeps (a key of :data:`~sampler_plugins.mcmc.fused.SWEEPS`), if any."""
+    def fused_kind(self) -> str | None:
+        """The kind of its fused loops (a key of :data:`~sampler_plugins.mcmc.fused.SWEEPS` and ``SEGMENTS``), if any."""
         return None
 
     def sweep_lengths(self, first: int, count: int) -> list[int]:
@@ -652,7 +652,7 @@ class MetropolisCorrector(Corrector):
         # fused imports this module's step functions: imported here, not at the top (a cycle)
         from sampler_plugins.mcmc import fused
 
-        x, kind = particles.x, self._fused_kind()
+        x, kind = particles.x, self.fused_kind()
         if (
             kind is None
             or self._compiled_step(ctx) is None
@@ -759,7 +759,7 @@ class MALA(MetropolisCorrector):
     def default_step_size(self, scale: float, dim: int) -> float:
         return 1.65 * scale * dim ** (-1 / 6)
 
-    def _fused_kind(self) -> str | None:
+    def fused_kind(self) -> str | None:
         return "mala" if self.metropolis else None  # ULA moves without a choice: no compiled transition
 
     def propose(self, x: Tensor, ev: PathEvaluation, eps: Tensor, ctx: StepContext, **kwargs: Any) -> Proposal:
@@ -901,7 +901,7 @@ class HMC(MetropolisCorrector):
         """The longest :meth:`trajectory_length` of any sweep: ``round(x)`` for ``x`` just below ``n (1 + jitter)``."""
         return max(1, math.ceil(self.n_leapfrog * (1.0 + self.jitter) - 0.5))
 
-    def _fused_kind(self) -> str | None:
+    def fused_kind(self) -> str | None:
         return "hmc" if self.jitter else "hmc-fixed"
 
     def _proposal_options(self, metric: Tensor | None, sweep: int) -> dict[str, Any]:
