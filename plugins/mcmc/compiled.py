@@ -78,6 +78,7 @@ class CompiledStep:
         options: TorchInductor's options for it (``torch.compile``'s ``options``).
         scalar_outputs: trace it with Dynamo's ``capture_scalar_outputs`` (a loop's index read
             as a number inside the graph, as TorchInductor's lowering of ``scan`` does).
+        fallback: what runs instead after a failure, for the warning.
     """
 
     def __init__(
@@ -85,10 +86,12 @@ class CompiledStep:
         function: Callable[..., tuple[Tensor, ...]],
         options: dict[str, Any] | None = None,
         scalar_outputs: bool = False,
+        fallback: str = "running eagerly",
     ):
         self.function = function
         self.options = options
         self.scalar_outputs = scalar_outputs
+        self.fallback = fallback
         self.failed = False
 
     def __call__(self, path: GeometricPath, *args: Any) -> tuple[Tensor, ...] | None:
@@ -107,7 +110,7 @@ class CompiledStep:
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             warnings.warn(
                 f"compile=True: torch.compile of {self.function.__name__} failed "
-                f"({type(exc).__name__}: {first_line}); running eagerly",
+                f"({type(exc).__name__}: {first_line}); {self.fallback}",
                 CompilationWarning,
                 stacklevel=3,
             )

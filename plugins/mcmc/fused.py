@@ -47,6 +47,10 @@ SEGMENT_ITERATIONS = 500
 #: default Python wrapper (x86_64, 1 thread, torch 2.13.0+cpu).
 COMPILE_OPTIONS = {"cpp_wrapper": True}
 
+#: What a fused loop that fails to compile (a target Dynamo cannot capture whole, a compiler
+#: error) leaves running: the kernel's per-transition compiled steps, which may split the graph.
+FALLBACK = "running its transitions one call each"
+
 Evaluation = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
@@ -307,7 +311,7 @@ SWEEPS = {"hmc": hmc_sweeps, "hmc-fixed": hmc_fixed_sweeps, "mala": mala_sweeps}
 
 def compiled_sweeps(kind: str) -> CompiledStep:
     """The compiled sweeps of a kind of transition (a key of :data:`SWEEPS`), compiled at its first call."""
-    return CompiledStep(SWEEPS[kind], options=COMPILE_OPTIONS, scalar_outputs=True)
+    return CompiledStep(SWEEPS[kind], COMPILE_OPTIONS, scalar_outputs=True, fallback=FALLBACK)
 
 
 #: The segment functions by kind of transition: each is its own compiled code object.
@@ -316,7 +320,7 @@ SEGMENTS = {"hmc": hmc_chain_segment, "hmc-fixed": hmc_fixed_chain_segment, "mal
 
 def compiled_segment(kind: str) -> CompiledStep:
     """The compiled segment of a kind of transition (a key of :data:`SEGMENTS`), compiled at its first call."""
-    return CompiledStep(SEGMENTS[kind], options=COMPILE_OPTIONS, scalar_outputs=True)
+    return CompiledStep(SEGMENTS[kind], COMPILE_OPTIONS, scalar_outputs=True, fallback=FALLBACK)
 
 
 def mark_segment_length(*tensors: Tensor) -> None:

@@ -609,7 +609,8 @@ class MetropolisCorrector(Corrector):
         """``n_steps`` sweeps at pi_t with a given metric factor (``None``: identity), held fixed throughout.
 
         :meth:`apply` with the metric of :meth:`current_metric`; a step that estimates the metric
-        elsewhere (e.g. from more particles than it moves) calls this directly.
+        elsewhere (e.g. from more particles than it moves) calls this directly. With ``compile=True``
+        the sweeps run as one compiled call where they can (:meth:`_fused_sweeps`).
         """
         fused = self._fused_sweeps(particles, state, ctx, metric)
         if fused is not None:
@@ -628,7 +629,7 @@ class MetropolisCorrector(Corrector):
         return StepOutput(new, KernelState(eps, metric), {"acceptance": acceptance, "step_size": eps})
 
     def fused_kind(self) -> str | None:
-        """The kind of its fused loops (a key of :data:`~sampler_plugins.mcmc.fused.SWEEPS` and ``SEGMENTS``), if any."""
+        """Its kind of fused loops, a key of :data:`~sampler_plugins.mcmc.fused.SWEEPS` and ``SEGMENTS`` (or None)."""
         return None
 
     def sweep_lengths(self, first: int, count: int) -> list[int]:
