@@ -136,6 +136,13 @@ def mala_masked_transition(
     return out[0], (out[1], out[2], out[3], out[4]), out[5], out[11]
 
 
+def _own(tensor: Tensor) -> Tensor:
+    """A contiguous copy: a scan takes no inputs that share memory (a view of the run's time, a
+    shared metric) and carries each tensor with the same strides from step to step (the loop
+    body makes its carries contiguous: a dense reference's gradient comes out transposed)."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 def _segment(
     transition: Any,
     path: GeometricPath,
@@ -177,11 +184,10 @@ def _segment(
         ``draws`` ``(K, R, d)``, ``acceptance`` ``(K, R)`` float64, ``step_size`` ``(K, R)``
         float64 (the size the next iteration uses) and ``nonfinite`` ``(K,)``.
     """
-    # scan takes no inputs that alias one another (a view of the run's time, a shared metric)
-    mu, h_bar, log_eps, log_eps_bar, m, constants = (v.clone() for v in tuning)
-    x, t, log_norm = x.clone(), t.clone(), log_norm.clone()
-    lr, lt, gr, gt = (v.clone() for v in ev_x)
-    metric = None if metric is None else metric.clone()
+    mu, h_bar, log_eps, log_eps_bar, m, constants = (_own(v) for v in tuning)
+    x, t, log_norm = _own(x), _own(t), _own(log_norm)
+    lr, lt, gr, gt = (_own(v) for v in ev_x)
+    metric = None if metric is None else _own(metric)
 
     def body(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         x, lr, lt, gr, gt, h_bar, log_eps, log_eps_bar, m = carry
@@ -203,7 +209,7 @@ def _segment(
         log_eps = torch.where(adapt_k, log_eps_next, log_eps)
         log_eps_bar = torch.where(adapt_k, bar_next, log_eps_bar)
         m = torch.where(adapt_k, m_next, m)
-        moved = (x, *ev, h_bar, log_eps, log_eps_bar, m)
+        moved = (x.contiguous(), *(v.contiguous() for v in ev), h_bar, log_eps, log_eps_bar, m)
         carry = tuple(torch.where(active_k, new, old) for new, old in zip(moved, carry))
         return carry, (carry[0][:, 0].clone(), alpha, carry[6].exp(), nonfinite.clone())
 
@@ -261,9 +267,9 @@ def _sweeps(
         particles after the sweeps, their evaluation, the adapted step sizes, the mean
         acceptance probability per replica over the sweeps ``(R,)`` and the non-finite count.
     """
-    x, t, log_norm, eps, adaptation = x.clone(), t.clone(), log_norm.clone(), eps.clone(), adaptation.clone()
-    lr, lt, gr, gt = (v.clone() for v in ev_x)
-    metric = None if metric is None else metric.clone()
+    x, t, log_norm, eps, adaptation = _own(x), _own(t), _own(log_norm), _own(eps), _own(adaptation)
+    lr, lt, gr, gt = (_own(v) for v in ev_x)
+    metric = None if metric is None else _own(metric)
     n_sweeps = noise.shape[0]
 
     def body(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
@@ -277,7 +283,8 @@ def _sweeps(
         rate = log_alpha.exp().mean(-1)
         adapted = (eps * torch.exp(gain * (rate - target))).clamp(low, high)
         eps = torch.where(adapt > 0, adapted, eps)
-        return (x, *ev, eps, acceptance + rate / n_sweeps, nonfinite + bad), ()
+        ev = tuple(v.contiguous() for v in ev)
+        return (x.contiguous(), *ev, eps, acceptance + rate / n_sweeps, nonfinite + bad), ()
 
     zero = torch.zeros_like(eps)
     init = (x, lr, lt, gr, gt, eps, zero, torch.zeros((), dtype=torch.int64, device=x.device))

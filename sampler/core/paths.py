@@ -149,9 +149,10 @@ class GaussianReference:
         """Gradient ``-(x - loc) / scale**2`` (dense: ``-(L L^T)^{-1} (x - loc)``), ``(..., dim)`` in ``x``'s dtype."""
         loc, scale = self._params(x)
         if self.scale_tril is not None:
-            z = self._whiten(x - loc, scale)
-            flat = z.reshape(-1, self.dim).T
-            return -torch.linalg.solve_triangular(scale.T, flat, upper=True).T.reshape(x.shape)
+            z = self._whiten(x - loc, scale).reshape(-1, self.dim)
+            # L^{-T} z, each row the solution of y L = z: no transposed view of L, which a
+            # compiled loop (torch's scan) would take as a second input sharing L's memory
+            return -torch.linalg.solve_triangular(scale, z, upper=False, left=False).reshape(x.shape)
         inverse = self._inverse_scale(x)
         return (loc - x) * (inverse * inverse)  # (d,) then one (..., d) product: this runs at every gradient
 
