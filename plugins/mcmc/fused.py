@@ -1,30 +1,33 @@
-"""Fused chain segments: ``compile=True`` chains run many iterations in one compiled call.
+"""Fused loops: ``compile=True`` runs many MCMC transitions in one compiled call.
 
-A compiled transition (:mod:`sampler_plugins.mcmc.compiled`) still costs one call per iteration,
-and a call costs about 100 microseconds of Dynamo guards and wrappers on a CPU, next to a few
-microseconds of arithmetic for four chains; the chain loop's own bookkeeping costs as much
-again. A *segment* is ``K`` iterations of one chain method in a single compiled call: a
-``scan`` (``torch._higher_order_ops.scan``) over the iterations, each a whole transition (an
-HMC trajectory and its Metropolis choice, or a MALA step) followed by the warm-up's
-dual-averaging step-size update, compiled by TorchInductor with its C++ wrapper
-(``cpp_wrapper``), so that the loop itself runs in generated C++. ``K`` is a dynamic size: one
-compilation serves every segment length.
+A compiled transition (:mod:`sampler_plugins.mcmc.compiled`) still costs one call per
+transition, and a call costs about 100 microseconds of Dynamo guards and wrappers on a CPU, next
+to a few microseconds of arithmetic for four chains or a few hundred for 2000 particles; the
+caller's own bookkeeping costs as much again. A fused loop is a ``scan``
+(``torch._higher_order_ops.scan``) over whole transitions (an HMC trajectory and its Metropolis
+choice, or a MALA step), compiled by TorchInductor with its C++ wrapper (``cpp_wrapper``) so that
+the loop itself runs in generated C++:
 
-What stays outside, between segments (:class:`~sampler_plugins.mcmc.chains.MCMCChains`):
-drawing the segment's random numbers (momenta or noise ``(K, R, 1, d)``, then uniforms
-``(K, R, 1)``, from the run's generator), the windowed metric adaptation (segments end where
-windows end), freezing the averaged step size at the end of warm-up, keeping the draws and
-recording each iteration's statistics. Segments end at those points, at checkpoint intervals
-and after at most :data:`SEGMENT_ITERATIONS` iterations.
+* :func:`_sweeps`: a corrector's ``n_steps`` sweeps at one temperature, each followed by its
+  step-size adaptation (:meth:`~sampler_plugins.mcmc.kernels.MetropolisCorrector.sweeps`);
+* :func:`_segment`: up to :data:`SEGMENT_ITERATIONS` iterations of ``hmc`` or ``mala`` chains,
+  each followed by the warm-up's dual-averaging update
+  (:class:`~sampler_plugins.mcmc.chains.MCMCChains`). The number of iterations ``K`` is a
+  dynamic size: one compilation serves every segment length. Outside, between segments: the
+  windowed metric adaptation (segments end where windows start and end), freezing the averaged
+  step size at the end of warm-up, keeping the draws and recording each iteration's statistics.
 
-HMC's jittered trajectory lengths (``jitter > 0``) vary from iteration to iteration; a segment
-runs every trajectory for the longest length and freezes a trajectory once it has made its
-own number of steps (the steps after that are computed and discarded: they count in no
-evaluation count, and cost wall time). The transitions are the eager kernels' arithmetic
+The caller draws a loop's random numbers before the call, from the run's generator: all the
+momenta or noise ``(K, R, N, d)``, then all the uniforms ``(K, R, N)``. That is another order
+than the eager loops' (momenta and uniforms per transition), so a seeded fused run is
+reproducible but another realization than an eager one.
+
+HMC's jittered trajectory lengths (``jitter > 0``) vary from transition to transition; a loop
+runs every trajectory for the longest length and freezes it once it has made its own number of
+steps (the steps after that are computed and discarded: they count in no evaluation count, and
+cost wall time). The transitions are the eager kernels' arithmetic
 (:func:`~sampler_plugins.mcmc.kernels.leapfrog_step`, :func:`~sampler_plugins.mcmc.kernels.hmc_choice`,
-:func:`~sampler_plugins.mcmc.kernels.mala_transition`); the random numbers are drawn in
-another order than the eager loop's (a segment's momenta, then its uniforms), so a seeded fused
-run is reproducible but is another realization of the chains than an eager one.
+:func:`~sampler_plugins.mcmc.kernels.hmc_transition`, :func:`~sampler_plugins.mcmc.kernels.mala_transition`).
 """
 
 from __future__ import annotations
