@@ -232,7 +232,7 @@ class MCMCChains:
         )
         state = self._start(session, resume)
         total = self.n_warmup + cfg.n_particles * self.thin
-        segment = self._segment_step()
+        segment = self._segment_step() if state.particles.x.device.type == "cpu" else None
         if segment is not None:
             iterate = lambda st, ses: self._segment(st, ses, segment, total)  # noqa: E731
         else:
@@ -322,7 +322,8 @@ class MCMCChains:
         """The compiled segment these chains run in (:mod:`~sampler_plugins.mcmc.fused`), or ``None``.
 
         Chains fuse their iterations with ``compile=True``, a fixed trajectory (ChEES adapts
-        between iterations on the host) and no per-particle step jitter, for HMC and MALA.
+        between iterations on the host) and no per-particle step jitter, for HMC and MALA, on
+        the CPU (the caller checks the device: fused loops are not measured on GPUs).
         """
         kernel = cast(MetropolisCorrector, self.kernel)
         kind = kernel.fused_kind()

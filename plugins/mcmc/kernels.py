@@ -646,7 +646,7 @@ class MetropolisCorrector(Corrector):
         """:meth:`sweeps` as one compiled scan (:func:`sampler_plugins.mcmc.fused._sweeps`), or ``None``.
 
         With ``compile=True``, at least two sweeps, no per-particle step jitter, an unsharded
-        run, and at most :data:`~sampler_plugins.mcmc.fused.SWEEP_NUMBERS` random numbers: one
+        run on the CPU, and at most :data:`~sampler_plugins.mcmc.fused.SWEEP_NUMBERS` random numbers: one
         call instead of one per sweep (whose guards and bookkeeping cost about 100 µs, a fifth
         of a sweep at N = 2000). The sweeps' noise is drawn first, then their uniforms.
         """
@@ -661,6 +661,7 @@ class MetropolisCorrector(Corrector):
             or self.step_jitter
             or ctx.shard is not None
             or ctx.streams is not None
+            or x.device.type != "cpu"  # not measured on GPUs, where CUDA graphs are the tool
             or self.n_steps * x.numel() > fused.SWEEP_NUMBERS
         ):
             return None
