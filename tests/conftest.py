@@ -62,3 +62,15 @@ def run_and_resume(tmp_path, at: int, method: str, options: dict, **common):
     assert 0 < info.value.step
     resumed = sampler.method(method, **options).resume(ck, Interrupting(None), progress=False)
     return full, resumed
+
+
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """``torch.compile`` fails (as without a C++ compiler) and no compiled copy is cached: the fallbacks run."""
+    from sampler_plugins.mcmc import compiled
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\nmore detail")
+
+    monkeypatch.setattr(compiled.torch, "compile", unavailable)
+    monkeypatch.setattr(compiled, "_COPIES", {})

@@ -18,7 +18,6 @@ from test_kernels import COV3, MEAN3, Z_MAX, exact_particles, gaussian3, max_abs
 
 import sampler
 from sampler.errors import ConfigurationError
-from sampler_plugins.mcmc import compiled
 from sampler_plugins.mcmc.compiled import CompilationWarning
 from sampler_plugins.mcmc.kernels import HMC, MALA, RWMH, ULA
 
@@ -134,12 +133,7 @@ def test_the_callers_distribution_validation_survives_the_first_compilation():
     assert done.stdout.split() == ["True"]
 
 
-def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("no C++ compiler\nmore detail")
-
-    monkeypatch.setattr(compiled.torch, "compile", unavailable)
-    monkeypatch.setattr(compiled, "_COPIES", {})
+def test_compile_falls_back_to_eager_with_a_warning(no_compiler):
     with pytest.warns(CompilationWarning, match=r"no C\+\+ compiler\); running eagerly"):
         fallback = _chains(7, compile=True)
     torch.testing.assert_close(fallback.samples, _chains(7).samples, rtol=0, atol=0)

@@ -19,7 +19,6 @@ from test_kernels import COV3, MEAN3, Z_MAX, gaussian3, max_abs_z
 
 import sampler
 from sampler.io.checkpoint import read_checkpoint
-from sampler_plugins.mcmc import compiled
 from sampler_plugins.mcmc.compiled import CompilationWarning
 from sampler_plugins.mcmc.fused import SEGMENT_ITERATIONS
 from sampler_plugins.mcmc.kernels import HMC
@@ -109,12 +108,7 @@ def test_one_iteration_segments_run():
     assert res.n_grad_evals == 2 * 3 + 2  # one trajectory per chain, and the start's gradient
 
 
-def test_fused_chains_fall_back_to_eager_iterations_with_the_same_draws(monkeypatch):
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("no C++ compiler")
-
-    monkeypatch.setattr(compiled.torch, "compile", unavailable)
-    monkeypatch.setattr(compiled, "_COPIES", {})
+def test_fused_chains_fall_back_to_eager_iterations_with_the_same_draws(no_compiler):
     options = dict(trajectory="fixed", n_leapfrog=3)
     with pytest.warns(CompilationWarning, match=r"hmc_chain_segment failed .*no C\+\+ compiler"):
         fallback = _run("hmc", 7, 2, 20, 20, compile=True, **options)
@@ -153,12 +147,7 @@ def test_fused_sweeps_keep_smc_log_z_within_three_standard_errors(kernel, option
     assert not steps.eq(steps[0]).all()  # the sweeps adapted the step size
 
 
-def test_fused_sweeps_fall_back_to_the_eager_sweeps_with_the_same_draws(monkeypatch):
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("no C++ compiler")
-
-    monkeypatch.setattr(compiled.torch, "compile", unavailable)
-    monkeypatch.setattr(compiled, "_COPIES", {})
+def test_fused_sweeps_fall_back_to_the_eager_sweeps_with_the_same_draws(no_compiler):
     with pytest.warns(CompilationWarning, match=r"mala_sweeps failed .*no C\+\+ compiler"):
         _, fallback = _smc("mala", 3, compile=True)
     _, eager = _smc("mala", 3)

@@ -14,7 +14,6 @@ warm-ups scale the buffers as Stan does (15% / 75% / 10%).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -56,6 +55,7 @@ from sampler_plugins.mcmc.kernels import (
     MetropolisCorrector,
     _step_constants,
     auto_metric,
+    dual_averaging_step,
     regularized_metric,
     whiten,
 )
@@ -615,11 +615,9 @@ class DualAveraging:
     def update(self, acceptance: torch.Tensor) -> DualAveraging:
         """The state after one iteration with acceptance ``(R,)``."""
         m = self.m + 1
-        w = 1.0 / (m + self.t0)
-        h_bar = (1 - w) * self.h_bar + w * (self.target - acceptance)
-        log_eps = self.mu - math.sqrt(m) / self.gamma * h_bar
-        eta = m ** (-self.kappa)
-        log_eps_bar = eta * log_eps + (1 - eta) * self.log_eps_bar
+        h_bar, log_eps, log_eps_bar = dual_averaging_step(
+            self.mu, self.h_bar, self.log_eps_bar, acceptance, m, self.target, self.gamma, self.t0, self.kappa
+        )
         return attrs.evolve(self, h_bar=h_bar, log_eps=log_eps, log_eps_bar=log_eps_bar, m=m)
 
     def final(self) -> torch.Tensor:

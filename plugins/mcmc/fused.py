@@ -40,7 +40,15 @@ from torch._higher_order_ops.scan import scan
 
 from sampler.ext import GeometricPath
 from sampler_plugins.mcmc.compiled import CompiledStep
-from sampler_plugins.mcmc.kernels import _down, hmc_choice, hmc_transition, leapfrog_step, mala_transition
+from sampler_plugins.mcmc.kernels import (
+    _down,
+    adapted_step_size,
+    dual_averaging_step,
+    hmc_choice,
+    hmc_transition,
+    leapfrog_step,
+    mala_transition,
+)
 
 #: The most iterations one compiled call runs (progress and Ctrl-C act between segments).
 SEGMENT_ITERATIONS = 500
@@ -195,19 +203,13 @@ def _segment(
     def body(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         x, lr, lt, gr, gt, h_bar, log_eps, log_eps_bar, m = carry
         noise_k, u_k, n_k, adapt_k, active_k = xs
-        target, gamma, t0, kappa = constants[0], constants[1], constants[2], constants[3]
         eps = log_eps.exp().to(x.dtype)[:, None, None]
         x, ev, log_alpha, nonfinite = transition(
             path, x, (lr, lt, gr, gt), noise_k, u_k, eps, metric, t, log_norm, n_k, max_leapfrog
         )
         alpha = log_alpha.exp().mean(-1)
-        # DualAveraging.update, in the graph
         m_next = m + 1.0
-        w = 1.0 / (m_next + t0)
-        h_next = (1.0 - w) * h_bar + w * (target - alpha)
-        log_eps_next = mu - m_next.sqrt() / gamma * h_next
-        eta = m_next ** (-kappa)
-        bar_next = eta * log_eps_next + (1.0 - eta) * log_eps_bar
+        h_next, log_eps_next, bar_next = dual_averaging_step(mu, h_bar, log_eps_bar, alpha, m_next, *constants.unbind())
         h_bar = torch.where(adapt_k, h_next, h_bar)
         log_eps = torch.where(adapt_k, log_eps_next, log_eps)
         log_eps_bar = torch.where(adapt_k, bar_next, log_eps_bar)
@@ -254,14 +256,13 @@ def _sweeps(
     """``S`` sweeps of ``transition`` at pi_t with the corrector's step-size adaptation, as one ``scan``.
 
     :meth:`~sampler_plugins.mcmc.kernels.MetropolisCorrector.sweeps` in the graph: after each
-    sweep ``eps *= exp(rate (acceptance - target))``, clamped to ``bounds``, where
-    ``adaptation`` is on.
+    sweep :func:`~sampler_plugins.mcmc.kernels.adapted_step_size` where ``adaptation`` is on.
 
     Args:
         transition, path, metric, t, log_norm, max_leapfrog: as in :func:`_segment`.
         x: ``(R, N, d)`` particles; ``ev_x`` their evaluation.
         eps: ``(R,)`` float64 step sizes.
-        adaptation: float64 ``(5,)``: ``(adapt, rate, target, lower bound, upper bound)``.
+        adaptation: float64 ``(3,)``: ``(adapt, gain, target acceptance)``.
         noise: ``(S, R, N, d)`` momenta or noise; ``u`` ``(S, R, N)`` float64 uniforms;
             ``lengths`` ``(S,)`` int64 leapfrog steps per sweep.
 
@@ -278,14 +279,13 @@ def _sweeps(
     def body(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         x, lr, lt, gr, gt, eps, acceptance, nonfinite = carry
         noise_k, u_k, n_k = xs
-        adapt, gain, target, low, high = (adaptation[i] for i in range(5))
+        adapt, gain, target = adaptation.unbind()
         step = eps.to(x.dtype)[:, None, None]
         x, ev, log_alpha, bad = transition(
             path, x, (lr, lt, gr, gt), noise_k, u_k, step, metric, t, log_norm, n_k, max_leapfrog
         )
         rate = log_alpha.exp().mean(-1)
-        adapted = (eps * torch.exp(gain * (rate - target))).clamp(low, high)
-        eps = torch.where(adapt > 0, adapted, eps)
+        eps = torch.where(adapt > 0, adapted_step_size(eps, rate, gain, target), eps)
         ev = tuple(v.contiguous() for v in ev)
         return (x.contiguous(), *ev, eps, acceptance + rate / n_sweeps, nonfinite + bad), ()
 

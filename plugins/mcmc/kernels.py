@@ -48,6 +48,40 @@ from sampler_plugins.mcmc.compiled import CompiledStep
 #: Adapted step sizes stay within these bounds (a stuck acceptance cannot drive them to 0 or inf).
 STEP_SIZE_BOUNDS = (1e-10, 1e10)
 
+
+def adapted_step_size(eps: Tensor, rate: Tensor, gain: float | Tensor, target: float | Tensor) -> Tensor:
+    """The correctors' step-size rule after a sweep: ``eps exp(gain (rate - target))``, clamped.
+
+    ``eps`` and the acceptance ``rate`` ``(R,)``; the bounds are :data:`STEP_SIZE_BOUNDS`.
+    Eager sweeps and the fused ones share it.
+    """
+    return (eps * torch.exp(gain * (rate - target))).clamp(*STEP_SIZE_BOUNDS)
+
+
+def dual_averaging_step(
+    mu: Tensor,
+    h_bar: Tensor,
+    log_eps_bar: Tensor,
+    acceptance: Tensor,
+    m: int | Tensor,
+    target: float | Tensor,
+    gamma: float | Tensor,
+    t0: float | Tensor,
+    kappa: float | Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Update number ``m`` (from 1) of dual averaging (Nesterov; Hoffman & Gelman 2014, Alg. 5).
+
+    ``mu``, ``h_bar``, ``log_eps_bar`` and the ``acceptance`` ``(R,)``; ``m`` and the constants
+    numbers (eager chains) or tensors (fused segments, in the graph). Returns the new
+    ``(h_bar, log_eps, log_eps_bar)``.
+    """
+    w = 1.0 / (m + t0)
+    h_bar = (1 - w) * h_bar + w * (target - acceptance)
+    log_eps = mu - m**0.5 / gamma * h_bar
+    eta = m ** (-kappa)
+    return h_bar, log_eps, eta * log_eps + (1 - eta) * log_eps_bar
+
+
 #: The metrics a kernel can precondition with (``"auto"``: :func:`auto_metric` of the dimension).
 METRICS = ("identity", "diag", "dense", "auto")
 
@@ -624,7 +658,7 @@ class MetropolisCorrector(Corrector):
             rate = ctx.mean_probability(log_alpha.exp())
             acceptance = acceptance + rate / self.n_steps
             if self.adapt:
-                eps = (eps * torch.exp(self.adapt_rate * (rate - self.target_acceptance))).clamp(*STEP_SIZE_BOUNDS)
+                eps = adapted_step_size(eps, rate, self.adapt_rate, self.target_acceptance)
         new = attrs.evolve(particles, x=x, evaluation=ev)
         return StepOutput(new, KernelState(eps, metric), {"acceptance": acceptance, "step_size": eps})
 
@@ -677,7 +711,7 @@ class MetropolisCorrector(Corrector):
         steps = self.sweep_lengths(ctx.step * self.n_steps, self.n_steps)
         lengths = torch.tensor(steps, dtype=torch.int64, device=device)
         adaptation = torch.tensor(
-            [float(self.adapt), self.adapt_rate, self.target_acceptance, *STEP_SIZE_BOUNDS],
+            [float(self.adapt), self.adapt_rate, self.target_acceptance],
             dtype=torch.float64,
             device=device,
         )
