@@ -49,6 +49,9 @@ class GPPoissonRegression(Posterior):
         """``(L (..., n, n), ok (...))``: the float64 Cholesky factor of K and where it succeeded.
 
         Where it failed, ``L`` is the identity (so gradients stay finite) and ``ok`` is False.
+        Both factorizations are ``cholesky_ex``: the second never fails, and ``cholesky``'s error
+        check does not compile inside a fused loop's ``scan`` (torch 2.13; docs/methods.md,
+        "Compiled steps").
         """
         lr, la = log_rho.to(torch.float64), log_alpha.to(torch.float64)
         sq, eye = self.constant("sq_dist", like=lr), self.constant("eye", like=lr)
@@ -57,7 +60,7 @@ class GPPoissonRegression(Posterior):
         _, info = torch.linalg.cholesky_ex(cov.detach())
         ok = info == 0
         cov = torch.where(ok[..., None, None], cov, eye.expand_as(cov))
-        return torch.linalg.cholesky(cov), ok
+        return torch.linalg.cholesky_ex(cov)[0], ok
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Stan's ``target`` plus ``log rho + log alpha``, ``(..., 13)`` -> ``(...)``."""

@@ -39,6 +39,22 @@ class CompilationWarning(UserWarning):
     """``compile=True`` could not compile a kernel step; the kernel runs eagerly instead."""
 
 
+#: Compiler failures whose cause is known, by a piece of their message: what the warning adds.
+KNOWN_FAILURES = {
+    # torch 2.13: an operator with a built-in error check (linalg.cholesky, linalg.inv) inside a
+    # scan's body loses an input in TorchInductor's lowering (tests/test_fused.py)
+    "Expected positional argument for parameter": (
+        "if the target calls torch.linalg.cholesky or torch.linalg.inv, TorchInductor cannot compile "
+        "them inside a fused loop: torch.linalg.cholesky_ex and torch.linalg.solve_triangular compile"
+    ),
+}
+
+
+def failure_hint(exc: BaseException) -> str:
+    """What :data:`KNOWN_FAILURES` says about the compiler's error ``exc`` (``""`` if nothing)."""
+    return next((f"; {hint}" for piece, hint in KNOWN_FAILURES.items() if piece in str(exc)), "")
+
+
 #: ``torch.compile``d copies of the step functions, one per (function, target class).
 _COPIES: dict[tuple[Callable[..., Any], type], Callable[..., Any]] = {}
 
@@ -110,7 +126,7 @@ class CompiledStep:
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             warnings.warn(
                 f"compile=True: torch.compile of {self.function.__name__} failed "
-                f"({type(exc).__name__}: {first_line}); {self.fallback}",
+                f"({type(exc).__name__}: {first_line}); {self.fallback}{failure_hint(exc)}",
                 CompilationWarning,
                 stacklevel=3,
             )
