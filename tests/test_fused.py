@@ -41,6 +41,7 @@ def _run(kernel: str, seed: int, n_replicas: int, n_particles: int, n_warmup: in
         ("hmc", {"trajectory": "fixed", "n_leapfrog": 3}),  # dense metric, jittered lengths: the masked trajectory
         ("hmc", {"trajectory": "fixed", "n_leapfrog": 3, "metric": "identity"}),  # one length
         ("mala", {}),  # diagonal metric
+        ("hmc", {}),  # ChEES lengths, dense metric: fused after warm-up, each trajectory a loop
     ],
 )
 def test_fused_chains_draw_the_target(kernel, options):
@@ -110,20 +111,39 @@ def test_one_iteration_segments_run():
     assert res.n_grad_evals == 2 * 3 + 2  # one trajectory per chain, and the start's gradient
 
 
-def test_fused_chains_fall_back_to_eager_iterations_with_the_same_draws(no_compiler):
-    options = dict(trajectory="fixed", n_leapfrog=3)
-    with pytest.warns(CompilationWarning, match=r"hmc_chain_segment failed .*no C\+\+ compiler"):
+@pytest.mark.parametrize(
+    ("options", "loop"),
+    [({"trajectory": "fixed", "n_leapfrog": 3}, "hmc_chain_segment"), ({}, "chees_warmup_segment")],
+)
+def test_fused_chains_fall_back_to_eager_iterations_with_the_same_draws(no_compiler, options, loop):
+    with pytest.warns(CompilationWarning, match=rf"{loop} failed .*no C\+\+ compiler"):
         fallback = _run("hmc", 7, 2, 20, 20, compile=True, **options)
     torch.testing.assert_close(fallback.samples, _run("hmc", 7, 2, 20, 20, **options).samples, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
-    ("kernel", "options"),
-    [("hmc", {}), ("hmc", {"trajectory": "fixed", "step_jitter": 0.2}), ("mala", {"step_jitter": 0.2})],
+    ("kernel", "options"), [("hmc", {"trajectory": "fixed", "step_jitter": 0.2}), ("mala", {"step_jitter": 0.2})]
 )
 def test_chains_that_do_not_fuse(kernel, options):
-    """ChEES trajectories (adapted on the host between iterations) and per-particle step jitter run one by one."""
+    """Per-particle step jitter runs one iteration at a time."""
     assert sampler.method(kernel, compile=True, **options)._segment_step() is None
+
+
+def test_chees_chains_fuse_with_the_eager_records(tmp_path):
+    """ChEES chains run fused, warm-up included (the trajectory length adapts in the graph), each
+    trajectory a loop of its own length: per iteration the eager records (``n_leapfrog``,
+    ``trajectory_length``, adapted during warm-up and frozen after it) and R x n_leapfrog
+    gradients. The draws do not depend on checkpoints."""
+    full = _run("hmc", 4, 2, 40, 30, compile=True, thin=2)
+    assert len(full.steps) == 110
+    n = torch.stack([s.info["n_leapfrog"] for s in full.steps])
+    assert [s.grad_evals for s in full.steps] == [2 * int(k[0]) for k in n]
+    assert len(set(n[30:, 0].tolist())) > 1  # the frozen length, jittered per iteration
+    length = torch.stack([s.info["trajectory_length"] for s in full.steps])
+    assert length[30:].eq(length[30]).all() and not length[:30].eq(length[30]).all()
+    assert sorted(full.steps[-1].info) == ["acceptance", "n_leapfrog", "step_size", "trajectory_length", "warmup"]
+    saved = _run("hmc", 4, 2, 40, 30, compile=True, thin=2, checkpoint=tmp_path / "c.ckpt", checkpoint_every=25)
+    torch.testing.assert_close(saved.samples, full.samples, rtol=0, atol=0)
 
 
 # -- SMC's sweeps ------------------------------------------------------------------------------------

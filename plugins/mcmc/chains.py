@@ -46,9 +46,9 @@ from sampler.ext import (
     record,
     reopen,
 )
-from sampler_plugins.mcmc.chees import ChEES, chees_gradient
+from sampler_plugins.mcmc.chees import ChEES, chees_gradient, halton
 from sampler_plugins.mcmc.compiled import CompiledStep
-from sampler_plugins.mcmc.fused import SEGMENT_ITERATIONS, compiled_segment, mark_segment_length
+from sampler_plugins.mcmc.fused import SEGMENT_ITERATIONS, compiled_chees_warmup, compiled_segment, mark_segment_length
 from sampler_plugins.mcmc.kernels import (
     HMC,
     KernelState,
@@ -169,6 +169,7 @@ class MCMCChains:
         self.reference_loc = reference_loc
         self.reference_scale = reference_scale
         self._fused: CompiledStep | None = None
+        self._chees_warmup: CompiledStep | None = None
         self.options = dict(kernel=kernel, n_warmup=n_warmup, thin=thin, metric=metric, **kernel_options)
         if kernel == "hmc":
             self.options.update(trajectory=trajectory, max_leapfrog=max_leapfrog)
@@ -321,13 +322,14 @@ class MCMCChains:
     def _segment_step(self) -> CompiledStep | None:
         """The compiled segment these chains run in (:mod:`~sampler_plugins.mcmc.fused`), or ``None``.
 
-        Chains fuse their iterations with ``compile=True``, a fixed trajectory (ChEES adapts
-        between iterations on the host) and no per-particle step jitter, for HMC and MALA, on
-        the CPU (the caller checks the device: fused loops are not measured on GPUs).
+        Chains fuse their iterations with ``compile=True`` and no per-particle step jitter, for
+        HMC and MALA, on the CPU (the caller checks the device: fused loops are not measured on
+        GPUs). ChEES chains run each trajectory as a loop of its own length; during warm-up
+        :meth:`_segment` runs their own segment, which adapts the length too.
         """
         kernel = cast(MetropolisCorrector, self.kernel)
-        kind = kernel.fused_kind()
-        if kind is None or not kernel.compile or self.trajectory != "fixed" or kernel.step_jitter:
+        kind = "hmc-loop" if self.trajectory == "chees" else kernel.fused_kind()
+        if kind is None or not kernel.compile or kernel.step_jitter:
             return None
         if self._fused is None:
             self._fused = compiled_segment(kind)
@@ -346,16 +348,22 @@ class MCMCChains:
         """Iterations ``state.k`` to the segment's end in one compiled call, then the host's share.
 
         The same iterations as :meth:`_iteration` (module :mod:`~sampler_plugins.mcmc.fused`):
-        the draws, the tuner, the metric windows and one :class:`StepStats` per iteration, with
-        the evaluations each iteration made. Falls back to one eager iteration if the segment
-        could not be compiled.
+        the draws, the tuner, the metric windows (and ChEES's length during warm-up) and one
+        :class:`StepStats` per iteration, with the evaluations each iteration made. Falls back
+        to one eager iteration if the segment could not be compiled.
         """
+        chees = self.trajectory == "chees"
+        warming = chees and state.k < self.n_warmup
+        if warming:  # ChEES adapts its length: its own segment until warm-up ends
+            if self._chees_warmup is None:
+                self._chees_warmup = compiled_chees_warmup()
+            segment = self._chees_warmup
         if segment.failed:  # compilation failed (warned): on eagerly
             return self._iteration(state, session)
         it = state.k
         end = self._segment_end(it, total)
         k = end - it
-        particles, (kstate,), tuner = state.particles, state.step_states, state.aux["tuner"]
+        particles, (kstate,), tuner, aux = state.particles, state.step_states, state.aux["tuner"], dict(state.aux)
         x, ev = particles.x, particles.evaluation
         if not ev.has_grad:
             ev = session.path.evaluate(x, grad=True)
@@ -369,12 +377,8 @@ class MCMCChains:
         noise[:k] = ctx.randn((r, 1, k, d), x.dtype).permute(2, 0, 1, 3)
         u = torch.zeros((width, r, 1), dtype=torch.float64, device=x.device)
         u[:k] = ctx.rand((r, 1, k), torch.float64).permute(2, 0, 1)
-        kernel = cast(MetropolisCorrector, self.kernel)
-        steps, longest = kernel.sweep_lengths(it + 1, k), kernel.longest_sweep()
-        lengths = torch.tensor(steps + [0] * (width - k), dtype=torch.int64, device=x.device)
         active = torch.arange(width, device=x.device) < k
         adapting = active & (torch.arange(it, it + width, device=x.device) < self.n_warmup - 1)
-        mark_segment_length(noise, u, lengths, adapting, active)
         tuning = (
             tuner.mu,
             tuner.h_bar,
@@ -385,30 +389,42 @@ class MCMCChains:
         )
         parts = (ev.log_ref, ev.log_target, ev.grad_ref, ev.grad_target)
         times, log_norm = _step_constants(session.path, state.t, x)
-        out = segment(
-            session.path,
-            x,
-            parts,
-            tuning,
-            noise,
-            u,
-            lengths,
-            adapting,
-            active,
-            kstate.metric,
-            times,
-            log_norm,
-            longest,
-        )
+        if warming:
+            state_c = aux["chees"]
+            iterations = range(it, it + width)
+            jitter = tuner.mu.new_tensor([halton(j + 1) for j in iterations])
+            rate = tuner.mu.new_tensor([max(1.0 / (j + 1), CHEES_CENTER_RATE) for j in iterations])
+            mark_segment_length(noise, u, jitter, rate, adapting, active)
+            chees_state = tuner.mu.new_tensor([state_c.log_length, state_c.second_moment, float(state_c.m)])
+            chees_inputs = (tuning, chees_state, aux["chees_center"], noise, u, jitter, rate, adapting, active)
+            out = segment(session.path, x, parts, *chees_inputs, kstate.metric, times, log_norm, self.max_leapfrog)
+        else:
+            kernel = cast(MetropolisCorrector, self.kernel)
+            if chees:  # the frozen length, jittered per iteration; the loop's graph takes any length
+                eps = float(kstate.step_size.mean())
+                steps = [aux["chees"].n_leapfrog(j, eps, self.max_leapfrog)[0] for j in range(it, end)]
+                longest = 0
+            else:
+                steps, longest = kernel.sweep_lengths(it + 1, k), kernel.longest_sweep()
+            lengths = torch.tensor(steps + [0] * (width - k), dtype=torch.int64, device=x.device)
+            mark_segment_length(noise, u, lengths, adapting, active)
+            inputs = (tuning, noise, u, lengths, adapting, active)
+            out = segment(session.path, x, parts, *inputs, kstate.metric, times, log_norm, longest)
         if out is None:  # compilation failed (warned): this iteration and the next ones eagerly
             session.generator.set_state(drawn_from)
             return self._iteration(state, session)
         x1, ev1 = out[0], PathEvaluation(*out[1:5])
         h_bar, log_eps, log_eps_bar, m = out[5:9]
-        drawn, acceptance, step_size, nonfinite = (v[:k] for v in out[9:13])
+        if warming:
+            chees_out, aux["chees_center"] = out[9], out[10]
+            drawn, acceptance, step_size, nonfinite, n_out, length_out = (v[:k] for v in out[11:17])
+            steps = n_out.tolist()
+            aux["chees"] = ChEES(*(float(v) for v in chees_out[:2]), int(chees_out[2]))
+        else:
+            drawn, acceptance, step_size, nonfinite = (v[:k] for v in out[9:13])
+            length_out = torch.full((k,), aux["chees"].length, dtype=torch.float64) if chees else None
         session.path.count(x1, True, nonfinite.sum(), times=sum(steps))
         tuner = attrs.evolve(tuner, h_bar=h_bar, log_eps=log_eps, log_eps_bar=log_eps_bar, m=int(m))
-        aux = dict(state.aux)
         if it < self.n_warmup - 1:  # the segment adapted the step size
             kstate = KernelState(tuner.step_size, kstate.metric)
         if it < self.n_warmup <= end:  # the last warm-up iteration freezes the averaged step sizes
@@ -425,9 +441,12 @@ class MCMCChains:
             draws[:, kept[keep] // self.thin] = drawn[keep.to(drawn.device)].transpose(0, 1)
         # one StepStats per iteration, as _iteration records; the constant rows are shared tensors
         ones, zeros = torch.ones_like(acceptance[0]), torch.zeros_like(acceptance[0])
-        rows = zip(steps, nonfinite.tolist(), acceptance.unbind(0), step_size.unbind(0))
-        for i, (n_i, bad, acc, eps) in enumerate(rows, start=it):
-            info = {"acceptance": acc, "step_size": eps, "warmup": ones if i < self.n_warmup else zeros}
+        lengths_used = length_out.tolist() if length_out is not None else [None] * k
+        rows = zip(steps, nonfinite.tolist(), acceptance.unbind(0), step_size.unbind(0), lengths_used)
+        for i, (n_i, bad, acc, eps_i, length) in enumerate(rows, start=it):
+            info = {"acceptance": acc, "step_size": eps_i, "warmup": ones if i < self.n_warmup else zeros}
+            if chees:  # as _chees_transition records
+                info.update(n_leapfrog=ones * n_i, trajectory_length=ones * length)
             session.stats.append(StepStats(i + 1, state.t, ones, zeros, r * n_i, r * n_i, bad, info))
         particles = attrs.evolve(particles, x=x1, evaluation=ev1)
         aux.update(tuner=tuner, draws=draws)

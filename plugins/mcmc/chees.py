@@ -65,14 +65,14 @@ def chees_gradient(z0: Tensor, z1: Tensor, p1: Tensor, log_alpha: Tensor, scale:
     finite = torch.isfinite(z1).all(-1) & torch.isfinite(p1).all(-1) & torch.isfinite(log_alpha)
     w = torch.where(finite, log_alpha.exp(), torch.zeros_like(log_alpha))
     total = w.sum()
-    if not total > 0:
-        return torch.zeros((), dtype=torch.float64, device=z0.device)
     z1 = torch.where(finite[:, None], z1, torch.zeros_like(z1))
     p1 = torch.where(finite[:, None], p1, torch.zeros_like(p1))
     center = center.to(torch.float64)
     c1, c0 = z1 - center, z0 - center
     g = scale * ((c1 * c1).sum(-1) - (c0 * c0).sum(-1)) * (c1 * p1).sum(-1)
-    return (w * g).sum() / total
+    # no branch on the total (a fused loop traces this): 0 where no chain has weight
+    some = total > 0
+    return torch.where(some, (w * g).sum() / torch.where(some, total, 1.0), 0.0)
 
 
 @attrs.frozen
@@ -117,3 +117,15 @@ class ChEES:
         step = LEARNING_RATE * gradient / (math.sqrt(v_hat) + 1e-12)
         step = max(-MAX_LOG_UPDATE, min(MAX_LOG_UPDATE, step)) / math.sqrt(m)
         return ChEES(self.log_length + step, v, m)
+
+
+def chees_update(state: Tensor, gradient: Tensor) -> Tensor:
+    """:meth:`ChEES.update` in tensors, for a fused loop: ``state`` is ``(log_length, second_moment, m)``
+    float64 ``(3,)``; unchanged where ``gradient`` is not finite."""
+    log_length, second_moment, m = state.unbind()
+    m = m + 1
+    v = BETA_2 * second_moment + (1 - BETA_2) * gradient.square()
+    v_hat = v / (1 - BETA_2**m)
+    step = LEARNING_RATE * gradient / (v_hat.sqrt() + 1e-12)
+    step = step.clamp(-MAX_LOG_UPDATE, MAX_LOG_UPDATE) / m.sqrt()
+    return torch.where(gradient.isfinite(), torch.stack([log_length + step, v, m]), state)

@@ -16,6 +16,9 @@ the loop itself runs in generated C++:
   dynamic size: one compilation serves every segment length. Outside, between segments: the
   windowed metric adaptation (segments end where windows start and end), freezing the averaged
   step size at the end of warm-up, keeping the draws and recording each iteration's statistics.
+  ChEES chains run each trajectory as a ``while_loop`` of its own length
+  (:func:`hmc_loop_trajectory`); during warm-up :func:`chees_warmup_segment` also adapts the
+  trajectory length in the graph.
 
 The caller draws a loop's random numbers before the call, from the run's generator: all the
 momenta or noise ``(K, R, N, d)``, then all the uniforms ``(K, R, N)``. That is another order
@@ -37,8 +40,10 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch._higher_order_ops.scan import scan
+from torch._higher_order_ops.while_loop import while_loop
 
 from sampler.ext import GeometricPath
+from sampler_plugins.mcmc.chees import chees_gradient, chees_update
 from sampler_plugins.mcmc.compiled import CompiledStep
 from sampler_plugins.mcmc.kernels import (
     _down,
@@ -48,6 +53,7 @@ from sampler_plugins.mcmc.kernels import (
     hmc_transition,
     leapfrog_step,
     mala_transition,
+    whiten,
 )
 
 #: The most iterations one compiled call runs (progress and Ctrl-C act between segments).
@@ -129,6 +135,62 @@ def hmc_fixed_transition(
     return out[0], (out[1], out[2], out[3], out[4]), out[5], out[12]
 
 
+def hmc_loop_trajectory(
+    path: GeometricPath,
+    x: Tensor,
+    ev_x: Evaluation,
+    p0: Tensor,
+    eps: Tensor,
+    metric: Tensor | None,
+    t: Tensor,
+    log_norm: Tensor,
+    n_leapfrog: Tensor,
+) -> tuple[Tensor, Evaluation, Tensor, Tensor]:
+    """An HMC trajectory of ``n_leapfrog`` steps (a ``()`` tensor) as a ``while_loop``: one graph
+    for every length, however long (ChEES's adapted lengths).
+
+    The eager trajectory's arithmetic (:func:`leapfrog_step`, the last kick a half one).
+
+    Returns:
+        ``(y, ev_y, p, nonfinite)``: the proposal, its evaluation, its momentum and the
+        trajectory's count of non-finite values.
+    """
+    p = p0 + 0.5 * eps * _down(GeometricPath.mix_grad(ev_x[2], ev_x[3], t), metric)
+    half = 0.5 * eps
+
+    def more(i: Tensor, *_: Tensor) -> Tensor:
+        return i < n_leapfrog
+
+    def step(i: Tensor, y: Tensor, p: Tensor, *ev_and_count: Tensor) -> tuple[Tensor, ...]:
+        out = leapfrog_step(path, y, p, eps, torch.where(i + 1 == n_leapfrog, half, eps), metric, t, log_norm)
+        return (i + 1, *(v.contiguous() for v in out[:6]), ev_and_count[-1] + out[6])
+
+    zero = torch.zeros((), dtype=torch.int64, device=x.device)
+    start = (zero, _own(x), p.contiguous(), *(_own(v) for v in ev_x), zero.clone())
+    _, y, p, lr, lt, gr, gt, nonfinite = while_loop(more, step, start)
+    return y, (lr, lt, gr, gt), p, nonfinite
+
+
+def hmc_loop_transition(
+    path: GeometricPath,
+    x: Tensor,
+    ev_x: Evaluation,
+    p0: Tensor,
+    u: Tensor,
+    eps: Tensor,
+    metric: Tensor | None,
+    t: Tensor,
+    log_norm: Tensor,
+    n_leapfrog: Tensor,
+    max_leapfrog: int,
+) -> tuple[Tensor, Evaluation, Tensor, Tensor]:
+    """:func:`hmc_loop_trajectory` and :func:`hmc_choice` (``max_leapfrog`` unused); returns as
+    :func:`hmc_masked_transition`."""
+    y, ev_y, p, nonfinite = hmc_loop_trajectory(path, x, ev_x, p0, eps, metric, t, log_norm, n_leapfrog)
+    chosen = hmc_choice(path, x, ev_x, y, ev_y, p0, p, u, t)
+    return chosen[0], (chosen[1], chosen[2], chosen[3], chosen[4]), chosen[5], nonfinite
+
+
 def mala_masked_transition(
     path: GeometricPath,
     x: Tensor,
@@ -208,13 +270,8 @@ def _segment(
             path, x, (lr, lt, gr, gt), noise_k, u_k, eps, metric, t, log_norm, n_k, max_leapfrog
         )
         alpha = log_alpha.exp().mean(-1)
-        m_next = m + 1.0
-        h_next, log_eps_next, bar_next = dual_averaging_step(mu, h_bar, log_eps_bar, alpha, m_next, *constants.unbind())
-        h_bar = torch.where(adapt_k, h_next, h_bar)
-        log_eps = torch.where(adapt_k, log_eps_next, log_eps)
-        log_eps_bar = torch.where(adapt_k, bar_next, log_eps_bar)
-        m = torch.where(adapt_k, m_next, m)
-        moved = (x.contiguous(), *(v.contiguous() for v in ev), h_bar, log_eps, log_eps_bar, m)
+        tuned = _dual_averaged(mu, constants, (h_bar, log_eps, log_eps_bar, m), alpha, adapt_k)
+        moved = (x.contiguous(), *(v.contiguous() for v in ev), *tuned)
         carry = tuple(torch.where(active_k, new, old) for new, old in zip(moved, carry))
         return carry, (carry[0][:, 0].clone(), alpha, carry[6].exp(), nonfinite.clone())
 
@@ -223,9 +280,103 @@ def _segment(
     return (*carry, *ys)
 
 
+def _dual_averaged(
+    mu: Tensor, constants: Tensor, state: tuple[Tensor, Tensor, Tensor, Tensor], alpha: Tensor, adapt: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(h_bar, log_eps, log_eps_bar, m)`` after a :func:`dual_averaging_step` on ``alpha`` where ``adapt``."""
+    h_bar, log_eps, log_eps_bar, m = state
+    m_next = m + 1.0
+    h_next, log_eps_next, bar_next = dual_averaging_step(mu, h_bar, log_eps_bar, alpha, m_next, *constants.unbind())
+    return (
+        torch.where(adapt, h_next, h_bar),
+        torch.where(adapt, log_eps_next, log_eps),
+        torch.where(adapt, bar_next, log_eps_bar),
+        torch.where(adapt, m_next, m),
+    )
+
+
+def chees_warmup_segment(
+    path: GeometricPath,
+    x: Tensor,
+    ev_x: Evaluation,
+    tuning: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
+    chees: Tensor,
+    center: Tensor,
+    noise: Tensor,
+    u: Tensor,
+    jitter: Tensor,
+    rate: Tensor,
+    adapting: Tensor,
+    active: Tensor,
+    metric: Tensor | None,
+    t: Tensor,
+    log_norm: Tensor,
+    max_leapfrog: int,
+) -> tuple[Any, ...]:
+    """``K`` warm-up iterations of ChEES chains as one ``scan`` (``compile=True`` compiles it).
+
+    Per iteration :meth:`~sampler_plugins.mcmc.chains.MCMCChains._chees_transition` in the
+    graph: ``ceil(h_k T / mean eps)`` leapfrog steps (in ``[1, max_leapfrog]``) as a loop
+    (:func:`hmc_loop_trajectory`), the Metropolis choice, the running centre, the ChEES gradient
+    and Adam step on ``log T`` (:func:`~sampler_plugins.mcmc.chees.chees_update`), then dual
+    averaging of the shared step size on the chains' harmonic-mean acceptance where ``adapting``.
+
+    Args:
+        path, x, ev_x, tuning, noise (the momenta), u, adapting, active, metric, t, log_norm:
+            as in :func:`_segment`.
+        chees: float64 ``(3,)``, the :class:`~sampler_plugins.mcmc.chees.ChEES` state
+            ``(log T, second moment, updates)``; ``center`` float64 ``(d,)`` the running centre.
+        jitter: float64 ``(K,)`` the Halton points ``h_k``; ``rate`` float64 ``(K,)`` the
+            centre's update rates.
+        max_leapfrog: the chains' bound on the steps of a trajectory.
+
+    Returns:
+        As :func:`_segment`, with ``chees`` and ``center`` after ``m``, and per iteration also
+        the leapfrog steps ``(K,)`` int64 and the trajectory length ``T`` ``(K,)`` it used.
+    """
+    mu, h_bar, log_eps, log_eps_bar, m, constants = (_own(v) for v in tuning)
+    x, t, log_norm, chees, center = _own(x), _own(t), _own(log_norm), _own(chees), _own(center)
+    lr, lt, gr, gt = (_own(v) for v in ev_x)
+    metric = None if metric is None else _own(metric)
+
+    def body(carry: tuple[Tensor, ...], xs: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        x, lr, lt, gr, gt, h_bar, log_eps, log_eps_bar, m, chees, center = carry
+        p0, u_k, h_k, rate_k, adapt_k, active_k = xs
+        ev = (lr, lt, gr, gt)
+        step_sizes, length = log_eps.exp(), chees[0].exp()
+        n = torch.ceil(h_k * length / step_sizes.mean()).clamp(1, max_leapfrog).to(torch.int64)
+        eps = step_sizes.to(x.dtype)[:, None, None]
+        y, ev_y, p, nonfinite = hmc_loop_trajectory(path, x, ev, p0, eps, metric, t, log_norm, n)
+        chosen = hmc_choice(path, x, ev, y, ev_y, p0, p, u_k, t)
+        log_alpha = chosen[5]
+        alpha = log_alpha.exp()[:, 0]
+        center = center + rate_k * (chosen[0][:, 0].to(torch.float64).mean(0) - center)
+        z0, z1, zc = (whiten(v, metric)[:, 0] for v in (x, y, center.to(x.dtype).expand_as(x)))
+        gradient = chees_gradient(z0, z1, p[:, 0], log_alpha[:, 0], h_k * length, zc[0])
+        harmonic = 1.0 / (1.0 / alpha.clamp(min=1e-300)).mean()
+        tuned = _dual_averaged(mu, constants, (h_bar, log_eps, log_eps_bar, m), harmonic.expand_as(alpha), adapt_k)
+        moved = (*(v.contiguous() for v in chosen[:5]), *tuned, chees_update(chees, gradient), center)
+        carry = tuple(torch.where(active_k, new, old) for new, old in zip(moved, carry))
+        return carry, (carry[0][:, 0].clone(), alpha, carry[6].exp(), nonfinite.clone(), n, length)
+
+    init = (x, lr, lt, gr, gt, h_bar, log_eps, log_eps_bar, m, chees, center)
+    carry, ys = scan(body, init, (noise, u, jitter, rate, adapting, active))
+    return (*carry, *ys)
+
+
+def compiled_chees_warmup() -> CompiledStep:
+    """The compiled :func:`chees_warmup_segment`, compiled at its first call."""
+    return CompiledStep(chees_warmup_segment, COMPILE_OPTIONS, scalar_outputs=True, fallback=FALLBACK)
+
+
 def hmc_chain_segment(path: GeometricPath, *args: Any) -> tuple[Any, ...]:
     """:func:`_segment` of HMC transitions of varying lengths (``compile=True`` compiles it)."""
     return _segment(hmc_masked_transition, path, *args)
+
+
+def hmc_loop_chain_segment(path: GeometricPath, *args: Any) -> tuple[Any, ...]:
+    """:func:`_segment` of HMC transitions of any lengths, as loops (``compile=True`` compiles it)."""
+    return _segment(hmc_loop_transition, path, *args)
 
 
 def hmc_fixed_chain_segment(path: GeometricPath, *args: Any) -> tuple[Any, ...]:
@@ -325,7 +476,12 @@ def compiled_sweeps(kind: str) -> CompiledStep:
 
 
 #: The segment functions by kind of transition: each is its own compiled code object.
-SEGMENTS = {"hmc": hmc_chain_segment, "hmc-fixed": hmc_fixed_chain_segment, "mala": mala_chain_segment}
+SEGMENTS = {
+    "hmc": hmc_chain_segment,
+    "hmc-fixed": hmc_fixed_chain_segment,
+    "hmc-loop": hmc_loop_chain_segment,
+    "mala": mala_chain_segment,
+}
 
 
 def compiled_segment(kind: str) -> CompiledStep:
