@@ -41,7 +41,7 @@ def _run(kernel: str, seed: int, n_replicas: int, n_particles: int, n_warmup: in
         ("hmc", {"trajectory": "fixed", "n_leapfrog": 3}),  # dense metric, jittered lengths: the masked trajectory
         ("hmc", {"trajectory": "fixed", "n_leapfrog": 3, "metric": "identity"}),  # one length
         ("mala", {}),  # diagonal metric
-        ("hmc", {}),  # ChEES lengths, dense metric: fused after warm-up, each trajectory a loop
+        ("hmc", {}),  # ChEES lengths adapted in the graph, dense metric: each trajectory a loop
     ],
 )
 def test_fused_chains_draw_the_target(kernel, options):
@@ -227,7 +227,13 @@ def test_targets_that_factor_by_cholesky_ex_fuse():
 
 def test_a_cholesky_in_the_target_falls_back_with_a_hint():
     """``torch.linalg.cholesky`` does not compile inside a ``scan`` (torch 2.13): the warning names
-    the way out, and the run goes on with the per-transition steps."""
-    with pytest.warns(CompilationWarning, match=r"mala_sweeps failed .*torch.linalg.cholesky_ex"):
+    the way out, and the run goes on with the per-transition steps (a torch that compiles it
+    fuses without a warning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CompilationWarning)
         target, res = _factored("cholesky")
+    failed = [str(w.message) for w in caught if "mala_sweeps failed" in str(w.message)]
+    assert all("torch.linalg.cholesky_ex" in message for message in failed)
+    if torch.__version__.startswith("2.13"):
+        assert failed  # the failure this hint is for
     assert abs(res.log_Z - target.log_Z) < 3 * res.log_Z_stderr
