@@ -48,7 +48,13 @@ from sampler.ext import (
 )
 from sampler_plugins.mcmc.chees import ChEES, chees_gradient, halton
 from sampler_plugins.mcmc.compiled import CompiledStep
-from sampler_plugins.mcmc.fused import SEGMENT_ITERATIONS, compiled_chees_warmup, compiled_segment, mark_segment_length
+from sampler_plugins.mcmc.fused import (
+    SEGMENT_ITERATIONS,
+    SEGMENTS,
+    chees_warmup_segment,
+    compiled_loop,
+    mark_segment_length,
+)
 from sampler_plugins.mcmc.kernels import (
     HMC,
     KernelState,
@@ -332,7 +338,7 @@ class MCMCChains:
         if kind is None or not kernel.compile or kernel.step_jitter:
             return None
         if self._fused is None:
-            self._fused = compiled_segment(kind)
+            self._fused = compiled_loop(SEGMENTS[kind])
         return None if self._fused.failed else self._fused
 
     def _segment_end(self, it: int, total: int) -> int:
@@ -356,7 +362,7 @@ class MCMCChains:
         warming = chees and state.k < self.n_warmup
         if warming:  # ChEES adapts its length: its own segment until warm-up ends
             if self._chees_warmup is None:
-                self._chees_warmup = compiled_chees_warmup()
+                self._chees_warmup = compiled_loop(chees_warmup_segment)
             segment = self._chees_warmup
         if segment.failed:  # compilation failed (warned): on eagerly
             return self._iteration(state, session)
@@ -418,11 +424,11 @@ class MCMCChains:
         if warming:
             chees_out, aux["chees_center"] = out[9], out[10]
             drawn, acceptance, step_size, nonfinite, n_out, length_out = (v[:k] for v in out[11:17])
-            steps = n_out.tolist()
+            steps, lengths_used = n_out.tolist(), length_out.tolist()
             aux["chees"] = ChEES(*(float(v) for v in chees_out[:2]), int(chees_out[2]))
         else:
             drawn, acceptance, step_size, nonfinite = (v[:k] for v in out[9:13])
-            length_out = torch.full((k,), aux["chees"].length, dtype=torch.float64) if chees else None
+            lengths_used = [aux["chees"].length if chees else None] * k
         session.path.count(x1, True, nonfinite.sum(), times=sum(steps))
         tuner = attrs.evolve(tuner, h_bar=h_bar, log_eps=log_eps, log_eps_bar=log_eps_bar, m=int(m))
         if it < self.n_warmup - 1:  # the segment adapted the step size
@@ -441,7 +447,6 @@ class MCMCChains:
             draws[:, kept[keep] // self.thin] = drawn[keep.to(drawn.device)].transpose(0, 1)
         # one StepStats per iteration, as _iteration records; the constant rows are shared tensors
         ones, zeros = torch.ones_like(acceptance[0]), torch.zeros_like(acceptance[0])
-        lengths_used = length_out.tolist() if length_out is not None else [None] * k
         rows = zip(steps, nonfinite.tolist(), acceptance.unbind(0), step_size.unbind(0), lengths_used)
         for i, (n_i, bad, acc, eps_i, length) in enumerate(rows, start=it):
             info = {"acceptance": acc, "step_size": eps_i, "warmup": ones if i < self.n_warmup else zeros}

@@ -364,11 +364,6 @@ def chees_warmup_segment(
     return (*carry, *ys)
 
 
-def compiled_chees_warmup() -> CompiledStep:
-    """The compiled :func:`chees_warmup_segment`, compiled at its first call."""
-    return CompiledStep(chees_warmup_segment, COMPILE_OPTIONS, scalar_outputs=True, fallback=FALLBACK)
-
-
 def hmc_chain_segment(path: GeometricPath, *args: Any) -> tuple[Any, ...]:
     """:func:`_segment` of HMC transitions of varying lengths (``compile=True`` compiles it)."""
     return _segment(hmc_masked_transition, path, *args)
@@ -470,11 +465,6 @@ SWEEP_NUMBERS = 1 << 22
 SWEEPS = {"hmc": hmc_sweeps, "hmc-fixed": hmc_fixed_sweeps, "mala": mala_sweeps}
 
 
-def compiled_sweeps(kind: str) -> CompiledStep:
-    """The compiled sweeps of a kind of transition (a key of :data:`SWEEPS`), compiled at its first call."""
-    return CompiledStep(SWEEPS[kind], COMPILE_OPTIONS, scalar_outputs=True, fallback=FALLBACK)
-
-
 #: The segment functions by kind of transition: each is its own compiled code object.
 SEGMENTS = {
     "hmc": hmc_chain_segment,
@@ -484,9 +474,10 @@ SEGMENTS = {
 }
 
 
-def compiled_segment(kind: str) -> CompiledStep:
-    """The compiled segment of a kind of transition (a key of :data:`SEGMENTS`), compiled at its first call."""
-    return CompiledStep(SEGMENTS[kind], COMPILE_OPTIONS, scalar_outputs=True, fallback=FALLBACK)
+def compiled_loop(function: Any) -> CompiledStep:
+    """A fused loop (a value of :data:`SWEEPS` or :data:`SEGMENTS`, or :func:`chees_warmup_segment`),
+    compiled at its first call with :data:`COMPILE_OPTIONS`."""
+    return CompiledStep(function, COMPILE_OPTIONS, scalar_outputs=True, fallback=FALLBACK)
 
 
 def mark_segment_length(*tensors: Tensor) -> None:

@@ -700,7 +700,7 @@ class MetropolisCorrector(Corrector):
         ):
             return None
         if self._sweeps is None:
-            self._sweeps = fused.compiled_sweeps(kind)
+            self._sweeps = fused.compiled_loop(fused.SWEEPS[kind])
         if self._sweeps.failed:
             return None
         ev = particles.evaluation if particles.evaluation.has_grad else ctx.path.evaluate(x, grad=True)
