@@ -450,6 +450,23 @@ def test_target_with_explicit_gradient():
     torch.testing.assert_close(g, -energy_grad(x), rtol=0, atol=0)  # gradient of log_prob, as is
 
 
+def test_uses_autograd_says_whose_gradient_log_prob_and_grad_returns():
+    """``compile=True`` differentiates the targets that use autograd with ``torch.func`` instead."""
+
+    class OnlyLogProb(Target):
+        dim = 3
+
+        def log_prob(self, x):
+            return -energy_fn(x)
+
+    assert OnlyLogProb().uses_autograd
+    assert sampler.target(energy=energy_fn, dim=3).uses_autograd
+    assert sampler.target(log_prob=lambda x: -energy_fn(x), dim=3).uses_autograd
+    assert not sampler.target(energy=energy_fn, dim=3, grad=energy_grad).uses_autograd
+    assert not Gaussian(dim=3).uses_autograd  # an analytic gradient
+    assert not DoubleWell().uses_autograd  # grad_log_prob only
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

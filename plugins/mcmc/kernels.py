@@ -154,8 +154,7 @@ def _log_prob_and_grad(target: Target, y: Tensor) -> tuple[Tensor, Tensor]:
     step would split around it); ``torch.func.grad_and_value`` computes the same gradient of the
     summed log density (each point's log density depends on that point only) and traces.
     """
-    kind = type(target)
-    if kind.log_prob_and_grad is not Target.log_prob_and_grad or kind.grad_log_prob is not Target.grad_log_prob:
+    if not target.uses_autograd:
         return target.log_prob_and_grad(y)
 
     def total(z: Tensor) -> tuple[Tensor, Tensor]:

@@ -65,6 +65,19 @@ class Target(abc.ABC):
         """Gradient of :meth:`log_prob` with respect to ``x``, shape ``(..., dim)`` (autograd)."""
         return self.log_prob_and_grad(x)[1]
 
+    @property
+    def uses_autograd(self) -> bool:
+        """Whether :meth:`log_prob_and_grad` differentiates :meth:`log_prob` with autograd.
+
+        True unless a subclass gives its own gradient (overrides :meth:`grad_log_prob` or
+        :meth:`log_prob_and_grad`). ``compile=True`` differentiates such targets with
+        ``torch.func`` inside its compiled graphs, which TorchDynamo traces (it cannot trace
+        ``torch.autograd.grad``). A subclass whose :meth:`log_prob_and_grad` may still fall back
+        on autograd says so here (:class:`FunctionTarget` without ``grad``).
+        """
+        cls = type(self)
+        return cls.grad_log_prob is Target.grad_log_prob and cls.log_prob_and_grad is Target.log_prob_and_grad
+
     def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(log_prob(x), grad_log_prob(x))`` in one pass.
 
@@ -172,6 +185,11 @@ class FunctionTarget(Target):
     def log_prob(self, x: Tensor) -> Tensor:
         value = self.fn(x)
         return -value if self.is_energy and isinstance(value, Tensor) else value
+
+    @property
+    def uses_autograd(self) -> bool:
+        """True without ``grad``: the gradient is then autograd's (:attr:`Target.uses_autograd`)."""
+        return self._grad is None
 
     def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self._grad is None:
