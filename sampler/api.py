@@ -81,7 +81,9 @@ def sample(
             raise ConfigurationError(
                 f"method {method!r} cannot shard its particles across processes (distributed=True)"
             )
-    with cpu_threads(threads, _size(n_particles, n_replicas, getattr(tgt, "dim", 0)), _checked_device(device)):
+    with cpu_threads(
+        threads, can.thread_size(n_particles, n_replicas, getattr(tgt, "dim", 0)), _checked_device(device)
+    ):
         return runner.run(
             tgt,
             n_particles=n_particles,
@@ -92,16 +94,6 @@ def sample(
             progress=progress,
             **extra,
         )
-
-
-def _size(*counts: object) -> int:
-    """The product of the counts (R x N x d), or 0 where one is not a count (the runner says what is wrong)."""
-    size = 1
-    for c in counts:
-        if isinstance(c, bool) or not isinstance(c, int):
-            return 0
-        size *= c
-    return size
 
 
 def _runner(name: str, options: dict[str, Any]) -> Runner:
@@ -153,8 +145,9 @@ def resume(
                 f"has d={target.dim}; pass the target: resume(path, target=...)"
             )
     runner = _runner(recorded["method"], dict(recorded["options"]))
-    if not capabilities_of(runner).checkpoint:
+    can = capabilities_of(runner)
+    if not can.checkpoint:
         raise ConfigurationError(f"method {recorded['method']!r} cannot resume from a checkpoint")
-    size = _size(run.get("n_particles"), run.get("n_replicas"), run.get("dim"))
+    size = can.thread_size(run.get("n_particles"), run.get("n_replicas"), run.get("dim"))
     with cpu_threads(threads, size, _checked_device(run.get("device"))):
         return cast(Resumable, runner).resume(checkpoint, target, progress=progress, checkpoint_every=checkpoint_every)

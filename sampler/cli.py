@@ -245,7 +245,7 @@ def _sample(args: argparse.Namespace, main: bool) -> tuple[sampler.Result, Targe
             if not can.distributed:
                 raise ConfigurationError(f"method {args.method!r} cannot shard its particles (--distributed)")
             extra["distributed"] = True
-        size = args.particles * args.replicas * target.dim
+        size = can.thread_size(args.particles, args.replicas, target.dim)
         with cpu_threads(args.threads, size, _checked_device(args.device)):
             result = runner.run(
                 target,

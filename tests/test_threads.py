@@ -134,6 +134,19 @@ def test_sample_runs_the_target_with_the_chosen_threads_and_restores_them():
     assert untouched.seen == {before}
 
 
+def test_chains_count_only_their_current_points(monkeypatch):
+    """Chains make their draws one after another: the thread rule sees R x d, not R x N x d (measured:
+    fused chains on a 25-dimensional logistic regression ran 1.3-1.4x faster on one thread than on two)."""
+    monkeypatch.setattr(threads, "_available_cores", lambda: 2)
+    can = sampler.method("hmc").capabilities
+    assert can.sequential_draws and can.thread_size(10_000, 4, 10) == 40
+    assert not sampler.method("smc").capabilities.sequential_draws
+    assert sampler.method("smc").capabilities.thread_size(10_000, 4, 10) == 400_000
+    target = ThreadRecorder()
+    sampler.sample(target, method="hmc", n_particles=SMALL_RUN, n_replicas=4, seed=0, n_warmup=5)
+    assert target.seen == {1}  # R x N x d = 16,384 coordinates would have had min(2, torch's setting)
+
+
 def test_the_thread_count_does_not_change_a_seeded_run():
     # "auto" picks the count from the machine's load, so a seed must give the same draws on any.
     runs = [

@@ -123,8 +123,9 @@ class MCMCChains:
             ``n_leapfrog`` and ``jitter`` for HMC).
     """
 
-    #: Chains checkpoint and resume (they do not shard: every process would run all chains).
-    capabilities = Capabilities(checkpoint=True)
+    #: Chains checkpoint and resume (they do not shard: every process would run all chains); their
+    #: draws are sequential, so the CPU thread rule counts only the R current points.
+    capabilities = Capabilities(checkpoint=True, sequential_draws=True)
 
     def __init__(
         self,

@@ -30,10 +30,25 @@ class Capabilities:
             progress=None, checkpoint_every=None)`` continues to the uninterrupted result.
         distributed: ``run(..., distributed=None|True|False)`` shards the particles across the
             ranks of a ``torch.distributed`` process group (:mod:`sampler.distributed`).
+        sequential_draws: each replica's ``n_particles`` draws are made one after another (MCMC
+            chains), so only ``n_replicas`` points move at once: the run's size for the CPU
+            thread rule (:func:`~sampler.core.threads.choose_threads`) is ``n_replicas x dim``.
     """
 
     checkpoint: bool = False
     distributed: bool = False
+    sequential_draws: bool = False
+
+    def thread_size(self, n_particles: object, n_replicas: object, dim: object) -> int:
+        """The coordinates that move at once, ``R x N x d`` (``R x d`` with :attr:`sequential_draws`);
+        0 where a count is not an integer (the runner says what is wrong)."""
+        counts = (n_replicas, dim) if self.sequential_draws else (n_particles, n_replicas, dim)
+        size = 1
+        for c in counts:
+            if isinstance(c, bool) or not isinstance(c, int):
+                return 0
+            size *= c
+        return size
 
 
 @runtime_checkable

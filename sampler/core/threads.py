@@ -27,7 +27,9 @@ __all__ = ["SMALL_RUN", "Threads", "busy_elsewhere", "choose_threads", "cpu_thre
 #: ``"auto"``, a positive number of threads, or ``None`` to leave torch's setting alone.
 Threads = int | str | None
 
-#: Runs with at most this many coordinates in all (R x N x d) use one thread under ``"auto"``:
+#: Runs with at most this many coordinates moving at once (R x N x d; R x d for chains, whose
+#: draws are sequential: :attr:`~sampler.core.runner.Capabilities.sequential_draws`) use one
+#: thread under ``"auto"``:
 #: below it a second thread gained nothing on idle cores (0.8-1.0x at 500-2,000 coordinates,
 #: 1.0-1.4x from 4,000; docs/benchmarks.md, "Throughput").
 SMALL_RUN = 1 << 11
