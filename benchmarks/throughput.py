@@ -15,9 +15,12 @@ Cases:
 * ``sweep``: the same on a standard Gaussian target with a standard Gaussian reference, which SMC
   reaches in one temperature: N from 10^3 to 10^6 particles and d from 2 to 200, HMC moves -- a
   grid of pure kernel throughput.
-* ``chains``: ``hmc`` chains (R = 4, 5 leapfrog steps, identity metric) on the funnel against
-  BlackJAX's HMC kernel vmapped over 4 chains and scanned (``jax.lax.scan``), same number of
-  iterations. With ``compile=True`` ours run in fused segments (:mod:`sampler_plugins.mcmc.fused`).
+* ``chains``: ``hmc`` chains (R = 4, 5 leapfrog steps, identity metric) against BlackJAX's HMC
+  kernel vmapped over 4 chains and scanned (``jax.lax.scan``), same number of iterations, on two
+  targets: the funnel (d = 10, a gradient of a few dozen flops: per-iteration overhead is all
+  there is to measure) and a Bayesian logistic regression (:class:`LogisticRegression`, d = 25,
+  1000 observations: a gradient of two matrix products, as a posterior's). With ``compile=True``
+  ours run in fused segments (:mod:`sampler_plugins.mcmc.fused`).
 
 Gradient counts: ours from the result (``n_grad_evals``); BlackJAX's by construction (each
 temperature initializes the kernel state, one gradient per particle, and each HMC move takes one
@@ -53,11 +56,12 @@ N_MOVES = 10
 TARGET_ESS = 0.5
 CASES = ("smc", "chains", "sweep")
 SMC_TARGETS = ("gmm40", "funnel", "manywell")
+CHAIN_TARGETS = ("funnel", "logreg")
 SMC_SIZES = (2000, 20000)
 SWEEP_SIZES = (1000, 10_000, 100_000, 1_000_000)
 SWEEP_DIMS = (2, 20, 200)
 #: Step sizes both sides start from (ours then adapts; BlackJAX keeps it), per target.
-STEP_SIZES = {"gmm40": 0.5, "funnel": 0.1, "manywell": 0.1, "gaussian": 0.3}
+STEP_SIZES = {"gmm40": 0.5, "funnel": 0.1, "manywell": 0.1, "gaussian": 0.3, "logreg": 0.25}
 
 
 @attrs.frozen
@@ -91,7 +95,34 @@ class Row:
 
 
 # -- this project ---------------------------------------------------------------------------------
+class LogisticRegression(sampler.Target):
+    """A Bayesian logistic regression, ``log p(beta) = sum_i [y_i z_i - log(1 + e^{z_i})] - |beta|^2 / 2``.
+
+    ``z = X beta`` for ``n_obs`` observations of ``dim`` covariates: ``X`` iid ``N(0, 1/dim)``,
+    ``y_i ~ Bernoulli(sigmoid(x_i . beta*))`` with ``beta* ~ N(0, I)``, all drawn from a NumPy
+    generator seeded ``seed``; prior ``N(0, I)`` (its normalizer dropped). The gradient is left to
+    autograd (``torch.func`` when compiled), as BlackJAX's side leaves it to ``jax.grad``.
+    """
+
+    def __init__(self, dim: int = 25, n_obs: int = 1000, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.dim = dim
+        self.covariates = rng.standard_normal((n_obs, dim)) / math.sqrt(dim)
+        self.outcomes = (rng.random(n_obs) < 1 / (1 + np.exp(-self.covariates @ rng.standard_normal(dim)))) * 1.0
+
+    @property
+    def name(self) -> str:
+        return "logreg"
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z = x @ self.constant("covariates", like=x).transpose(-2, -1)  # (..., n_obs)
+        y = self.constant("outcomes", like=x)
+        return (y * z - torch.nn.functional.softplus(z)).sum(-1) - 0.5 * x.square().sum(-1)
+
+
 def _target(name: str, dim: int | None = None) -> sampler.Target:
+    if name == "logreg":
+        return LogisticRegression()
     return sampler.get_target("gaussian", dim=dim) if name == "gaussian" else sampler.get_target(name)
 
 
@@ -120,8 +151,8 @@ def ours_smc(name: str, n: int, kernel: str, seed: int, dim: int | None = None, 
     return Measurement(res.n_grad_evals, res.wall_time)
 
 
-def ours_chains(n_draws: int, n_warmup: int, seed: int, compile: bool = False) -> Measurement:
-    """Our ``hmc`` chains (R = 4) on the funnel, ``N_LEAPFROG`` steps per iteration as BlackJAX's.
+def ours_chains(n_draws: int, n_warmup: int, seed: int, compile: bool = False, name: str = "funnel") -> Measurement:
+    """Our ``hmc`` chains (R = 4) on target ``name``, ``N_LEAPFROG`` steps per iteration as BlackJAX's.
 
     The per-iteration workload of BlackJAX's side: ``trajectory="fixed"`` (the default ChEES
     chains vary their lengths) and ``metric="identity"`` (BlackJAX's HMC is given the identity
@@ -129,7 +160,7 @@ def ours_chains(n_draws: int, n_warmup: int, seed: int, compile: bool = False) -
     the lengths). Our warm-up still adapts the step size, which BlackJAX's side does not.
     """
     res = sampler.sample(
-        "funnel",
+        _target(name),
         method="hmc",
         n_particles=n_draws,
         n_replicas=4,
@@ -157,6 +188,7 @@ def peers_available() -> bool:
 
 def _jax_log_density(target: sampler.Target) -> Callable[[Any], Any]:
     """The target's log density in jax.numpy for one point ``(d,)`` (same constants as ours)."""
+    import jax
     import jax.numpy as jnp
     from jax.scipy.special import logsumexp
 
@@ -174,6 +206,15 @@ def _jax_log_density(target: sampler.Target) -> Callable[[Any], Any]:
         return lambda x: -jnp.sum(x[0::2] ** 4 - 6 * x[0::2] ** 2 - 0.5 * x[0::2] + 0.5 * x[1::2] ** 2)
     if name.startswith("gaussian"):
         return lambda x: -0.5 * jnp.sum(x**2)
+    if isinstance(target, LogisticRegression):
+        covariates = jnp.asarray(target.covariates, dtype=jnp.float32)
+        outcomes = jnp.asarray(target.outcomes, dtype=jnp.float32)
+
+        def log_density(x: Any) -> Any:
+            z = covariates @ x
+            return jnp.sum(outcomes * z - jax.nn.softplus(z)) - 0.5 * jnp.sum(x**2)
+
+        return log_density
     raise ValueError(f"no jax transcription of {name!r}")
 
 
@@ -240,16 +281,16 @@ def blackjax_smc(name: str, n: int, kernel: str, seed: int, dim: int | None = No
     return Measurement(grads, seconds, first)
 
 
-def blackjax_chains(n_draws: int, n_warmup: int, seed: int) -> Measurement:
-    """BlackJAX HMC on the funnel, 4 chains vmapped, ``n_warmup + n_draws`` iterations in one ``lax.scan``."""
+def blackjax_chains(n_draws: int, n_warmup: int, seed: int, name: str = "funnel") -> Measurement:
+    """BlackJAX HMC on target ``name``, 4 chains vmapped, ``n_warmup + n_draws`` iterations in one ``lax.scan``."""
     import blackjax
     import jax
     import jax.numpy as jnp
 
-    target = sampler.get_target("funnel")
+    target = _target(name)
     log_target = _jax_log_density(target)
     loc, scale, _ = _jax_reference(target)
-    hmc = blackjax.hmc(log_target, STEP_SIZES["funnel"], jnp.ones(target.dim), N_LEAPFROG)
+    hmc = blackjax.hmc(log_target, STEP_SIZES[name], jnp.ones(target.dim), N_LEAPFROG)
     n_iter = n_warmup + n_draws
 
     @jax.jit
@@ -347,12 +388,13 @@ def run_throughput(
                     )
                     rows.append(Row("smc", name, kernel, n, _target(name).dim, mine, theirs))
     if "chains" in cases:
-        mine, theirs = measure(
-            "hmc chains funnel R=4",
-            lambda s: ours_chains(chain_draws, chain_draws // 2, s, compile=compile),
-            lambda s: blackjax_chains(chain_draws, chain_draws // 2, s),
-        )
-        rows.append(Row("chains", "funnel", "hmc", chain_draws, 10, mine, theirs))
+        for name in CHAIN_TARGETS:
+            mine, theirs = measure(
+                f"hmc chains {name} R=4",
+                lambda s, name=name: ours_chains(chain_draws, chain_draws // 2, s, compile=compile, name=name),
+                lambda s, name=name: blackjax_chains(chain_draws, chain_draws // 2, s, name=name),
+            )
+            rows.append(Row("chains", name, "hmc", chain_draws, _target(name).dim, mine, theirs))
     if "sweep" in cases:
         for d in sweep_dims:
             for n in sweep_sizes:

@@ -29,14 +29,15 @@ def test_every_case_runs_and_counts_gradients_without_peers(tmp_path):
         peers=False,
         progress=None,
     )
-    assert [r.case for r in rows] == ["smc"] * 6 + ["chains", "sweep"]
+    assert [r.case for r in rows] == ["smc"] * 6 + ["chains"] * 2 + ["sweep"]
+    assert [r.target for r in rows if r.case == "chains"] == list(throughput.CHAIN_TARGETS)
     assert {(r.target, r.kernel) for r in rows if r.case == "smc"} == {
         (t, k) for t in throughput.SMC_TARGETS for k in ("hmc", "mala")
     }
     for r in rows:
         assert r.ours.grads > 0 and r.ours.rate > 0 and r.peer is None and math.isnan(r.ratio)
-    chains = rows[6]
-    assert chains.ours.grads >= 4 * 30 * throughput.N_LEAPFROG  # 4 chains, 30 iterations, 5 leapfrog steps
+    for chains in rows[6:8]:
+        assert chains.ours.grads >= 4 * 30 * throughput.N_LEAPFROG  # 4 chains, 30 iterations, 5 leapfrog steps
     table = throughput.markdown(rows)
     assert table.count("\n") == len(rows) + 1 and "n/a" in table
     out = throughput.write(rows, tmp_path / "tp")
@@ -85,15 +86,17 @@ def test_cli_compile_option_reaches_our_kernels_and_times_their_compilation(caps
     monkeypatch.setattr(throughput, "peers_available", lambda: False)
     calls = []
 
-    def fake(n_draws, n_warmup, seed, compile=False):
-        calls.append((seed, compile))
+    def fake(n_draws, n_warmup, seed, compile=False, name="funnel"):
+        calls.append((name, seed, compile))
         return throughput.Measurement(100, 9.0 if seed == 2 else 1.0)  # seed 2: the extra first run
 
     monkeypatch.setattr(throughput, "ours_chains", fake)
     argv = ["bench", "--suite", "throughput", "--cases", "chains", "--seeds", "2", "-o", "compile=true", "-q"]
     assert main([*argv, "--out", str(tmp_path)]) == 0
-    assert calls == [(2, True), (0, True), (1, True)]
-    assert "| chains | funnel | hmc | 1000 | 10 | 100 (9.0) | n/a | n/a |" in capsys.readouterr().out
+    assert calls == [(name, seed, True) for name in throughput.CHAIN_TARGETS for seed in (2, 0, 1)]
+    printed = capsys.readouterr().out
+    assert "| chains | funnel | hmc | 1000 | 10 | 100 (9.0) | n/a | n/a |" in printed
+    assert "| chains | logreg | hmc | 1000 | 25 | 100 (9.0) | n/a | n/a |" in printed
 
 
 @pytest.mark.parametrize(
@@ -110,7 +113,7 @@ def test_cli_throughput_bad_input(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["gmm40", "funnel", "manywell", "gaussian"])
+@pytest.mark.parametrize("name", ["gmm40", "funnel", "manywell", "gaussian", "logreg"])
 def test_jax_transcriptions_match_our_log_densities(name):
     """The peers' targets are ours: same log density (constants included) at random points."""
     pytest.importorskip("jax", reason="the optional peers extra (jax, blackjax) is not installed")
