@@ -15,12 +15,13 @@ Cases:
 * ``sweep``: the same on a standard Gaussian target with a standard Gaussian reference, which SMC
   reaches in one temperature: N from 10^3 to 10^6 particles and d from 2 to 200, HMC moves -- a
   grid of pure kernel throughput.
-* ``chains``: ``hmc`` chains (R = 4, 5 leapfrog steps, identity metric) against BlackJAX's HMC
-  kernel vmapped over 4 chains and scanned (``jax.lax.scan``), same number of iterations, on two
-  targets: the funnel (d = 10, a gradient of a few dozen flops: per-iteration overhead is all
-  there is to measure) and a Bayesian logistic regression (:class:`LogisticRegression`, d = 25,
-  1000 observations: a gradient of two matrix products, as a posterior's). With ``compile=True``
-  ours run in fused segments (:mod:`sampler_plugins.mcmc.fused`).
+* ``chains``: ``hmc`` chains (R = 4, 5 leapfrog steps, identity metric) and ``mala`` chains
+  (identity metric) against BlackJAX's HMC and MALA kernels vmapped over 4 chains and scanned
+  (``jax.lax.scan``), same number of iterations, on two targets: the funnel (d = 10, a gradient
+  of a few dozen flops: per-iteration overhead is all there is to measure) and a Bayesian
+  logistic regression (:class:`LogisticRegression`, d = 25, 1000 observations: a gradient of
+  two matrix products, as a posterior's). With ``compile=True`` ours run in fused segments
+  (:mod:`sampler_plugins.mcmc.fused`).
 
 Gradient counts: ours from the result (``n_grad_evals``); BlackJAX's by construction (each
 temperature initializes the kernel state, one gradient per particle, and each HMC move takes one
@@ -56,7 +57,8 @@ N_MOVES = 10
 TARGET_ESS = 0.5
 CASES = ("smc", "chains", "sweep")
 SMC_TARGETS = ("gmm40", "funnel", "manywell")
-CHAIN_TARGETS = ("funnel", "logreg")
+#: The chains cases: (target, kernel).
+CHAIN_CASES = (("funnel", "hmc"), ("logreg", "hmc"), ("funnel", "mala"), ("logreg", "mala"))
 SMC_SIZES = (2000, 20000)
 SWEEP_SIZES = (1000, 10_000, 100_000, 1_000_000)
 SWEEP_DIMS = (2, 20, 200)
@@ -151,26 +153,28 @@ def ours_smc(name: str, n: int, kernel: str, seed: int, dim: int | None = None, 
     return Measurement(res.n_grad_evals, res.wall_time)
 
 
-def ours_chains(n_draws: int, n_warmup: int, seed: int, compile: bool = False, name: str = "funnel") -> Measurement:
-    """Our ``hmc`` chains (R = 4) on target ``name``, ``N_LEAPFROG`` steps per iteration as BlackJAX's.
+def ours_chains(
+    n_draws: int, n_warmup: int, seed: int, compile: bool = False, name: str = "funnel", kernel: str = "hmc"
+) -> Measurement:
+    """Our ``kernel`` chains (R = 4) on target ``name``; HMC with ``N_LEAPFROG`` steps per iteration as BlackJAX's.
 
     The per-iteration workload of BlackJAX's side: ``trajectory="fixed"`` (the default ChEES
-    chains vary their lengths) and ``metric="identity"`` (BlackJAX's HMC is given the identity
-    mass matrix; our default dense metric adds a matrix product per leapfrog step and jitters
+    chains vary their lengths) and ``metric="identity"`` (BlackJAX's kernels are given the identity
+    mass matrix; our default metrics add a matrix product per step, and the dense one jitters
     the lengths). Our warm-up still adapts the step size, which BlackJAX's side does not.
     """
+    options: dict[str, Any] = {"n_leapfrog": N_LEAPFROG, "trajectory": "fixed"} if kernel == "hmc" else {}
     res = sampler.sample(
         _target(name),
-        method="hmc",
+        method=kernel,
         n_particles=n_draws,
         n_replicas=4,
         seed=seed,
         dtype="float32",
         n_warmup=n_warmup,
-        n_leapfrog=N_LEAPFROG,
-        trajectory="fixed",
         metric="identity",
         compile=compile,
+        **options,
     )
     return Measurement(res.n_grad_evals, res.wall_time)
 
@@ -281,8 +285,9 @@ def blackjax_smc(name: str, n: int, kernel: str, seed: int, dim: int | None = No
     return Measurement(grads, seconds, first)
 
 
-def blackjax_chains(n_draws: int, n_warmup: int, seed: int, name: str = "funnel") -> Measurement:
-    """BlackJAX HMC on target ``name``, 4 chains vmapped, ``n_warmup + n_draws`` iterations in one ``lax.scan``."""
+def blackjax_chains(n_draws: int, n_warmup: int, seed: int, name: str = "funnel", kernel: str = "hmc") -> Measurement:
+    """BlackJAX ``kernel`` (HMC or MALA) on target ``name``: 4 chains vmapped, ``n_warmup + n_draws``
+    iterations in one ``lax.scan``."""
     import blackjax
     import jax
     import jax.numpy as jnp
@@ -290,17 +295,20 @@ def blackjax_chains(n_draws: int, n_warmup: int, seed: int, name: str = "funnel"
     target = _target(name)
     log_target = _jax_log_density(target)
     loc, scale, _ = _jax_reference(target)
-    hmc = blackjax.hmc(log_target, STEP_SIZES[name], jnp.ones(target.dim), N_LEAPFROG)
+    if kernel == "hmc":
+        step = blackjax.hmc(log_target, STEP_SIZES[name], jnp.ones(target.dim), N_LEAPFROG)
+    else:
+        step = blackjax.mala(log_target, STEP_SIZES[name])
     n_iter = n_warmup + n_draws
 
     @jax.jit
     def run(key: Any) -> Any:
         key, sub = jax.random.split(key)
         x0 = loc + scale * jax.random.normal(sub, (4, target.dim), dtype=jnp.float32)
-        states = jax.vmap(hmc.init)(x0)
+        states = jax.vmap(step.init)(x0)
 
         def one(states: Any, key: Any) -> tuple[Any, Any]:
-            states, _ = jax.vmap(hmc.step)(jax.random.split(key, 4), states)
+            states, _ = jax.vmap(step.step)(jax.random.split(key, 4), states)
             return states, states.position
 
         _, draws = jax.lax.scan(one, states, jax.random.split(key, n_iter))
@@ -312,7 +320,7 @@ def blackjax_chains(n_draws: int, n_warmup: int, seed: int, name: str = "funnel"
     start = time.perf_counter()
     jax.block_until_ready(run(jax.random.PRNGKey(seed)))
     seconds = time.perf_counter() - start
-    return Measurement(4 * (n_iter * N_LEAPFROG + 1), seconds, first)
+    return Measurement(4 * (n_iter * (N_LEAPFROG if kernel == "hmc" else 1) + 1), seconds, first)
 
 
 # -- the suite ----------------------------------------------------------------------------------------
@@ -388,13 +396,13 @@ def run_throughput(
                     )
                     rows.append(Row("smc", name, kernel, n, _target(name).dim, mine, theirs))
     if "chains" in cases:
-        for name in CHAIN_TARGETS:
+        for name, kernel in CHAIN_CASES:
             mine, theirs = measure(
-                f"hmc chains {name} R=4",
-                lambda s, name=name: ours_chains(chain_draws, chain_draws // 2, s, compile=compile, name=name),
-                lambda s, name=name: blackjax_chains(chain_draws, chain_draws // 2, s, name=name),
+                f"{kernel} chains {name} R=4",
+                lambda s, name=name, k=kernel: ours_chains(chain_draws, chain_draws // 2, s, compile, name, k),
+                lambda s, name=name, k=kernel: blackjax_chains(chain_draws, chain_draws // 2, s, name, k),
             )
-            rows.append(Row("chains", name, "hmc", chain_draws, _target(name).dim, mine, theirs))
+            rows.append(Row("chains", name, kernel, chain_draws, _target(name).dim, mine, theirs))
     if "sweep" in cases:
         for d in sweep_dims:
             for n in sweep_sizes:

@@ -29,15 +29,16 @@ def test_every_case_runs_and_counts_gradients_without_peers(tmp_path):
         peers=False,
         progress=None,
     )
-    assert [r.case for r in rows] == ["smc"] * 6 + ["chains"] * 2 + ["sweep"]
-    assert [r.target for r in rows if r.case == "chains"] == list(throughput.CHAIN_TARGETS)
+    chains = [r for r in rows if r.case == "chains"]
+    assert [r.case for r in rows] == ["smc"] * 6 + ["chains"] * len(chains) + ["sweep"]
+    assert [(r.target, r.kernel) for r in chains] == list(throughput.CHAIN_CASES)
     assert {(r.target, r.kernel) for r in rows if r.case == "smc"} == {
         (t, k) for t in throughput.SMC_TARGETS for k in ("hmc", "mala")
     }
     for r in rows:
         assert r.ours.grads > 0 and r.ours.rate > 0 and r.peer is None and math.isnan(r.ratio)
-    for chains in rows[6:8]:
-        assert chains.ours.grads >= 4 * 30 * throughput.N_LEAPFROG  # 4 chains, 30 iterations, 5 leapfrog steps
+    for row in chains:  # 4 chains, 30 iterations, 5 leapfrog steps (HMC) or 1 (MALA)
+        assert row.ours.grads >= 4 * 30 * (throughput.N_LEAPFROG if row.kernel == "hmc" else 1)
     table = throughput.markdown(rows)
     assert table.count("\n") == len(rows) + 1 and "n/a" in table
     out = throughput.write(rows, tmp_path / "tp")
@@ -86,17 +87,18 @@ def test_cli_compile_option_reaches_our_kernels_and_times_their_compilation(caps
     monkeypatch.setattr(throughput, "peers_available", lambda: False)
     calls = []
 
-    def fake(n_draws, n_warmup, seed, compile=False, name="funnel"):
-        calls.append((name, seed, compile))
+    def fake(n_draws, n_warmup, seed, compile=False, name="funnel", kernel="hmc"):
+        calls.append((name, kernel, seed, compile))
         return throughput.Measurement(100, 9.0 if seed == 2 else 1.0)  # seed 2: the extra first run
 
     monkeypatch.setattr(throughput, "ours_chains", fake)
     argv = ["bench", "--suite", "throughput", "--cases", "chains", "--seeds", "2", "-o", "compile=true", "-q"]
     assert main([*argv, "--out", str(tmp_path)]) == 0
-    assert calls == [(name, seed, True) for name in throughput.CHAIN_TARGETS for seed in (2, 0, 1)]
+    assert calls == [(name, kernel, seed, True) for name, kernel in throughput.CHAIN_CASES for seed in (2, 0, 1)]
     printed = capsys.readouterr().out
     assert "| chains | funnel | hmc | 1000 | 10 | 100 (9.0) | n/a | n/a |" in printed
     assert "| chains | logreg | hmc | 1000 | 25 | 100 (9.0) | n/a | n/a |" in printed
+    assert "| chains | logreg | mala | 1000 | 25 | 100 (9.0) | n/a | n/a |" in printed
 
 
 @pytest.mark.parametrize(
