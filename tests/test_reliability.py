@@ -55,6 +55,48 @@ def test_the_advice_names_the_option_the_run_has():
     assert "n_steps=" in advice and "kernel='hmc'" not in advice  # already HMC moves
 
 
+def _gaussian_hmc_chains(step_size: float, **options):
+    target = sampler.target(log_prob=lambda x: -0.5 * (x**2).sum(-1), dim=2, name="normal")
+    return sampler.sample(
+        target,
+        "hmc",
+        n_particles=50,
+        n_replicas=3,
+        seed=0,
+        n_warmup=0,
+        step_size=step_size,
+        trajectory="fixed",
+        n_leapfrog=10,
+        metric="identity",
+        progress=False,
+        **options,
+    )
+
+
+def test_diverging_hmc_chains_are_counted_warned_and_exported(tmp_path):
+    """Leapfrog steps of 3 on a standard normal are unstable (an amplification of ~6.9 per step):
+    every trajectory's energy error explodes, every transition diverges. The summary used to
+    report only an acceptance of 0; a step of 0.3 diverges nowhere."""
+    bad = _gaussian_hmc_chains(3.0, thin=2)
+    divergent = bad.divergences()
+    assert divergent.shape == (100, 3) and bool(divergent.all())  # (iterations, chains)
+    report = sampler.summary(bad)
+    assert report.values["divergent"] == 300 and report.values["divergent_warmup"] == 0
+    assert any("300 HMC transitions after warm-up diverged" in w and "target_acceptance=" in w for w in report.warnings)
+    assert "divergent transitions" in dict(report.rows)
+    diverging = bad.to_arviz().sample_stats["diverging"]  # ArviZ's name and layout
+    assert diverging.dims == ("chain", "draw") and diverging.shape == (3, 50) and bool(diverging.values.all())
+    back = sampler.load(bad.save(tmp_path / "bad.nc"))
+    assert torch.equal(back.divergent_draws(), bad.divergent_draws())
+
+    good = _gaussian_hmc_chains(0.3)
+    assert not bool(good.divergences().any()) and not bool(good.to_arviz().sample_stats["diverging"].values.any())
+    assert sampler.summary(good).values["divergent"] == 0
+    assert not any("diverged" in w for w in sampler.summary(good).warnings)
+    mala = sampler.sample("gmm40", "mala", n_particles=20, n_replicas=2, n_warmup=10, seed=0, progress=False)
+    assert mala.divergences() is None and "diverging" not in mala.to_arviz().sample_stats
+
+
 def test_a_good_run_has_no_warning():
     res = sampler.sample("gmm40", n_particles=1000, n_replicas=4, seed=0, progress=False)
     assert sampler.summary(res).warnings == ()

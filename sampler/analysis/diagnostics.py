@@ -103,6 +103,13 @@ def summary(result: Result, target: Any = None) -> Summary:
             acc, label = float(torch.nanmean(stats["acceptance"][-1])), "acceptance (last step)"
         v["acceptance"] = acc
         rows.append((label, _fmt(acc, ".3f")))
+    divergent = result.divergences()
+    if divergent is not None and "warmup" in stats:  # hmc chains
+        after = divergent[stats["warmup"][:, 0] == 0]
+        v["divergent"], v["divergent_warmup"] = int(after.sum()), int(divergent.sum() - after.sum())
+        share = v["divergent"] / max(after.numel(), 1)
+        counts = f"{v['divergent']:,} of {after.numel():,} after warm-up ({share:.2%})"
+        rows.append(("divergent transitions", f"{counts}; {v['divergent_warmup']:,} during warm-up"))
     if "trajectory_length" in stats and "warmup" in stats:  # chains with an adapted trajectory (ChEES)
         kept_steps = stats["n_leapfrog"][stats["warmup"][:, 0] == 0]
         v["trajectory_length"] = float(stats["trajectory_length"][-1].mean())
@@ -196,6 +203,13 @@ def _warnings(result: Result, v: dict[str, Any]) -> tuple[str, ...]:
             f"the {unit} disagree (R-hat {rhat:.3g} > {RHAT_LIMIT}): they did not reach one distribution, so the "
             f"samples, moments and error bars are not to be trusted. Give the sampler more work ({work}) or a "
             "reference closer to the target (reference_loc=, reference_scale=)."
+        )
+    if (divergent := v.get("divergent", 0)) > 0:
+        out.append(
+            f"{divergent:,} HMC transition{'s' if divergent > 1 else ''} after warm-up diverged (energy error "
+            "above ~745 nats): the trajectories left a region their step size can follow (a funnel's neck, a sharp "
+            "ridge), so the draws may miss or misweight it even where R-hat looks fine. Ask for a smaller step "
+            "(target_acceptance= closer to 1) or reparameterize the model (e.g. non-centered hierarchical parameters)."
         )
     lz = result.log_Z_per_replica
     if lz is not None and lz.numel() > 1:

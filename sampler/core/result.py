@@ -222,6 +222,35 @@ class Result:
             draws=draws,
         )
 
+    def divergences(self) -> Tensor | None:
+        """Which transitions of ``hmc`` chains diverged: ``(K, R)`` bool over the K iterations, warm-up included.
+
+        A transition diverged where its acceptance probability is 0 in float64 (the ``acceptance``
+        statistic each iteration records): an energy error above about 745 nats, where ``exp``
+        underflows, or a non-finite one (Stan, NumPyro and BlackJAX count errors above 1000). The
+        trajectory then left the region its step size can follow, as at a funnel's neck, and the
+        chains may be biased where the target is sharpest. ``None`` for other methods and for
+        results without per-iteration statistics.
+        """
+        if self.kind != "mcmc" or self.method != "hmc" or not self.steps:
+            return None
+        acceptance = self.stats.get("acceptance")
+        return None if acceptance is None else acceptance == 0
+
+    def divergent_draws(self) -> Tensor | None:
+        """:meth:`divergences` of the kept draws: ``(R, N)`` bool, as ArviZ's ``sample_stats.diverging``.
+
+        The draws are the iterations after warm-up (``warmup`` statistic 0), one every ``thin``
+        (``options["thin"]``). ``None`` where :meth:`divergences` is, or where the iterations do
+        not match the draws (a result assembled by hand).
+        """
+        divergent = self.divergences()
+        if divergent is None or "warmup" not in (stats := self.stats):
+            return None
+        thin = int(self.options.get("thin", 1))
+        kept = divergent[stats["warmup"][:, 0] == 0][thin - 1 :: thin]  # (N, R)
+        return kept.T if kept.shape == (self.n_particles, self.n_replicas) else None
+
     @property
     def n_replicas(self) -> int:
         """R."""

@@ -17,6 +17,8 @@ Layout of an exported result (``Result.to_arviz()``, and the file ``Result.save`
   diagnostics. ``log_Z`` ``(chain,)``. Per-stage statistics on a ``step`` axis: ``t``, ``ess``,
   ``log_Z_increment`` ``(chain, step)``, ``target_evals``, ``grad_evals``, ``nonfinite``
   ``(step,)``, and every statistic the steps reported (``acceptance``, ``step_size``, ...).
+  ``diverging`` ``(chain, draw)`` bool (``hmc`` chains, :meth:`~sampler.Result.divergent_draws`),
+  as ArviZ names it.
 - ``attrs`` (of the InferenceData and of both groups): method, target, kind, options (JSON), seed, log Z ± standard
   error, exact log Z, evaluation counts, wall time, device, and the versions of
   sampler-engine, torch and arviz that wrote it.
@@ -184,6 +186,9 @@ def to_inference_data(result: Result) -> Any:
         stats["weighted_x"] = (("chain", "draw", "x_dim_0"), _np(result.weighted_samples))
     if result.log_Z_per_replica is not None:
         stats["log_Z"] = (("chain",), _np(result.log_Z_per_replica))
+    diverging = result.divergent_draws()
+    if diverging is not None:  # hmc chains: ArviZ's name, which its plots mark (plot_pair(divergences=True))
+        stats["diverging"] = (("chain", "draw"), _np(diverging))
     step_coords: dict[str, Any] = {}
     if result.steps:
         step_coords["step"] = np.array([s.step for s in result.steps], dtype=np.int64)
