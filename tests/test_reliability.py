@@ -57,10 +57,10 @@ def test_the_advice_names_the_option_the_run_has():
 
 def _gaussian_hmc_chains(step_size: float, **options):
     target = sampler.target(log_prob=lambda x: -0.5 * (x**2).sum(-1), dim=2, name="normal")
+    options.setdefault("n_particles", 50)
     return sampler.sample(
         target,
         "hmc",
-        n_particles=50,
         n_replicas=3,
         seed=0,
         n_warmup=0,
@@ -95,6 +95,15 @@ def test_diverging_hmc_chains_are_counted_warned_and_exported(tmp_path):
     assert not any("diverged" in w for w in sampler.summary(good).warnings)
     mala = sampler.sample("gmm40", "mala", n_particles=20, n_replicas=2, n_warmup=10, seed=0, progress=False)
     assert mala.divergences() is None and "diverging" not in mala.to_arviz().sample_stats
+
+
+def test_divergent_draws_follow_the_thinning():
+    """Steps of 2.01 are just unstable: a trajectory diverges or not by where it starts. Thinning
+    by 2 keeps every second iteration of the same chains, and their divergences with them."""
+    every = _gaussian_hmc_chains(2.01, n_particles=100).divergent_draws()  # (R, 100) iterations
+    assert 0.1 < float(every.double().mean()) < 0.9  # some diverge, some do not
+    thinned = _gaussian_hmc_chains(2.01, thin=2).divergent_draws()  # (R, 50)
+    assert torch.equal(thinned, every[:, 1::2])
 
 
 def test_a_good_run_has_no_warning():
