@@ -336,6 +336,8 @@ def test_posterior_suite_report(tmp_path):
     assert run.log_Z_error is not None and run.log_Z_stderr is not None
     md = report.markdown()
     assert "| arK-arK | 7 | smc |" in md and "arK-arK / smc: alpha" in md
+    # the summary's warnings are recorded: two sweeps of 64 particles do not agree across replicas
+    assert run.warnings and "disagree" in run.warnings[0] and "; warned 1/1" in md
     out = report.write(tmp_path / "post")
     data = json.loads((out / "results.json").read_text())
     assert data["cells"][0]["posterior"] == "arK-arK" and len(data["runs"]) == 1

@@ -65,6 +65,8 @@ class PosteriorRun:
         error: the error message of a run that raised, else ``None``.
         reference: the run's ``options["reference"]`` (which reference an annealing run started
             from, and for ``"auto"`` why), else ``None``.
+        warnings: the warnings of the run's summary (:func:`sampler.summary`): what a user of
+            the run would have been told without a reference to score against.
     """
 
     posterior: str
@@ -82,6 +84,7 @@ class PosteriorRun:
     wall_time: float
     error: str | None = None
     reference: str | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def max_z(self) -> float:
@@ -167,6 +170,7 @@ def _run_one(
         target_evals=res.n_target_evals,
         wall_time=res.wall_time,
         reference=res.options.get("reference"),
+        warnings=sampler.summary(res).warnings,
     )
 
 
@@ -230,7 +234,7 @@ def _progress_line(run: PosteriorRun) -> str:
     lo, hi = run.sd_ratio_range
     return (
         f"{run.posterior:<42} {run.method:<8} seed {run.seed}: max z {run.max_z:.3g}, sd ratio [{lo:.3g}, {hi:.3g}], "
-        f"{run.wall_time:.1f} s"
+        f"{run.wall_time:.1f} s{', warned' if run.warnings else ''}"
     )
 
 
@@ -285,6 +289,8 @@ class PosteriorReport:
                     "wall_time": _median(r.wall_time for r in ok),
                     "passed": all(r.passed for r in runs),
                     "n_passed": sum(r.passed for r in runs),
+                    "n_warned": sum(bool(r.warnings) for r in ok),
+                    "failed_unwarned": sum(not r.passed and not r.warnings for r in ok),
                     "failures": [r.error for r in runs if r.error],
                     "z": {n: _median(r.z[n] for r in ok if r.z) for n in names},
                     "sd_ratio": {n: _median(r.sd_ratio[n] for r in ok if r.sd_ratio) for n in names},
@@ -328,7 +334,8 @@ class PosteriorReport:
             "sd ratio = sd / ref sd (posteriordb reference, 10,000 draws). Median over seeds; "
             "'worst' is over seeds. Pass: every seed has max z <= "
             f"{Z_MAX} and sd ratios in [{SD_RATIO_RANGE[0]}, {SD_RATIO_RANGE[1]}]. "
-            "log Z error |log Ẑ - log Z| and the run's reported stderr where log Z is exact (— otherwise).",
+            "log Z error |log Ẑ - log Z| and the run's reported stderr where log Z is exact (— otherwise). "
+            "'warned k/n': runs whose summary (sampler.summary) warned, as a user would have seen.",
             "",
             "| posterior | d | method | max z | max z (worst) | sd ratio min | sd ratio max | log Z error "
             "| log Z stderr | grad evals | target evals | wall time (s) | pass |",
@@ -337,6 +344,11 @@ class PosteriorReport:
         cells = self.cells()
         for c in cells:
             status = "pass" if c["passed"] else f"FAIL ({c['n_passed']}/{c['seeds']})"
+            if c["n_warned"]:  # runs whose summary warned; a failure it did not warn about is the worst kind
+                unwarned = f", {c['failed_unwarned']} failing unwarned" if c["failed_unwarned"] else ""
+                status += f"; warned {c['n_warned']}/{c['seeds']}{unwarned}"
+            elif not c["passed"]:
+                status += "; no warning"
             if c["failures"]:
                 status += f", {len(c['failures'])} error(s)"
             lines.append(

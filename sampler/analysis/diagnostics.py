@@ -208,8 +208,9 @@ def _warnings(result: Result, v: dict[str, Any]) -> tuple[str, ...]:
         out.append(
             f"{divergent:,} HMC transition{'s' if divergent > 1 else ''} after warm-up diverged (energy error "
             "above ~745 nats): the trajectories left a region their step size can follow (a funnel's neck, a sharp "
-            "ridge), so the draws may miss or misweight it even where R-hat looks fine. Ask for a smaller step "
-            "(target_acceptance= closer to 1) or reparameterize the model (e.g. non-centered hierarchical parameters)."
+            "ridge), so the draws may miss or misweight it even where R-hat looks fine. Reparameterize where you can "
+            "(e.g. non-centered hierarchical parameters); a smaller step (target_acceptance= closer to 1) helps less "
+            "reliably."
         )
     lz = result.log_Z_per_replica
     if lz is not None and lz.numel() > 1:
