@@ -200,7 +200,7 @@ def _warnings(result: Result, v: dict[str, Any]) -> tuple[str, ...]:
                 )
             work = "; ".join([*parts, "more particles"])
         out.append(
-            f"the {unit} disagree (R-hat {rhat:.3g} > {RHAT_LIMIT}): they did not reach one distribution, so the "
+            f"the {unit} disagree (R-hat {rhat:.3f} > {RHAT_LIMIT}): they did not reach one distribution, so the "
             f"samples, moments and error bars are not to be trusted. Give the sampler more work ({work}) or a "
             "reference closer to the target (reference_loc=, reference_scale=)."
         )
