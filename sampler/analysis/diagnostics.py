@@ -103,7 +103,7 @@ def summary(result: Result, target: Any = None) -> Summary:
             acc, label = float(torch.nanmean(stats["acceptance"][-1])), "acceptance (last step)"
         v["acceptance"] = acc
         rows.append((label, _fmt(acc, ".3f")))
-    divergent = result.divergences()
+    divergent = result.divergences(stats)
     if divergent is not None and "warmup" in stats:  # hmc chains
         after = divergent[stats["warmup"][:, 0] == 0]
         v["divergent"], v["divergent_warmup"] = int(after.sum()), int(divergent.sum() - after.sum())

@@ -222,7 +222,7 @@ class Result:
             draws=draws,
         )
 
-    def divergences(self) -> Tensor | None:
+    def divergences(self, stats: Mapping[str, Tensor] | None = None) -> Tensor | None:
         """Which transitions of ``hmc`` chains diverged: ``(K, R)`` bool over the K iterations, warm-up included.
 
         A transition diverged where its acceptance probability is 0 in float64 (the ``acceptance``
@@ -230,11 +230,12 @@ class Result:
         underflows, or a non-finite one (Stan, NumPyro and BlackJAX count errors above 1000). The
         trajectory then left the region its step size can follow, as at a funnel's neck, and the
         chains may be biased where the target is sharpest. ``None`` for other methods and for
-        results without per-iteration statistics.
+        results without per-iteration statistics. ``stats``: :attr:`stats`, where the caller
+        already has them (stacking every iteration's record costs milliseconds per thousand).
         """
-        if self.kind != "mcmc" or self.method != "hmc" or not self.steps:
+        if not self._hmc_chains():
             return None
-        acceptance = self.stats.get("acceptance")
+        acceptance = (self.stats if stats is None else stats).get("acceptance")
         return None if acceptance is None else acceptance == 0
 
     def divergent_draws(self) -> Tensor | None:
@@ -244,12 +245,19 @@ class Result:
         (``options["thin"]``). ``None`` where :meth:`divergences` is, or where the iterations do
         not match the draws (a result assembled by hand).
         """
-        divergent = self.divergences()
-        if divergent is None or "warmup" not in (stats := self.stats):
+        if not self._hmc_chains():
+            return None
+        stats = self.stats
+        divergent = self.divergences(stats)
+        if divergent is None or "warmup" not in stats:
             return None
         thin = int(self.options.get("thin", 1))
         kept = divergent[stats["warmup"][:, 0] == 0][thin - 1 :: thin]  # (N, R)
         return kept.T if kept.shape == (self.n_particles, self.n_replicas) else None
+
+    def _hmc_chains(self) -> bool:
+        """Whether this is a run of ``hmc`` chains with per-iteration statistics (which record divergences)."""
+        return self.kind == "mcmc" and self.method == "hmc" and bool(self.steps)
 
     @property
     def n_replicas(self) -> int:
