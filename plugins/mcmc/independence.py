@@ -25,6 +25,7 @@ no gradient of its own.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import attrs
 import torch
@@ -64,6 +65,19 @@ class IndependenceMH(Corrector):
             needs many more than d draws per component, and a dense EM costs O(K N d^2) per
             iteration).
         n_iter: EM iterations of each fit.
+        balanced: keep the particles' allocation between clusters and move the mass in the
+            weights instead (for unequally weighted particles, e.g. after mode-preserving
+            resampling, ``resample(mode_floor=m)``). The mixture is fitted to the positions,
+            every particle counted once, and the moves leave ``pi_t / rho`` invariant, where
+            ``rho`` is the mean weight of the particles in the component a point belongs to;
+            an accepted move from x to y multiplies the particle's weight by
+            ``rho(y) / rho(x)``. For any positive ``rho`` this keeps a properly weighted set
+            properly weighted (``E[w rho(Y) / rho(x) f(Y)] = integral of f pi_t``), and
+            with this ``rho`` a cluster whose particles carry small weights keeps about as
+            many particles as it has, so the moves correct the clusters' masses without
+            emptying the clusters that mode-preserving resampling held at a floor. Without it
+            (the default) the moves leave pi_t itself invariant: on unequal weights they would
+            carry a floored cluster's particles to where pi_t puts them, and empty it.
 
     Reports ``acceptance`` ``(R,)`` (mean acceptance probability over the sweeps) and
     ``components`` ``(R,)`` (the mixture's effective number of components, ``exp`` of the
@@ -72,13 +86,21 @@ class IndependenceMH(Corrector):
 
     shardable = False
 
-    def __init__(self, n_steps: int = 1, n_components: int | None = None, covariance: str = "auto", n_iter: int = 10):
+    def __init__(
+        self,
+        n_steps: int = 1,
+        n_components: int | None = None,
+        covariance: str = "auto",
+        n_iter: int = 10,
+        balanced: bool = False,
+    ):
         self.n_steps = check_positive_int("n_steps", n_steps)
         self.n_components = None if n_components is None else check_positive_int("n_components", n_components)
         if covariance not in (*COVARIANCES, "auto"):
             raise ConfigurationError(f"covariance must be one of {', '.join(COVARIANCES)} or auto, got {covariance!r}")
         self.covariance = covariance
         self.n_iter = check_positive_int("n_iter", n_iter)
+        self.balanced = bool(balanced)
 
     def components_for(self, log_weights: Tensor) -> int:
         """K for particles with log weights ``(R, M)``: ``n_components`` or the default from their ESS (at most M)."""
@@ -107,6 +129,11 @@ class IndependenceMH(Corrector):
         fits = [self._fit(particles, half, covariance, ctx) for half in (~in_a, in_a)]  # fitted to B, to A
         x, ev = particles.x, particles.evaluation
         log_q = torch.where(in_a, fits[0].log_prob(x), fits[1].log_prob(x))
+        log_w = particles.log_weights
+        if self.balanced:  # log rho of each point, from the half that did not fit its mixture
+            log_rho = [_cluster_log_rho(fit, particles, half) for fit, half in zip(fits, (~in_a, in_a), strict=True)]
+            rho_of = lambda pts: torch.where(in_a, log_rho[0](pts), log_rho[1](pts))  # noqa: E731
+            rho_x = rho_of(x)
         acceptance = torch.zeros(particles.n_replicas, dtype=torch.float64, device=x.device)
         r, n, d = x.shape
         for _ in range(self.n_steps):
@@ -116,20 +143,53 @@ class IndependenceMH(Corrector):
             ev_y = ctx.path.evaluate(y, grad=ctx.needs_grad)
             log_q_y = torch.where(in_a, fits[0].log_prob(y), fits[1].log_prob(y))
             log_alpha = ctx.path.log_prob(ev_y, ctx.t) - ctx.path.log_prob(ev, ctx.t) + log_q - log_q_y
+            if self.balanced:
+                rho_y = rho_of(y)
+                log_alpha = log_alpha + rho_x - rho_y
             log_alpha = log_alpha.to(torch.float64).masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
             accept = torch.log(ctx.rand(log_alpha.shape, torch.float64, x.device)) < log_alpha
+            if self.balanced:
+                log_w = torch.where(accept, log_w + rho_y - rho_x, log_w)
+                rho_x = torch.where(accept, rho_y, rho_x)
             x = torch.where(accept[..., None], y, x)
             ev = ev_y.where(accept, ev)
             log_q = torch.where(accept, log_q_y, log_q)
             acceptance = acceptance + log_alpha.exp().mean(-1) / self.n_steps
         components = 0.5 * (fits[0].effective_components() + fits[1].effective_components())
         info = {"acceptance": acceptance, "components": components}
-        return StepOutput(attrs.evolve(particles, x=x, evaluation=ev), None, info)
+        if self.balanced:
+            log_w = torch.log_softmax(log_w, -1)
+        return StepOutput(attrs.evolve(particles, x=x, evaluation=ev, log_weights=log_w), None, info)
 
     def _fit(self, particles: Particles, half: Tensor, covariance: str, ctx: StepContext) -> ParticleMixture:
-        """The mixture fitted to the particles where ``half`` ``(R, N)`` is true (all of them where it is empty)."""
-        log_w = particles.log_weights.masked_fill(~half, -math.inf)
+        """The mixture fitted to the particles where ``half`` ``(R, N)`` is true (all of them where it is empty).
+
+        Weighted by the particles' weights, or each particle counted once if ``balanced``.
+        """
+        own = torch.zeros_like(particles.log_weights) if self.balanced else particles.log_weights
+        log_w = own.masked_fill(~half, -math.inf)
         empty = ~half.any(-1, keepdim=True)
-        log_w = torch.where(empty, particles.log_weights, log_w - torch.logsumexp(log_w, -1, keepdim=True))
+        log_w = torch.where(empty, own - math.log(own.shape[1]), log_w - torch.logsumexp(log_w, -1, keepdim=True))
         k = self.components_for(log_w)
         return fit_mixture(particles.x, log_w, k, ctx.generator, covariance, self.n_iter)
+
+
+def _cluster_log_rho(fit: ParticleMixture, particles: Particles, half: Tensor) -> Callable[[Tensor], Tensor]:
+    """``log rho`` for the balanced moves: points ``(R, M, d)`` -> the log mean weight ``(R, M)`` of their component.
+
+    A point belongs to the component of ``fit`` most likely to have drawn it; a component's
+    ``rho`` is ``N`` times the mean normalized weight of the particles of ``half`` ``(R, N)``
+    (the ones ``fit`` was fitted to) that belong to it, and 1 (the mean) where it has none.
+    """
+
+    def label(points: Tensor) -> Tensor:
+        return (fit.component_log_prob(points) + fit.log_weights[:, None, :]).argmax(-1)
+
+    r, n = half.shape
+    k = fit.n_components
+    mine = label(particles.x)
+    w = torch.where(half, particles.log_weights.to(torch.float64).exp() * n, 0.0)
+    total = torch.zeros(r, k, dtype=torch.float64, device=w.device).scatter_add_(1, mine, w)
+    count = torch.zeros(r, k, dtype=torch.float64, device=w.device).scatter_add_(1, mine, half.to(torch.float64))
+    log_rho = torch.where(count > 0, (total / count.clamp_min(1.0)).clamp_min(1e-300).log(), 0.0)
+    return lambda points: torch.gather(log_rho, 1, label(points))

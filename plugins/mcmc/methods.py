@@ -41,6 +41,7 @@ def build_smc(
     reference_scale=None,
     pilot_particles: int | None = None,
     mode_jumps: int = 0,
+    mode_floor: int = 0,
     waste_free: int = 0,
     **kernel_options: Any,
 ) -> Pipeline:
@@ -77,6 +78,11 @@ def build_smc(
             Gaussian mixture fitted to the particles) per temperature, after the kernel's
             sweeps (which have moved resampled copies apart); 0 (the default) runs none. Each costs one target
             evaluation per particle and re-equilibrates the mass between the modes found.
+        mode_floor: m > 0 resamples so that every cluster of the particles (a Gaussian mixture
+            fitted to their positions) keeps at least m offspring, the clusters' masses carried
+            in their weights (the ``resample`` corrector's ``mode_floor``): a mode whose mass
+            dips on the path keeps particles, and resampling adds no noise to the modes'
+            masses. 0 (the default) resamples in proportion to the weights.
         waste_free: P >= 2 runs waste-free SMC (Dau & Chopin 2022; the ``waste-free``
             corrector): at each temperature ``ceil(N / P)`` resampled ancestors run P - 1 sweeps
             each and all their states are the N new particles, about N kernel sweeps per
@@ -91,15 +97,19 @@ def build_smc(
     if waste_free != 0:
         if n_steps is not None:
             raise ConfigurationError("waste_free sets the sweeps per temperature: give waste_free or n_steps, not both")
+        if mode_floor:
+            raise ConfigurationError("waste_free resamples its own ancestors: give waste_free or mode_floor, not both")
         _check_kernel(kernel)
         moves = [corrector("waste-free", kernel=kernel, chain_length=waste_free, **kernel_options)]
     else:
         n_steps = 10 if n_steps is None else n_steps
         moves = [
-            corrector("resample", scheme=scheme, threshold=resample_threshold),
+            corrector("resample", scheme=scheme, threshold=resample_threshold, mode_floor=mode_floor),
             _kernel(kernel, n_steps, kernel_options),
         ]
-    steps = [*moves, *([corrector("imh", n_steps=mode_jumps)] if mode_jumps else [])]
+    # With floors, the jumps keep each cluster's particles and move its mass in the weights.
+    jumps = corrector("imh", n_steps=mode_jumps, balanced=bool(mode_floor)) if mode_jumps else None
+    steps = [*moves, *([jumps] if jumps else [])]
     options = dict(
         kernel=kernel,
         **({"waste_free": waste_free} if waste_free else {"n_steps": n_steps}),
@@ -109,6 +119,7 @@ def build_smc(
         reference=reference,
         **({} if pilot_particles is None else {"pilot_particles": pilot_particles}),
         **({"mode_jumps": mode_jumps} if mode_jumps else {}),
+        **({"mode_floor": mode_floor} if mode_floor else {}),
         **kernel_options,
     )
     return Pipeline(
