@@ -68,7 +68,7 @@ def cluster_labels(x: Tensor, n_clusters: int, generator: torch.Generator) -> Te
         z = vecs[..., -q:] * vals[..., None, -q:].clamp_min(0.0).sqrt()
     uniform = torch.full((r, n), -math.log(n), dtype=torch.float64, device=x.device)
     mix = fit_mixture(z, uniform, n_clusters, generator, covariance="full")
-    return (mix.component_log_prob(z) + mix.log_weights[:, None, :]).argmax(-1)
+    return mix.log_prob_and_component(z)[1]
 
 
 def floored_allocation(cluster_weights: Tensor, floor: float, n: int) -> Tensor:

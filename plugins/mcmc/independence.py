@@ -25,7 +25,6 @@ no gradient of its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import attrs
 import torch
@@ -128,12 +127,18 @@ class IndependenceMH(Corrector):
         in_a = random_halves(particles.x, ctx.generator)
         fits = [self._fit(particles, half, covariance, ctx) for half in (~in_a, in_a)]  # fitted to B, to A
         x, ev = particles.x, particles.evaluation
-        log_q = torch.where(in_a, fits[0].log_prob(x), fits[1].log_prob(x))
+        # log rho per component of each fit, from the particles that fit was fitted to (the balanced moves)
+        evaluated = [fit.log_prob_and_component(x) for fit in fits]
+        log_rho = (
+            [
+                _component_log_rho(comp, fit.n_components, particles.log_weights, half)
+                for (_, comp), fit, half in zip(evaluated, fits, (~in_a, in_a), strict=True)
+            ]
+            if self.balanced
+            else None
+        )
+        log_q, rho_x = _proposal_terms(evaluated, in_a, log_rho)
         log_w = particles.log_weights
-        if self.balanced:  # log rho of each point, from the half that did not fit its mixture
-            log_rho = [_cluster_log_rho(fit, particles, half) for fit, half in zip(fits, (~in_a, in_a), strict=True)]
-            rho_of = lambda pts: torch.where(in_a, log_rho[0](pts), log_rho[1](pts))  # noqa: E731
-            rho_x = rho_of(x)
         acceptance = torch.zeros(particles.n_replicas, dtype=torch.float64, device=x.device)
         r, n, d = x.shape
         for _ in range(self.n_steps):
@@ -141,14 +146,13 @@ class IndependenceMH(Corrector):
             z = ctx.randn((r, n, d), torch.float64, x.device)
             y = torch.where(in_a[..., None], fits[0].sample(u, z), fits[1].sample(u, z)).to(x.dtype)
             ev_y = ctx.path.evaluate(y, grad=ctx.needs_grad)
-            log_q_y = torch.where(in_a, fits[0].log_prob(y), fits[1].log_prob(y))
+            log_q_y, rho_y = _proposal_terms([fit.log_prob_and_component(y) for fit in fits], in_a, log_rho)
             log_alpha = ctx.path.log_prob(ev_y, ctx.t) - ctx.path.log_prob(ev, ctx.t) + log_q - log_q_y
-            if self.balanced:
-                rho_y = rho_of(y)
+            if rho_x is not None and rho_y is not None:  # balanced: pi_t / rho is the invariant density
                 log_alpha = log_alpha + rho_x - rho_y
             log_alpha = log_alpha.to(torch.float64).masked_fill(torch.isnan(log_alpha), -math.inf).clamp(max=0.0)
             accept = torch.log(ctx.rand(log_alpha.shape, torch.float64, x.device)) < log_alpha
-            if self.balanced:
+            if rho_x is not None and rho_y is not None:
                 log_w = torch.where(accept, log_w + rho_y - rho_x, log_w)
                 rho_x = torch.where(accept, rho_y, rho_x)
             x = torch.where(accept[..., None], y, x)
@@ -174,22 +178,31 @@ class IndependenceMH(Corrector):
         return fit_mixture(particles.x, log_w, k, ctx.generator, covariance, self.n_iter)
 
 
-def _cluster_log_rho(fit: ParticleMixture, particles: Particles, half: Tensor) -> Callable[[Tensor], Tensor]:
-    """``log rho`` for the balanced moves: points ``(R, M, d)`` -> the log mean weight ``(R, M)`` of their component.
+def _component_log_rho(component: Tensor, k: int, log_weights: Tensor, half: Tensor) -> Tensor:
+    """``log rho`` of a fit's K components for the balanced moves: ``(R, K)`` float64.
 
-    A point belongs to the component of ``fit`` most likely to have drawn it; a component's
-    ``rho`` is ``N`` times the mean normalized weight of the particles of ``half`` ``(R, N)``
-    (the ones ``fit`` was fitted to) that belong to it, and 1 (the mean) where it has none.
+    ``component`` ``(R, N)`` is each particle's most likely component of the fit, ``half`` ``(R, N)``
+    the particles it was fitted to; a component's ``rho`` is ``N`` times the mean normalized
+    weight of those of its particles, and 1 (the mean) where it has none.
     """
-
-    def label(points: Tensor) -> Tensor:
-        return (fit.component_log_prob(points) + fit.log_weights[:, None, :]).argmax(-1)
-
     r, n = half.shape
-    k = fit.n_components
-    mine = label(particles.x)
-    w = torch.where(half, particles.log_weights.to(torch.float64).exp() * n, 0.0)
-    total = torch.zeros(r, k, dtype=torch.float64, device=w.device).scatter_add_(1, mine, w)
-    count = torch.zeros(r, k, dtype=torch.float64, device=w.device).scatter_add_(1, mine, half.to(torch.float64))
-    log_rho = torch.where(count > 0, (total / count.clamp_min(1.0)).clamp_min(1e-300).log(), 0.0)
-    return lambda points: torch.gather(log_rho, 1, label(points))
+    w = torch.where(half, log_weights.to(torch.float64).exp() * n, 0.0)
+    total = torch.zeros(r, k, dtype=torch.float64, device=w.device).scatter_add_(1, component, w)
+    count = torch.zeros(r, k, dtype=torch.float64, device=w.device).scatter_add_(1, component, half.to(torch.float64))
+    return torch.where(count > 0, (total / count.clamp_min(1.0)).clamp_min(1e-300).log(), 0.0)
+
+
+def _proposal_terms(
+    evaluated: list[tuple[Tensor, Tensor]], in_a: Tensor, log_rho: list[Tensor] | None
+) -> tuple[Tensor, Tensor | None]:
+    """``log q`` ``(R, M)`` of points from the two fits' ``(log_prob, component)``, each point by the fit for its half.
+
+    Also ``log rho`` ``(R, M)`` of the points' components where ``log_rho`` (one ``(R, K)`` table per
+    fit) is given, else ``None``.
+    """
+    (lp_b, comp_b), (lp_a, comp_a) = evaluated  # the fit to B moves A, the fit to A moves B
+    log_q = torch.where(in_a, lp_b, lp_a)
+    if log_rho is None:
+        return log_q, None
+    rho = torch.where(in_a, torch.gather(log_rho[0], 1, comp_b), torch.gather(log_rho[1], 1, comp_a))
+    return log_q, rho

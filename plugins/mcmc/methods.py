@@ -107,9 +107,9 @@ def build_smc(
             corrector("resample", scheme=scheme, threshold=resample_threshold, mode_floor=mode_floor),
             _kernel(kernel, n_steps, kernel_options),
         ]
-    # With floors, the jumps keep each cluster's particles and move its mass in the weights.
-    jumps = corrector("imh", n_steps=mode_jumps, balanced=bool(mode_floor)) if mode_jumps else None
-    steps = [*moves, *([jumps] if jumps else [])]
+    steps = list(moves)
+    if mode_jumps:  # with floors, the jumps keep each cluster's particles and move its mass in the weights
+        steps.append(corrector("imh", n_steps=mode_jumps, balanced=bool(mode_floor)))
     options = dict(
         kernel=kernel,
         **({"waste_free": waste_free} if waste_free else {"n_steps": n_steps}),

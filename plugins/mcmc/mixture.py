@@ -111,6 +111,14 @@ class ParticleMixture:
         """Mixture log density at ``x`` ``(R, M, d)``: ``(R, M)`` float64."""
         return torch.logsumexp(self.component_log_prob(x) + self.log_weights[:, None, :], dim=-1)
 
+    def log_prob_and_component(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`log_prob` at ``x`` ``(R, M, d)`` and the component most likely to have drawn each point.
+
+        Returns ``(R, M)`` float64 and ``(R, M)`` long, from one evaluation of the components.
+        """
+        joint = self.component_log_prob(x) + self.log_weights[:, None, :]
+        return torch.logsumexp(joint, dim=-1), joint.argmax(-1)
+
     def sample(self, uniform: Tensor, normal: Tensor) -> Tensor:
         """Draws ``(R, M, d)`` float64 from uniforms ``(R, M, 1)`` (the component) and normals ``(R, M, d)``.
 
