@@ -68,8 +68,10 @@ def build_smc(
             information, and the fit covers the target, Pareto k <= 0.7 (else the fit widened
             2x, if that covers it); the prior reference otherwise, e.g. on every
             multimodal target), ``"prior"`` (the target's hints or
-            ``reference_loc``/``reference_scale``), ``"laplace"`` (always the Laplace fit) or
-            ``"pilot"`` (moments of a short run); see :class:`~sampler.Pipeline`. What was used,
+            ``reference_loc``/``reference_scale``), ``"laplace"`` (always the Laplace fit),
+            ``"pilot"`` (moments of a short run) or ``"spread"`` (the prior widened so that the
+            maxima L-BFGS finds keep their shares along the path: for far-apart modes of
+            comparable weight, e.g. ``gmm10-d``); see :class:`~sampler.Pipeline`. What was used,
             and why, is in ``Result.options["reference"]`` and the summary.
         reference_loc, reference_scale: override the target's default Gaussian reference (and
             where the Laplace fit starts and the pilot run begins).
@@ -159,7 +161,7 @@ def build_ais(
         n_steps: MCMC sweeps per temperature.
         n_temps: number of annealing steps.
         schedule: ``"power"`` (t = (k/K)^4), ``"linear"``, ``"geometric"``, or a Schedule.
-        reference: ``"prior"``, ``"laplace"`` or ``"pilot"`` (as for ``smc``).
+        reference: ``"prior"``, ``"laplace"``, ``"pilot"`` or ``"spread"`` (as for ``smc``).
         reference_loc, reference_scale: override the target's default Gaussian reference.
         pilot_particles: particles per replica of the pilot run (``reference="pilot"``).
     """

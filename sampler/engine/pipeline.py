@@ -34,6 +34,7 @@ from sampler.core.steps import Corrector, Step, Transport
 from sampler.engine.auto_reference import auto_reference
 from sampler.engine.distributed import ParticleStreams, Shard, agree, is_initialized, is_main_process
 from sampler.engine.loop import Loop, LoopState, Session, apply_steps, record, reopen, saved_particles
+from sampler.engine.spread_reference import spread_reference
 from sampler.errors import ConfigurationError, NonFiniteError, RunError, check_positive_int
 from sampler.io.checkpoint import Checkpoint, CheckpointData
 from sampler.targets.base import Target, as_target
@@ -41,7 +42,7 @@ from sampler.targets.base import Target, as_target
 __all__ = ["Pipeline", "reweight", "make_reference", "initial_particles", "REFERENCES"]
 
 #: The kinds of reference a pipeline can start from (besides a given :class:`GaussianReference`).
-REFERENCES = ("prior", "laplace", "pilot", "auto")
+REFERENCES = ("prior", "laplace", "pilot", "auto", "spread")
 #: Salts of the derived seeds of the reference fits (their random streams are not the run's).
 _LAPLACE_SALT, _PILOT_SALT = 0x1A91ACE, 0x9170
 
@@ -137,6 +138,9 @@ class Pipeline:
             ``"auto"`` the Laplace approximation where it passes checks of dimension, of a
             single maximum, of a prior far off the target's scale and of coverage, the prior
             elsewhere (:mod:`sampler.engine.auto_reference`);
+            ``"spread"`` the prior reference widened until the maxima that L-BFGS finds from
+            it lose at most a nat of share to each other on the path
+            (:mod:`sampler.engine.spread_reference`; for far-apart modes of comparable weight);
             ``"pilot"`` the mean and dense covariance of a short run of this pipeline from the
             prior reference (``pilot_particles`` per replica, all replicas pooled). The fits'
             evaluations count in the result's totals (in no stage's counts):
@@ -366,9 +370,11 @@ class Pipeline:
                 ref = GaussianReference(target.dim, loc=saved["loc"], scale_tril=tril)
             return ref, str(saved.get("used", self.reference)), list(saved.get("evals", [0, 0]))
         fit_counter = EvaluationCounter()
-        if self.reference in ("laplace", "auto"):
+        if self.reference in ("laplace", "auto", "spread"):
             gen = torch.Generator(device=cfg.device).manual_seed(derived_seed(cfg.seed, _LAPLACE_SALT))
-            if self.reference == "auto" and not any(s.needs_grad for s in self.steps):
+            if self.reference == "spread":
+                ref, used = spread_reference(target, prior, fit_counter, gen, cfg.dtype)
+            elif self.reference == "auto" and not any(s.needs_grad for s in self.steps):
                 ref, used = prior, "prior (auto: the steps use no gradients, the Laplace fit would)"
             elif self.reference == "auto":
                 ref, used = auto_reference(target, prior, fit_counter, gen, cfg.dtype)
