@@ -12,7 +12,8 @@ the starting reference, with a warning.
 The other end points serve a check of unimodality: one where the gradient vanishes (Newton
 decrement ``g^T H^{-1} g`` below :data:`STATIONARY`) and which lies outside the fitted
 Gaussian's typical ball (squared Mahalanobis distance above ``d``) is another maximum
-(:attr:`LaplaceFit.other_maxima`).
+(:attr:`LaplaceFit.other_maxima`). :func:`find_maxima` is the same batched search without the
+Hessian (gradients only, any dimension): the maxima it reaches, for the ``"spread"`` reference.
 
 Every evaluation goes through a :class:`GeometricPath`'s counter, so it counts in the run's
 ``n_target_evals`` / ``n_grad_evals`` (the Hessian by autograd as ``d`` gradient evaluations).
