@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,18 @@ def test_smc_from_the_spread_reference_keeps_every_mode_of_gmm10_50_with_its_wei
     stderr = fractions.var(0).mean().sqrt() / 2  # sqrt(pooled variance over replicas / R)
     assert float((fractions.mean(0) - 0.1).abs().max()) <= 4 * float(stderr), (fractions, stderr)
     assert abs(res.log_Z) <= 4 * res.log_Z_stderr, (res.log_Z, res.log_Z_stderr)
+
+
+def test_widened_scales_every_standard_deviation_and_keeps_the_centre():
+    """Diagonal and dense references: the scale (or Cholesky factor) is factor times the original's,
+    exactly, so the covariance is factor^2 times it (to round-off)."""
+    diag = sampler.GaussianReference(3, loc=torch.tensor([1.0, -2.0, 0.5]), scale=torch.tensor([0.5, 2.0, 1.0]))
+    tril = torch.tensor([[1.0, 0.0, 0.0], [0.3, 0.5, 0.0], [-0.2, 0.1, 2.0]], dtype=DTYPE)
+    dense = sampler.GaussianReference(3, loc=torch.tensor([1.0, -2.0, 0.5]), scale_tril=tril)
+    for ref in (diag, dense):
+        wide = ref.widened(2.5)
+        assert wide.dense == ref.dense
+        assert (wide.loc == ref.loc).all()
+        spread, wide_spread = (ref.scale, wide.scale) if not ref.dense else (ref.scale_tril, wide.scale_tril)
+        assert (wide_spread == 2.5 * spread).all()
+        np.testing.assert_allclose(wide.covariance, 2.5**2 * ref.covariance, rtol=1e-15, atol=0)

@@ -80,6 +80,13 @@ class GaussianReference:
         """Whether the covariance is dense (given by ``scale_tril``)."""
         return self.scale_tril is not None
 
+    def widened(self, factor: float) -> GaussianReference:
+        """The same Gaussian with every standard deviation multiplied by ``factor`` (same centre,
+        diagonal or dense as this one)."""
+        if self.scale_tril is not None:
+            return GaussianReference(self.dim, torch.from_numpy(self.loc), scale_tril=factor * self.scale_tril)
+        return GaussianReference(self.dim, torch.from_numpy(self.loc), scale=torch.from_numpy(factor * self.scale))
+
     @property
     def covariance(self) -> np.ndarray:
         """The covariance, a float64 ``(dim, dim)`` array."""

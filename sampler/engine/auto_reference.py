@@ -130,8 +130,7 @@ def auto_reference(
     k = _coverage(target, fit.reference, counter, generator, dtype)
     if k <= AUTO_MAX_PARETO_K:
         return fit.reference, f"laplace (auto: one maximum, {mismatch}, Pareto k {k:.2f})"
-    assert fit.reference.scale_tril is not None  # a "dense" fit
-    wide = GaussianReference(d, torch.as_tensor(fit.reference.loc), scale_tril=AUTO_WIDEN * fit.reference.scale_tril)
+    wide = fit.reference.widened(AUTO_WIDEN)
     k_wide = _coverage(target, wide, counter, generator, dtype)
     why = f"Pareto k {k:.2f}, widened {AUTO_WIDEN:g}x: k {k_wide:.2f}"
     if k_wide <= AUTO_MAX_PARETO_K:

@@ -69,9 +69,8 @@ def spread_reference(
     found = f"{maxima.shape[0]} of {SPREAD_STARTS} starts ended at a maximum"
     if widen == 1.0:
         return prior, f"prior (spread: {found}, all about equally far from its centre)"
-    scale = torch.as_tensor(prior.scale, dtype=torch.float64) * widen
-    wide = GaussianReference(prior.dim, loc=torch.as_tensor(prior.loc, dtype=torch.float64), scale=scale)
-    return wide, f"prior widened {widen:.3g}x (spread: {found}; their shares dip at most {SPREAD_MAX_DIP:g} nat)"
+    why = f"{found}; their shares dip at most {SPREAD_MAX_DIP:g} nat"
+    return prior.widened(widen), f"prior widened {widen:.3g}x (spread: {why})"
 
 
 def spread_widening(prior: GaussianReference, maxima: Tensor) -> float:
