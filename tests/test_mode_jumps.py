@@ -135,21 +135,64 @@ def test_mixture_arguments_are_checked():
     with pytest.raises(ConfigurationError, match="n_components"):
         fit_mixture(x, lw, 6, torch.Generator())
     with pytest.raises(ConfigurationError, match="covariance"):
-        IndependenceMH(covariance="spherical")
+        fit_mixture(x, lw, 2, torch.Generator(), covariance=("diag", "dense"))
+    with pytest.raises(ConfigurationError, match="covariance"):
+        fit_mixture(x, lw, 2, torch.Generator(), covariance=())
+    with pytest.raises(ConfigurationError, match="covariance"):
+        IndependenceMH(covariance="tied")
     with pytest.raises(ConfigurationError, match="mode_jumps"):
         sampler.sample("double-well", n_particles=50, n_replicas=1, seed=0, mode_jumps=-1, progress=False)
+
+
+def _two_clusters(g: torch.Generator, n: int, d: int, sds: torch.Tensor) -> torch.Tensor:
+    """``n`` draws ``(1, n, d)``, half about ``-3 e`` and half about ``+3 e``, coordinate sds ``sds`` ``(d,)``."""
+    centre = torch.full((d,), 3.0, dtype=DTYPE) * torch.where(torch.arange(n) % 2 == 0, -1.0, 1.0).to(DTYPE)[:, None]
+    return (centre + sds * torch.randn(n, d, generator=g, dtype=DTYPE))[None]
+
+
+def test_aic_picks_the_covariance_structure_per_replica():
+    """Isotropic clusters get spherical components, anisotropic ones diagonal or dense ones.
+
+    Replica 0 has isotropic clusters (sd 0.5), replica 1 clusters whose coordinate sds run from
+    0.25 to 1; d = 8, 250 points per cluster. A spherical fit's variance is the mean of 8 sample
+    variances of 250 draws: relative sd sqrt(2 / 2000) = 0.032, so it is within 4 of them of
+    0.25. On replica 1 a spherical fit loses ~250 nats of log likelihood per cluster against ~16
+    parameters, on replica 0 a diagonal one gains ~chi^2_7 / 2 per cluster against 7 parameters:
+    both choices hold far beyond their noise.
+    """
+    g = torch.Generator().manual_seed(5)
+    n, d = 500, 8
+    iso = _two_clusters(g, n, d, torch.full((d,), 0.5, dtype=DTYPE))
+    aniso = _two_clusters(g, n, d, torch.linspace(0.25, 1.0, d, dtype=DTYPE))
+    x = torch.cat([iso, aniso])
+    lw = torch.full((2, n), -math.log(n), dtype=DTYPE)
+    for candidates in [("spherical", "diag"), ("spherical", "diag", "full")]:
+        mix = fit_mixture(x, lw, 2, torch.Generator().manual_seed(0), candidates)
+        assert mix.dense == ("full" in candidates)
+        scales = torch.diagonal(mix.scales, dim1=-2, dim2=-1) if mix.dense else mix.scales
+        assert (scales[0] == scales[0, :, :1]).all(), "replica 0: spherical components"
+        assert ((scales[0] ** 2 / 0.25 - 1).abs() < 4 * math.sqrt(2 / (250 * d))).all(), scales[0]
+        rel = scales[1] / torch.linspace(0.25, 1.0, d, dtype=DTYPE)  # sd of a sample sd: sd / sqrt(2 n)
+        assert ((rel - 1).abs() < 4 / math.sqrt(2 * 250)).all(), rel
+        if mix.dense:  # replica 0's spherical components, stored densely beside replica 1's, stay diagonal
+            assert (mix.scales[0].tril(-1) == 0).all()
+    single = fit_mixture(x, lw, 2, torch.Generator().manual_seed(0), "spherical")
+    assert (single.scales == single.scales[..., :1]).all()
 
 
 def test_identical_particles_fit_a_proper_mixture():
     """All particles at one point (a collapsed population): finite, positive scales, no NaN."""
     x = torch.ones(2, 40, 3, dtype=DTYPE)
     lw = torch.full((2, 40), -math.log(40), dtype=DTYPE)
-    mix = fit_mixture(x, lw, 4, torch.Generator().manual_seed(0), "full")
-    assert torch.isfinite(mix.log_prob(x)).all() and torch.isfinite(mix.scales).all()
+    for covariance in ["full", "spherical", ("spherical", "diag", "full")]:
+        mix = fit_mixture(x, lw, 4, torch.Generator().manual_seed(0), covariance)
+        assert torch.isfinite(mix.log_prob(x)).all() and torch.isfinite(mix.scales).all()
 
 
 # -- the corrector ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("components", "covariance"), [(1, "full"), (2, "full"), (3, "diag"), (None, "auto")])
+@pytest.mark.parametrize(
+    ("components", "covariance"), [(1, "full"), (2, "full"), (3, "diag"), (2, "spherical"), (None, "auto")]
+)
 def test_imh_leaves_an_unequal_mixture_invariant(components, covariance):
     """Started from exact draws, the particles keep the target's mode share and moments.
 

@@ -48,7 +48,10 @@ DEFAULT_COMPONENTS = 16
 #: The default mixture gives each component at least this many effective particles.
 PARTICLES_PER_COMPONENT = 50
 
-#: ``covariance="auto"`` uses dense covariances up to this dimension, diagonal ones above it.
+#: ``covariance="auto"`` picks by AIC between these structures, and dense ones up to ``DENSE_UP_TO_DIM``.
+AUTO_COVARIANCES = ("spherical", "diag")
+
+#: ``covariance="auto"`` considers dense covariances up to this dimension.
 DENSE_UP_TO_DIM = 10
 
 
@@ -60,9 +63,11 @@ class IndependenceMH(Corrector):
         n_components: mixture components K per replica; default ``min(16, ESS // 50)`` (at
             least 1) of the half of the particles it is fitted to.
         covariance: ``"full"`` (each component's covariance shrunk toward its diagonal),
-            ``"diag"``, or ``"auto"`` (full up to d = 10, diagonal above: a dense covariance
-            needs many more than d draws per component, and a dense EM costs O(K N d^2) per
-            iteration).
+            ``"diag"``, ``"spherical"`` (one variance per component), or ``"auto"``: each
+            replica's fit takes the structure of least AIC (the best expected log density of
+            fresh draws, which sets the acceptance) among spherical, diagonal and, up to
+            d = 10, full (a dense covariance needs many more than d draws per component, and
+            a dense EM costs O(K N d^2) per iteration).
         n_iter: EM iterations of each fit.
         balanced: keep the particles' allocation between clusters and move the mass in the
             weights instead (for unequally weighted particles, e.g. after mode-preserving
@@ -121,9 +126,9 @@ class IndependenceMH(Corrector):
         fitted to every particle, it made them leave small modes faster than they entered
         (gmm10-50: modes emptied at intermediate temperatures that exact SMC keeps).
         """
-        covariance = self.covariance
+        covariance: str | tuple[str, ...] = self.covariance
         if covariance == "auto":
-            covariance = "full" if particles.dim <= DENSE_UP_TO_DIM else "diag"
+            covariance = AUTO_COVARIANCES if particles.dim > DENSE_UP_TO_DIM else (*AUTO_COVARIANCES, "full")
         in_a = random_halves(particles.x, ctx.generator)
         fits = [self._fit(particles, half, covariance, ctx) for half in (~in_a, in_a)]  # fitted to B, to A
         x, ev = particles.x, particles.evaluation
@@ -165,7 +170,9 @@ class IndependenceMH(Corrector):
             log_w = torch.log_softmax(log_w, -1)
         return StepOutput(attrs.evolve(particles, x=x, evaluation=ev, log_weights=log_w), None, info)
 
-    def _fit(self, particles: Particles, half: Tensor, covariance: str, ctx: StepContext) -> ParticleMixture:
+    def _fit(
+        self, particles: Particles, half: Tensor, covariance: str | tuple[str, ...], ctx: StepContext
+    ) -> ParticleMixture:
         """The mixture fitted to the particles where ``half`` ``(R, N)`` is true (all of them where it is empty).
 
         Weighted by the particles' weights, or each particle counted once if ``balanced``.

@@ -4,7 +4,9 @@
 ``(R, N)`` log weights, batched over the replicas and the K components (no loop over particles
 or components; memory ``O(R N K)`` with diagonal covariances or dense ones up to d = 16, whose
 quadratic forms go through ``(R, N, d^2)`` products, and ``O(R N K d)`` for dense ones above).
-The result, :class:`ParticleMixture`, evaluates its log density at ``(R, M, d)`` points and
+Components are spherical, diagonal or dense; given several structures, each is fitted from the
+same seeds and each replica keeps the one of least AIC (:func:`aic`). The result,
+:class:`ParticleMixture`, evaluates its log density at ``(R, M, d)`` points and
 draws ``(R, M, d)`` samples from the run's random streams, so a seeded run stays reproducible.
 
 Regularization, so that every component stays a proper Gaussian however few particles it owns:
@@ -29,7 +31,7 @@ from torch import Tensor
 from sampler.ext import ConfigurationError
 
 #: The covariance structures a component can have.
-COVARIANCES = ("diag", "full")
+COVARIANCES = ("spherical", "diag", "full")
 
 #: Variance floor, relative to the population's variance per coordinate.
 VARIANCE_FLOOR = 1e-6
@@ -162,7 +164,7 @@ def fit_mixture(
     log_weights: Tensor,
     n_components: int,
     generator: torch.Generator,
-    covariance: str = "full",
+    covariance: str | tuple[str, ...] = "full",
     n_iter: int = 10,
 ) -> ParticleMixture:
     """Weighted EM fit of a ``n_components``-Gaussian mixture to each replica's particles.
@@ -172,31 +174,84 @@ def fit_mixture(
         log_weights: ``(R, N)`` normalized log weights.
         n_components: K (at most N).
         generator: draws the k-means++ seeds (the only randomness).
-        covariance: ``"full"`` (shrunk toward the diagonal, see the module docstring) or ``"diag"``.
+        covariance: ``"full"`` (shrunk toward the diagonal, see the module docstring),
+            ``"diag"``, ``"spherical"`` (one variance per component), or a tuple of these:
+            each is fitted from the same seeds and every replica keeps the one of least AIC
+            (:func:`aic`).
         n_iter: EM iterations after the seeding (10: on gmm10-50 over 12 seeds, 20 gave the
             same energy distance and mode weights at 1.4x the wall time).
 
     Returns:
         the :class:`ParticleMixture` (float64).
     """
-    if covariance not in COVARIANCES:
-        raise ConfigurationError(f"covariance must be one of {', '.join(COVARIANCES)}, got {covariance!r}")
+    candidates = (covariance,) if isinstance(covariance, str) else tuple(covariance)
+    if not candidates or any(c not in COVARIANCES for c in candidates):
+        raise ConfigurationError(
+            f"covariance must be one of {', '.join(COVARIANCES)} or a tuple of them, got {covariance!r}"
+        )
     r, n, d = x.shape
     if not 1 <= n_components <= n:
         raise ConfigurationError(f"n_components must lie in [1, {n}] (the particles), got {n_components!r}")
     w = log_weights.to(torch.float64).exp()
     w = w / w.sum(-1, keepdim=True)
-    n_eff = 1.0 / (w * w).sum(-1)  # (R,)
     pop_mean = (w[..., None] * x.to(torch.float64)).sum(1, keepdim=True)
     x = x.to(torch.float64) - pop_mean  # the fit runs about the population's mean: moments keep their digits
+    means = _seed_means(x, w, n_components, generator)
+    fits = [_em(x, w, means, c, n_iter) for c in candidates]
+    best = fits[-1]
+    if len(fits) > 1:
+        choice = torch.stack([aic(fit, x, w, c) for fit, c in zip(fits, candidates, strict=True)]).argmin(0)  # (R,)
+        dense = any(fit.dense for fit in fits)
+        for i in reversed(range(len(fits) - 1)):
+            best = _where(choice == i, fits[i], best, dense)
+    return attrs.evolve(best, means=best.means + pop_mean)
+
+
+def aic(mix: ParticleMixture, x: Tensor, w: Tensor, covariance: str) -> Tensor:
+    """Akaike's criterion ``2 p - 2 n_eff sum_n w_n log q(x_n)`` of a fit, per replica: ``(R,)``.
+
+    ``x`` ``(R, N, d)`` are the points it was fitted to and ``w`` ``(R, N)`` their normalized
+    weights (``n_eff = 1 / sum w^2`` effective points); ``p`` counts the free parameters
+    (``K - 1`` weights, ``K d`` means, and ``K``, ``K d`` or ``K d (d + 1) / 2`` covariance
+    terms for ``covariance`` ``"spherical"``, ``"diag"`` or ``"full"``).
+    ``-AIC / 2`` estimates the expected log density of fresh draws under the fit, which is what
+    decides how often an independence proposal is accepted: it trades a fuller covariance's
+    better fit against its noisier estimate (with 100 draws per component in d = 200, a
+    spherical fit is accepted about twice as often as a diagonal one on isotropic modes).
+    """
+    k, d = mix.n_components, mix.means.shape[-1]
+    per_component = d + {"spherical": 1, "diag": d, "full": d * (d + 1) // 2}[covariance]
+    n_eff = 1.0 / (w * w).sum(-1)
+    log_lik = n_eff * (w * mix.log_prob(x)).sum(-1)
+    return 2.0 * (k - 1 + k * per_component) - 2.0 * log_lik
+
+
+def _where(mask: Tensor, a: ParticleMixture, b: ParticleMixture, dense: bool) -> ParticleMixture:
+    """Per replica (``mask`` ``(R,)``), mixture ``a`` where true and ``b`` elsewhere (dense scales if ``dense``)."""
+    sa, sb = (torch.diag_embed(m.scales) if dense and not m.dense else m.scales for m in (a, b))
+    pick = mask.view(-1, *(1,) * (sa.ndim - 1))
+    return ParticleMixture(
+        torch.where(mask[:, None], a.log_weights, b.log_weights),
+        torch.where(mask[:, None, None], a.means, b.means),
+        torch.where(pick, sa, sb),
+    )
+
+
+def _em(x: Tensor, w: Tensor, means: Tensor, covariance: str, n_iter: int) -> ParticleMixture:
+    """``n_iter`` EM steps from ``means`` ``(R, K, d)`` on centred ``x`` ``(R, N, d)``, weights ``w`` ``(R, N)``."""
+    r, _, d = x.shape
+    n_components = means.shape[1]
+    n_eff = 1.0 / (w * w).sum(-1)  # (R,)
     pop_var = (w[..., None] * x.square()).sum(1)  # (R, d)
     pop_var = torch.where(pop_var > 0, pop_var, torch.ones_like(pop_var))  # all particles equal: unit scale
     floor = VARIANCE_FLOOR * pop_var
-    outer = _outer(x) if covariance == "full" and d <= EXPANDED_UP_TO_DIM else None
+    diagonal = covariance != "full"  # spherical or diagonal: variances only
+    outer = _outer(x) if not diagonal and d <= EXPANDED_UP_TO_DIM else None
     squares = x * x
-    products = squares if covariance == "diag" else outer
-    means = _seed_means(x, w, n_components, generator)
-    if covariance == "diag":
+    products = squares if diagonal else outer
+    if covariance == "spherical":
+        scales = pop_var.mean(-1).sqrt()[:, None, None].expand(-1, n_components, d).clone()
+    elif covariance == "diag":
         scales = pop_var.sqrt()[:, None, :].expand(-1, n_components, -1).clone()
     else:
         scales = torch.diag_embed(pop_var.sqrt())[:, None].expand(-1, n_components, -1, -1).clone()
@@ -212,9 +267,12 @@ def fit_mixture(
         denom = mass.clamp_min(MIN_WEIGHT)[..., None]
         new_means = resp.transpose(1, 2) @ x / denom  # (R, K, d)
         means = torch.where(alive[..., None], new_means, mix.means)
-        if covariance == "diag":
+        if diagonal:
             var = resp.transpose(1, 2) @ squares / denom - means.square()
-            var = torch.maximum(var, floor[:, None, :])
+            if covariance == "spherical":  # one variance per component, floored at the smallest floor
+                var = torch.maximum(var.mean(-1, keepdim=True), floor.amin(-1)[:, None, None]).expand_as(var)
+            else:
+                var = torch.maximum(var, floor[:, None, :])
             scales = torch.where(alive[..., None], var.sqrt(), mix.scales)
         else:
             if outer is None:
@@ -226,7 +284,7 @@ def fit_mixture(
             scales = torch.where(alive[..., None, None], scales, mix.scales)
         log_w = torch.where(alive, mass.clamp_min(MIN_WEIGHT).log(), torch.full_like(mass, math.log(MIN_WEIGHT)))
         mix = ParticleMixture(log_w - torch.logsumexp(log_w, -1, keepdim=True), means, scales)
-    return attrs.evolve(mix, means=mix.means + pop_mean)
+    return mix
 
 
 def _shrunk_cholesky(cov: Tensor, n_k: Tensor, floor: Tensor) -> Tensor:
