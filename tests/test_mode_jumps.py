@@ -16,8 +16,8 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Mul
 
 import sampler
 from sampler.errors import ConfigurationError
-from sampler.ext import Linear
-from sampler_plugins.mcmc.independence import IndependenceMH
+from sampler.ext import Linear, random_halves
+from sampler_plugins.mcmc.independence import LINEAGE_KEY, IndependenceMH
 from sampler_plugins.mcmc.mixture import ParticleMixture, fit_mixture
 
 DTYPE = torch.float64
@@ -253,6 +253,40 @@ def test_a_small_mode_keeps_its_share():
     p, m = exact_share_below_zero(target), moved.shape[0] * moved.shape[1]
     z = (float(first_mode_share(target, moved).mean()) - p) / math.sqrt(p * (1 - p) / m)
     assert abs(z) < Z_MAX, z
+
+
+def test_halves_keep_each_lineage_together():
+    """Siblings (one label) share a half; without labels, identical positions do; the split is fair.
+
+    4000 labels of 5 particles each: the share of labels in half A is binomial, sd sqrt(0.25 / 4000).
+    """
+    g = torch.Generator().manual_seed(0)
+    r, n = 2, 20_000
+    x = torch.randn(r, n, 3, generator=g, dtype=DTYPE)
+    groups = (torch.arange(n) // 5).expand(r, n)
+    in_a = random_halves(x, g, groups)
+    by_group = in_a.reshape(r, n // 5, 5)
+    assert (by_group == by_group[..., :1]).all()
+    assert (by_group[..., 0].to(DTYPE).mean(-1) - 0.5).abs().max() < Z_MAX * math.sqrt(0.25 / (n // 5))
+    label = groups[0][torch.randperm(n, generator=g)]
+    in_a = random_halves(x[:, label], g)  # every point 5 times, the copies scattered
+    order = label.argsort()
+    assert (in_a[:, order].reshape(r, n // 5, 5) == in_a[:, order].reshape(r, n // 5, 5)[..., :1]).all()
+
+
+def test_imh_labels_lineages_that_resampling_passes_on():
+    """After a sweep each particle heads a lineage; offspring inherit it, and the next sweep splits by it."""
+    target = TwoModes()
+    x, _ = target.exact(1, 400, seed=4)
+    particles, ctx = particles_at_t1(target, x, seed=5)
+    imh = IndependenceMH(n_components=2)
+    out = imh.apply(particles, None, ctx).particles
+    assert torch.equal(out.extras[LINEAGE_KEY], torch.arange(400)[None])
+    ancestors = torch.randint(0, 400, (1, 400), generator=torch.Generator().manual_seed(1))
+    offspring = out.gather(ancestors)
+    assert torch.equal(offspring.extras[LINEAGE_KEY], ancestors)
+    again = imh.apply(offspring, None, ctx).particles
+    assert torch.equal(again.extras[LINEAGE_KEY], torch.arange(400)[None])
 
 
 def test_smc_with_mode_jumps_counts_its_evaluations_and_stays_exact():

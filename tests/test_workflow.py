@@ -243,6 +243,16 @@ def test_resume_from_a_periodic_checkpoint_equals_the_uninterrupted_run(tmp_path
     assert_same_result(full, resumed, wall_time=False)
 
 
+def test_mode_jumps_resume_with_their_lineages(tmp_path):
+    """The imh corrector's lineage labels (particle extras) travel through the checkpoint."""
+    full = _smc(mode_jumps=1)
+    ck = tmp_path / "jumps.ckpt"
+    _smc(mode_jumps=1, checkpoint=ck, checkpoint_every=2)
+    data = read_checkpoint(ck)
+    assert 0 < data.step < len(full.steps)
+    assert_same_result(full, sampler.resume(ck, progress=False), wall_time=False)
+
+
 def test_ctrl_c_saves_and_resume_equals_the_uninterrupted_run(tmp_path):
     # reference="prior": Interrupting counts its calls, and the Laplace fit of "auto" would make some
     settings = dict(method="smc", n_particles=300, n_replicas=2, seed=4, n_steps=3, progress=False, reference="prior")

@@ -90,15 +90,20 @@ def ess(log_weights: Tensor) -> Tensor:
     return torch.nan_to_num(log_ess(log_weights).exp(), nan=0.0)
 
 
-def random_halves(x: Tensor, generator: torch.Generator) -> Tensor:
+def random_halves(x: Tensor, generator: torch.Generator, groups: Tensor | None = None) -> Tensor:
     """A random split of each replica's particles ``x`` ``(R, N, d)``: ``(R, N)`` bool, True for half A.
 
-    Each particle goes to A by a fair coin, except that identical positions (the copies
-    resampling leaves) share one coin: a step fitted to one half and applied to the other then
-    never uses a copy of the particle it moves. Identical positions have identical projections
-    on a random direction; after sorting by it they form runs, and each run gets one coin.
+    Each particle goes to A by a fair coin, except that particles of one group share one coin:
+    ``groups`` ``(R, N)`` integer labels in ``[0, N)`` (e.g. the ancestor each descends from) or,
+    without them, identical positions (the copies resampling leaves). A step fitted to one half
+    and applied to the other then never uses a copy, or a relative, of the particle it moves.
+    Identical positions have identical projections on a random direction; after sorting by it
+    they form runs, and each run gets one coin.
     """
     r, n, d = x.shape
+    if groups is not None:
+        coins = torch.rand((r, n), generator=generator, dtype=torch.float64, device=x.device) < 0.5
+        return torch.gather(coins, 1, groups.to(device=x.device, dtype=torch.long))
     direction = torch.randn(d, generator=generator, dtype=torch.float64, device=x.device)
     v = x.to(torch.float64) @ direction
     v_sorted, order = v.sort(-1)
