@@ -43,8 +43,9 @@ def test_find_maxima_on_a_gaussian_returns_its_mean():
 
 
 def test_spread_widening_bounds_the_spread_of_squared_distances():
-    """In the prior's standardized coordinates the maxima lie at r^2 = 4, 10 and 20 (a diagonal prior):
-    the factor is sqrt((20 - 4) / (2 SPREAD_MAX_DIP)); equal distances or one maximum keep the prior."""
+    """In the prior's standardized coordinates the maxima lie at r^2 = 4, 10 and 20 (a diagonal prior,
+    then a dense one): the factor is sqrt((20 - 4) / (2 SPREAD_MAX_DIP)); equal distances or one
+    maximum keep the prior."""
     prior = sampler.GaussianReference(2, loc=torch.tensor([1.0, -1.0]), scale=torch.tensor([2.0, 0.5]))
     standardized = torch.tensor([[2.0, 0.0], [1.0, 3.0], [0.0, math.sqrt(20.0)]], dtype=DTYPE)
     maxima = torch.tensor([1.0, -1.0], dtype=DTYPE) + standardized * torch.tensor([2.0, 0.5], dtype=DTYPE)
@@ -52,6 +53,10 @@ def test_spread_widening_bounds_the_spread_of_squared_distances():
     assert spread_widening(prior, maxima[:1]) == 1.0
     same = torch.tensor([1.0, -1.0], dtype=DTYPE) + torch.tensor([[2.0, 0.0], [-2.0, 0.0]], dtype=DTYPE) * 2.0
     assert spread_widening(prior, same) == 1.0
+    tril = torch.tensor([[2.0, 0.0], [0.9, 0.5]], dtype=DTYPE)  # dense: standardized by L^-1, not the marginal sds
+    dense = sampler.GaussianReference(2, loc=torch.tensor([1.0, -1.0]), scale_tril=tril)
+    correlated = torch.tensor([1.0, -1.0], dtype=DTYPE) + standardized @ tril.T
+    assert spread_widening(dense, correlated) == pytest.approx(math.sqrt(16.0 / (2 * SPREAD_MAX_DIP)), rel=1e-12)
 
 
 def _log_share_ratio(loc: float, scale: float, modes: tuple[float, float], sd: float, times: torch.Tensor):

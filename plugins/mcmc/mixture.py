@@ -196,8 +196,10 @@ def fit_mixture(
     w = w / w.sum(-1, keepdim=True)
     pop_mean = (w[..., None] * x.to(torch.float64)).sum(1, keepdim=True)
     x = x.to(torch.float64) - pop_mean  # the fit runs about the population's mean: moments keep their digits
+    pop_var = (w[..., None] * x.square()).sum(1)  # (R, d)
+    pop_var = torch.where(pop_var > 0, pop_var, torch.ones_like(pop_var))  # all particles equal: unit scale
     means = _seed_means(x, w, n_components, generator)
-    fits = [_em(x, w, means, c, n_iter) for c in candidates]
+    fits = [_em(x, w, pop_var, means, c, n_iter) for c in candidates]
     best = fits[-1]
     if len(fits) > 1:
         choice = torch.stack([aic(fit, x, w, c) for fit, c in zip(fits, candidates, strict=True)]).argmin(0)  # (R,)
@@ -237,13 +239,15 @@ def _where(mask: Tensor, a: ParticleMixture, b: ParticleMixture, dense: bool) ->
     )
 
 
-def _em(x: Tensor, w: Tensor, means: Tensor, covariance: str, n_iter: int) -> ParticleMixture:
-    """``n_iter`` EM steps from ``means`` ``(R, K, d)`` on centred ``x`` ``(R, N, d)``, weights ``w`` ``(R, N)``."""
+def _em(x: Tensor, w: Tensor, pop_var: Tensor, means: Tensor, covariance: str, n_iter: int) -> ParticleMixture:
+    """``n_iter`` EM steps from ``means`` ``(R, K, d)`` on centred ``x`` ``(R, N, d)``, weights ``w`` ``(R, N)``.
+
+    ``pop_var`` ``(R, d)`` is the population's (positive) variance per coordinate: the start of
+    every component's and the base of the variance floor.
+    """
     r, _, d = x.shape
     n_components = means.shape[1]
     n_eff = 1.0 / (w * w).sum(-1)  # (R,)
-    pop_var = (w[..., None] * x.square()).sum(1)  # (R, d)
-    pop_var = torch.where(pop_var > 0, pop_var, torch.ones_like(pop_var))  # all particles equal: unit scale
     floor = VARIANCE_FLOOR * pop_var
     diagonal = covariance != "full"  # spherical or diagonal: variances only
     outer = _outer(x) if not diagonal and d <= EXPANDED_UP_TO_DIM else None

@@ -78,7 +78,5 @@ def spread_widening(prior: GaussianReference, maxima: Tensor) -> float:
     shares of any two of the ``maxima`` ``(M, d)`` below :data:`SPREAD_MAX_DIP` nats (module docstring)."""
     if maxima.shape[0] < 2:
         return 1.0
-    loc = torch.as_tensor(prior.loc, dtype=torch.float64, device=maxima.device)
-    scale = torch.as_tensor(prior.scale, dtype=torch.float64, device=maxima.device)
-    r2 = ((maxima.to(torch.float64) - loc) / scale).square().sum(-1)
+    r2 = -2.0 * prior.log_kernel(maxima.to(torch.float64))  # |L^-1 (m - loc)|^2, diagonal or dense
     return max(1.0, math.sqrt(float(r2.max() - r2.min()) / (2 * SPREAD_MAX_DIP)))
