@@ -52,6 +52,7 @@ for _module, _names in {
     "sampler.core.allocator": ("tune_cpu_allocator",),
     "sampler.core.particles": ("Particles",),
     "sampler.core.paths": ("GaussianReference", "GeometricPath", "PathEvaluation"),
+    "sampler.core.prior_reference": ("PriorReference",),
     "sampler.core.result": ("Result", "StepStats"),
     "sampler.core.runner": ("Capabilities", "Runner"),
     "sampler.core.settings": ("RunSettings",),
@@ -160,6 +161,7 @@ if TYPE_CHECKING:  # what type checkers and the API docs see
     from sampler.core.allocator import tune_cpu_allocator
     from sampler.core.particles import Particles
     from sampler.core.paths import GaussianReference, GeometricPath, PathEvaluation
+    from sampler.core.prior_reference import PriorReference
     from sampler.core.result import Result, StepStats
     from sampler.core.runner import Capabilities, Runner
     from sampler.core.settings import RunSettings
@@ -201,6 +203,7 @@ __all__ = [
     "Model",
     "Param",
     "Pipeline",
+    "PriorReference",
     "Result",
     "RunSettings",
     "SamplerError",

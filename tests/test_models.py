@@ -284,6 +284,73 @@ def test_eight_schools_is_the_hand_written_density():
     assert torch.allclose(eight_schools.centered().log_prob(x), by_hand, atol=1e-10)
 
 
+def test_eight_schools_prior_is_the_hand_written_prior():
+    """The example's declared prior: its density is ``log_prob`` without the likelihood (by hand, in
+    the unconstrained space with the log-tau Jacobian), and its draws follow it: ``mu / 5`` and
+    ``(theta - mu) / tau`` standard normal, ``tau`` below 5 half the time (each within 4.5 standard
+    errors of 20,000 draws)."""
+    m = eight_schools.centered()
+    assert m.has_prior and eight_schools.noncentered().has_prior
+    y = torch.tensor(eight_schools.DATA["y"], dtype=torch.float64)
+    sigma = torch.tensor(eight_schools.DATA["sigma"], dtype=torch.float64)
+    x = torch.randn(4, 6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    theta = x[..., 2:]
+    likelihood = (-0.5 * ((y - theta) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    assert torch.allclose(m.log_prob(x) - m.prior_log_prob(x), likelihood, atol=1e-10)
+    n = 20_000
+    draws = m.prior_sample(n, torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert draws.shape == (n, 10) and draws.dtype == torch.float64 and torch.isfinite(draws).all()
+    p = m.constrain(draws)
+    e = ((p["theta"] - p["mu"][:, None]) / p["tau"][:, None]).reshape(-1)
+    for v in (p["mu"] / 5.0, e):
+        assert abs(float(v.mean())) < 4.5 / math.sqrt(v.numel())
+        assert abs(float(v.var()) - 1.0) < 4.5 * math.sqrt(2.0 / v.numel())
+    assert abs(float((p["tau"] < 5.0).double().mean()) - 0.5) < 4.5 * 0.5 / math.sqrt(n)
+
+
+def test_smc_starts_a_model_at_its_prior():
+    """Default ``smc`` on the centered example starts at its prior (auto finds no maximum) and
+    agrees with posteriordb's reference draws of the same posterior, within 4.5 Monte Carlo
+    standard errors of each mean (the smallest bulk ESS over the coordinates)."""
+    from sampler_benchmarks.posteriors import get_posterior
+
+    ref = get_posterior("eight_schools-eight_schools_centered")
+    res = sampler.sample(eight_schools.centered(), "smc", n_particles=1000, n_replicas=4, seed=0, dtype="float64")
+    assert res.options["reference"].startswith("target prior (auto:")
+    ess = float(sampler.diagnostics.rhat_and_ess(res.samples)[1].min())
+    means = {"mu": res.draws["mu"], "tau": res.draws["tau"]}
+    means.update({f"theta[{j + 1}]": res.draws["theta"][..., j] for j in range(8)})
+    for name, v in means.items():
+        z = abs(float(v.mean()) - ref.reference_mean[name]) / ref.reference_sd[name]
+        assert z <= 4.5 / math.sqrt(ess), (name, z, ess)
+
+
+def test_model_prior_errors():
+    params = {"mu": (), "tau": constraints.positive}
+
+    def lp(p):
+        return dist.Normal(0.0, 1.0).log_prob(p["mu"]) + dist.HalfNormal(1.0).log_prob(p["tau"])
+
+    def draws(n, g):
+        return {"mu": torch.randn(n, generator=g), "tau": torch.randn(n, generator=g).abs()}
+
+    with pytest.raises(ConfigurationError, match="both prior_log_prob and prior_sample, or neither"):
+        sampler.model(lp, params, prior_log_prob=lp)
+    with pytest.raises(ConfigurationError, match="prior_sample must be a function"):
+        sampler.model(lp, params, prior_log_prob=lp, prior_sample=3)
+    assert not sampler.model(lp, params).has_prior
+    with pytest.raises(NotImplementedError, match="declares no prior"):
+        sampler.model(lp, params).prior_sample(3)
+    short = sampler.model(lp, params, prior_log_prob=lp, prior_sample=lambda n, g: draws(n - 1, g))
+    with pytest.raises(TargetError, match=r"prior_sample\(5, generator\) must give each parameter 5 draws"):
+        short.prior_sample(5, torch.Generator().manual_seed(0))
+    flat = sampler.model(lp, params, prior_log_prob=lambda p: p["mu"].sum(), prior_sample=draws)
+    with pytest.raises(TargetError, match="prior_log_prob returned shape"):
+        flat.prior_log_prob(torch.zeros(4, 2))
+    good = sampler.model(lp, params, prior_log_prob=lp, prior_sample=draws)
+    assert good.prior_sample(7, torch.Generator().manual_seed(0), dtype=torch.float32).shape == (7, 2)
+
+
 def test_logistic_regression_log_Z_matches_quadrature():
     """log Z of the Challenger model by smc agrees with 2-D quadrature within the replicas' error."""
     m = logistic_regression.make_model()

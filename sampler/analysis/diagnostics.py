@@ -199,10 +199,12 @@ def _warnings(result: Result, v: dict[str, Any]) -> tuple[str, ...]:
                     "longer moves, which cross funnels that MALA's local steps do not: kernel='hmc', n_leapfrog=10"
                 )
             work = "; ".join([*parts, "more particles"])
+        # a path from the target's own prior is not improved by a Gaussian reference (which those options ask for)
+        from_prior = str(result.options.get("reference", "")).startswith("target prior")
+        reference = "" if from_prior else " or a reference closer to the target (reference_loc=, reference_scale=)"
         out.append(
             f"the {unit} disagree (R-hat {rhat:.3f} > {RHAT_LIMIT}): they did not reach one distribution, so the "
-            f"samples, moments and error bars are not to be trusted. Give the sampler more work ({work}) or a "
-            "reference closer to the target (reference_loc=, reference_scale=)."
+            f"samples, moments and error bars are not to be trusted. Give the sampler more work ({work}){reference}."
         )
     if (divergent := v.get("divergent", 0)) > 0:
         out.append(

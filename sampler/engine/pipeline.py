@@ -24,6 +24,7 @@ from sampler.core.laplace import fit_laplace
 from sampler.core.particles import Particles
 from sampler.core.particles import ess as ess_of
 from sampler.core.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation
+from sampler.core.prior_reference import PriorReference
 from sampler.core.resampling import get_scheme
 from sampler.core.result import Result
 from sampler.core.runner import Capabilities
@@ -358,13 +359,18 @@ class Pipeline:
         """
         if isinstance(self.reference, GaussianReference):
             return self.reference, "given", [0, 0]
-        prior = make_reference(target, self.reference_loc, self.reference_scale)
+        gaussian = make_reference(target, self.reference_loc, self.reference_scale)
+        # "the prior": the target's own where it declares one and no Gaussian was asked for
+        prior: GaussianReference = PriorReference(target) if _uses_target_prior(target, self) else gaussian
         if self.reference is None:
-            return prior, "prior", [0, 0]
+            return prior, _prior_name(prior, "prior"), [0, 0]
         if resume is not None:
             saved = resume.state["aux"]["reference"]
             tril = saved.get("scale_tril")
-            if tril is None:
+            ref: GaussianReference
+            if saved.get("target_prior", False):
+                ref = PriorReference(target)
+            elif tril is None:
                 ref = GaussianReference(target.dim, loc=saved["loc"], scale=saved["scale"])
             else:
                 ref = GaussianReference(target.dim, loc=saved["loc"], scale_tril=tril)
@@ -372,8 +378,9 @@ class Pipeline:
         fit_counter = EvaluationCounter()
         if self.reference in ("laplace", "auto", "spread"):
             gen = torch.Generator(device=cfg.device).manual_seed(derived_seed(cfg.seed, _LAPLACE_SALT))
-            if self.reference == "spread":
-                ref, used = spread_reference(target, prior, fit_counter, gen, cfg.dtype)
+            if self.reference == "spread":  # widens a Gaussian: the target's prior only where it keeps it as is
+                ref, used = spread_reference(target, gaussian, fit_counter, gen, cfg.dtype)
+                ref = prior if ref is gaussian else ref
             elif self.reference == "auto" and not any(s.needs_grad for s in self.steps):
                 ref, used = prior, "prior (auto: the steps use no gradients, the Laplace fit would)"
             elif self.reference == "auto":
@@ -383,6 +390,7 @@ class Pipeline:
                 ref, used = fit.reference, "laplace" if fit.kind == "dense" else f"laplace ({fit.kind})"
         else:
             ref, used = self._pilot(target, cfg, fit_counter), "pilot"
+        used = _prior_name(ref, used)
         if carries_counts:
             counter.target_evals += fit_counter.target_evals
             counter.grad_evals += fit_counter.grad_evals
@@ -527,13 +535,28 @@ class Pipeline:
         return f"Pipeline(name={self.name!r}, schedule={self.schedule!r}, steps={self.steps!r})"
 
 
+def _uses_target_prior(target: Target, pipeline: Pipeline) -> bool:
+    """Whether "the prior" of ``pipeline``'s path is the target's own (:class:`PriorReference`): the
+    target declares one and neither ``reference_loc`` nor ``reference_scale`` asks for a Gaussian."""
+    return target.has_prior and pipeline.reference_loc is None and pipeline.reference_scale is None
+
+
+def _prior_name(reference: GaussianReference, used: str) -> str:
+    """``used`` (``"prior ..."``, as the fits word it) as ``"target prior ..."`` for the target's own prior."""
+    return f"target {used}" if isinstance(reference, PriorReference) and used.startswith("prior") else used
+
+
 def _reference_aux(reference: GaussianReference, used: str, evals: list[int]) -> dict[str, Any]:
-    """A fitted reference as checkpointable data: ``{"reference": {loc, scale[, scale_tril], used, evals}}``."""
+    """A fitted reference as checkpointable data: ``{"reference": {loc, scale[, scale_tril], used, evals}}``.
+
+    The target's prior is saved as a flag (``target_prior``), and rebuilt from the target on resume.
+    """
     saved: dict[str, Any] = {
         "loc": torch.as_tensor(reference.loc, dtype=torch.float64),
         "scale": torch.as_tensor(reference.scale, dtype=torch.float64),
         "used": used,
         "evals": [int(e) for e in evals],
+        "target_prior": isinstance(reference, PriorReference),
     }
     if reference.scale_tril is not None:
         saved["scale_tril"] = torch.as_tensor(reference.scale_tril, dtype=torch.float64)

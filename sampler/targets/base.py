@@ -11,6 +11,12 @@ Optional members the engine and the benchmarks use when present:
 * ``log_Z`` -- the exact log normalizer of ``exp(log_prob)`` (``None`` when unknown).
 * ``reference_loc`` / ``reference_scale`` -- where the default Gaussian reference of an
   annealing path is centred and how wide it is (scalars or ``(dim,)``).
+* ``prior_sample(n, generator=None, dtype=None)`` and ``prior_log_prob(x)`` -- for a Bayesian
+  posterior, draws from its prior and the prior's normalized log density, both on the same
+  unconstrained space as ``log_prob`` (Jacobian included). A target that has both
+  (:attr:`Target.has_prior`) starts its annealing path at the prior instead of the Gaussian
+  reference, so that the path tempers the likelihood alone
+  (:class:`~sampler.core.prior_reference.PriorReference`).
 """
 
 from __future__ import annotations
@@ -104,6 +110,30 @@ class Target(abc.ABC):
     ) -> Tensor:
         """Exact samples ``(n, dim)``; only targets with a known exact sampler implement it."""
         raise NotImplementedError(f"{self.name} has no exact sampler")
+
+    def prior_sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """``n`` draws ``(n, dim)`` from the prior of a posterior target, on the generator's device.
+
+        Only a target that is ``prior x likelihood`` implements it (with :meth:`prior_log_prob`).
+        """
+        raise NotImplementedError(f"{self.name} declares no prior")
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """The prior's normalized log density at ``x`` ``(..., dim)``, shape ``(...)`` (see :meth:`prior_sample`).
+
+        It must integrate to one over ``R^dim`` (on the unconstrained space, so with the log
+        Jacobian of the constraining map), and ``log_prob - prior_log_prob`` must be the log
+        likelihood: the annealing path from the prior multiplies it by ``t``.
+        """
+        raise NotImplementedError(f"{self.name} declares no prior")
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether this target declares its prior (overrides :meth:`prior_sample` and :meth:`prior_log_prob`)."""
+        cls = type(self)
+        return cls.prior_sample is not Target.prior_sample and cls.prior_log_prob is not Target.prior_log_prob
 
     @staticmethod
     def sample_device(

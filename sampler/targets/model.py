@@ -324,6 +324,8 @@ class Model(Target):
         log_Z: float | None = None,
         reference_loc: ReferenceHint = 0.0,
         reference_scale: ReferenceHint = 1.0,
+        prior_log_prob: Callable[[Mapping[str, Tensor]], Tensor] | None = None,
+        prior_sample: Callable[[int, torch.Generator], Mapping[str, Any]] | None = None,
     ):
         if not callable(log_prob):
             raise ConfigurationError(f"log_prob must be a function of the parameters, got {type(log_prob).__name__}")
@@ -351,6 +353,13 @@ class Model(Target):
         )
         self.dim_names = tuple(_unconstrained_names(self._blocks))
         self._data_cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
+        if (prior_log_prob is None) != (prior_sample is None):
+            raise ConfigurationError("give the model's prior as both prior_log_prob and prior_sample, or neither")
+        for label, fn in (("prior_log_prob", prior_log_prob), ("prior_sample", prior_sample)):
+            if fn is not None and not callable(fn):
+                raise ConfigurationError(f"{label} must be a function, got {type(fn).__name__}")
+        self._prior_log_prob = prior_log_prob
+        self._prior_sample = prior_sample
 
     @property
     def name(self) -> str:
@@ -443,12 +452,42 @@ class Model(Target):
             lp = self.fn(_Values(values)) if self.data is None else self.fn(_Values(values), self.data_like(x))
         return self._checked(lp, batch) + log_jac
 
-    def _checked(self, lp: object, batch: tuple[int, ...]) -> Tensor:
+    # -- the prior (optional) -------------------------------------------------------------------
+    @property
+    def has_prior(self) -> bool:
+        """Whether the model was given its prior (``prior_log_prob`` and ``prior_sample``)."""
+        return self._prior_log_prob is not None
+
+    def prior_log_prob(self, x: Tensor) -> Tensor:
+        """The prior's log density at ``constrain(x)`` plus the log-Jacobian, ``(...)`` for ``x`` ``(..., dim)``."""
+        if self._prior_log_prob is None:
+            return super().prior_log_prob(x)
+        values, log_jac = self.constrain_with_log_jacobian(x)
+        with _unvalidated_distributions():
+            lp = self._prior_log_prob(_Values(values))
+        return self._checked(lp, tuple(x.shape[:-1]), "prior_log_prob") + log_jac
+
+    def prior_sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """``n`` prior draws ``(n, dim)``: the user's constrained draws, unconstrained, on the generator's device."""
+        if self._prior_sample is None:
+            return super().prior_sample(n, generator, dtype)
+        generator = generator if generator is not None else torch.default_generator
+        x = self.unconstrain(self._prior_sample(n, generator))
+        if tuple(x.shape) != (n, self.dim):
+            raise TargetError(
+                f"model {self.name!r}: prior_sample({n}, generator) must give each parameter {n} draws "
+                f"(values of shape ({n}, *shape)), which unconstrain to ({n}, {self.dim}); got {tuple(x.shape)}"
+            )
+        return x.to(device=generator.device, dtype=dtype or torch.get_default_dtype())
+
+    def _checked(self, lp: object, batch: tuple[int, ...], what: str = "log_prob") -> Tensor:
         """The user's value, or a TargetError that says what is wrong (naming the parameter if it can)."""
         if isinstance(lp, (int, float)) and not batch:
             return torch.as_tensor(float(lp))
         if not isinstance(lp, Tensor):
-            raise TargetError(f"model {self.name!r}: log_prob must return a torch.Tensor, got {type(lp).__name__}")
+            raise TargetError(f"model {self.name!r}: {what} must return a torch.Tensor, got {type(lp).__name__}")
         if tuple(lp.shape) == batch:
             return lp
         hint = ""
@@ -466,7 +505,7 @@ class Model(Target):
                     "sum only over a parameter's own trailing axes (.sum(-1)), never over all of them"
                 )
         raise TargetError(
-            f"model {self.name!r}: log_prob returned shape {tuple(lp.shape)} for parameters with batch shape "
+            f"model {self.name!r}: {what} returned shape {tuple(lp.shape)} for parameters with batch shape "
             f"{batch}; expected {batch}{hint}"
         )
 
@@ -529,6 +568,8 @@ def model(
     log_Z: float | None = None,
     reference_loc: ReferenceHint = 0.0,
     reference_scale: ReferenceHint = 1.0,
+    prior_log_prob: Callable[[Mapping[str, Tensor]], Tensor] | None = None,
+    prior_sample: Callable[[int, torch.Generator], Mapping[str, Any]] | None = None,
 ) -> Model:
     """A target over named, constrained parameters (a Bayesian model); sample it like any target.
 
@@ -553,6 +594,14 @@ def model(
         log_Z: the exact log normalizer, if known (benchmarks and summaries use it).
         reference_loc, reference_scale: where the default Gaussian reference sits in the
             unconstrained space (scalars or ``(dim,)``).
+        prior_log_prob, prior_sample: the model's prior, both or neither: ``prior_log_prob(params)``
+            its normalized log density in the constrained space (batched like ``log_prob``, no
+            Jacobian, no data), and ``prior_sample(n, generator)`` ``n`` draws of it, name ->
+            ``(n, *shape)`` tensors drawn with ``generator`` (``torch.randn(n, generator=g)``,
+            ...). ``log_prob`` minus ``prior_log_prob`` must be the likelihood. A model with its
+            prior starts ``smc``'s path at the prior, tempering the likelihood alone
+            (:class:`~sampler.core.prior_reference.PriorReference`): what makes a centered
+            hierarchical model, whose prior is a funnel, come out right.
 
     Results of a model carry its parameters: ``result.draws["tau"]`` ``(R, N)`` are the
     constrained draws, ``result.to_arviz()`` has one variable per parameter, and
@@ -560,7 +609,7 @@ def model(
 
     Raises:
         ConfigurationError: a declaration the constraint machinery cannot use (unknown support,
-            a shape that does not fit it, a bad name), naming the parameter.
+            a shape that does not fit it, a bad name), naming the parameter; half a prior.
     """
     return Model(
         log_prob,
@@ -571,4 +620,6 @@ def model(
         log_Z=log_Z,
         reference_loc=reference_loc,
         reference_scale=reference_scale,
+        prior_log_prob=prior_log_prob,
+        prior_sample=prior_sample,
     )
