@@ -32,7 +32,7 @@ class ConjugateNormal(sampler.Target):
     The posterior is ``N(post_mean, diag(post_var))`` and, coordinate by coordinate, the evidence
     is ``C sqrt(2 pi sigma^2 / K) N(ybar | m0, s0^2 + sigma^2 / K)`` with
     ``C = (2 pi sigma^2)^(-K/2) exp(-sum_k (y_k - ybar)^2 / (2 sigma^2))``. The posterior sds
-    (0.22-0.44) are 7-14 times narrower than the prior's, so the path has several stages.
+    (0.22-0.45) are 7-14 times narrower than the prior's, so the path has several stages.
     """
 
     dim = 3

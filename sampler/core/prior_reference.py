@@ -44,11 +44,11 @@ class PriorReference(GaussianReference):
 
     Draws and log densities come from the target, on its unconstrained space; the prior is
     normalized, so :attr:`log_norm` is 0 and :meth:`log_kernel` equals :meth:`log_prob`. The
-    gradient is autograd's (``torch.func``'s inside compiled kernel steps, which Dynamo traces). ``loc`` and ``scale``
-    ``(dim,)`` summarize the prior for what reads a reference's centre and width (the MCMC
-    kernels' first step size, a diagonal metric's start): the coordinates' medians and median
-    absolute deviations (times 1.4826) over :data:`SUMMARY_DRAWS` draws of a fixed seed, robust
-    where a prior has no variance (a half-Cauchy scale).
+    gradient is autograd's (``torch.func``'s inside compiled kernel steps, which Dynamo traces).
+    ``loc`` and ``scale`` ``(dim,)`` summarize the prior for what reads a reference's centre and
+    width (the MCMC kernels' first step size, a diagonal metric's start): the coordinates'
+    medians and median absolute deviations (times 1.4826) over :data:`SUMMARY_DRAWS` draws of a
+    fixed seed, robust where a prior has no variance (a half-Cauchy scale).
 
     It is not a Gaussian: it cannot be drawn from standard normals (so a sharded run, whose
     particles come from per-particle normal streams, refuses it) nor widened.
@@ -86,11 +86,6 @@ class PriorReference(GaussianReference):
             raise TargetError(f"target {self.target.name!r}: prior_sample({n}) must return shape {want}, got {got}")
         return x
 
-    @property
-    def name(self) -> str:
-        """How a result names this reference."""
-        return f"the prior of {self.target.name}"
-
     def sample(self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> Tensor:
         """``shape + (dim,)`` prior draws on the generator's device."""
         n = math.prod(shape)
@@ -123,7 +118,6 @@ class PriorReference(GaussianReference):
 
     def grad_log_prob(self, x: Tensor) -> Tensor:
         """Gradient of the prior's log density, ``(..., dim)`` in ``x``'s dtype (0 where it is not finite)."""
-
         if torch.compiler.is_compiling():  # Dynamo traces torch.func, not torch.autograd.grad
 
             def total(z: Tensor) -> Tensor:
