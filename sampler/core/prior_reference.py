@@ -3,8 +3,8 @@
 For a Bayesian posterior ``pi(x) = prior(x) L(x) / Z`` the geometric path from the prior,
 ``log pi_t = (1 - t) log prior + t log(prior L) = log prior + t log L``, is the path of
 likelihood-tempered SMC (Del Moral, Doucet & Jasra 2006, "Sequential Monte Carlo samplers";
-the path of PyMC's SMC): it starts from exact draws of the prior and its
-log Z is the model evidence.
+PyMC's SMC follows it): it starts from exact draws of the prior and its log Z is the model
+evidence.
 
 Why it matters: where the posterior inherits a shape from its prior that local MCMC moves cannot
 build, the prior's draws have that shape from the start. In a hierarchical model with a centered
