@@ -100,6 +100,8 @@ def test_prior_reference_interface():
     assert torch.equal(ref.log_kernel(x), lp)
     expected = -(x - torch.as_tensor(t.m0)) / t.s0**2
     assert torch.allclose(ref.grad_log_prob(x), expected)
+    both = ref.log_prob_and_grad(x)  # one evaluation of the prior, as a path evaluation with gradients uses it
+    assert torch.equal(both[0], lp) and torch.equal(both[1], ref.grad_log_prob(x))
     g32 = ref.grad_log_prob(x.float())
     assert g32.dtype == torch.float32 and torch.allclose(g32.double(), expected, atol=1e-5)
     draws = ref.sample((2, 7), torch.Generator().manual_seed(1), torch.float32)

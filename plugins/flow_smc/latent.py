@@ -396,11 +396,6 @@ class FlowPreconditioned(Corrector):
             grad_target = torch.autograd.grad((z_back * v).sum(), xg)[0]
         log_target = ev_z.log_target - log_det.detach().to(torch.float64)
         finite = torch.isfinite(log_target)[..., None]
-        path = ctx.path
-        ev = PathEvaluation(
-            path.reference.log_prob(x),
-            log_target,
-            path.reference.grad_log_prob(x),
-            torch.where(finite, grad_target, 0.0),
-        )
+        log_ref, grad_ref = ctx.path.reference.log_prob_and_grad(x)
+        ev = PathEvaluation(log_ref, log_target, grad_ref, torch.where(finite, grad_target, 0.0))
         return x, ev

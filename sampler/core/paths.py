@@ -152,6 +152,11 @@ class GaussianReference:
         z = (x - loc) * self._inverse_scale(x)
         return -0.5 * (z * z).sum(-1).to(torch.float64)
 
+    def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log_prob(x), grad_log_prob(x))``: what a path evaluation with gradients needs (a reference
+        whose density is costly, :class:`~sampler.core.prior_reference.PriorReference`, computes both at once)."""
+        return self.log_prob(x), self.grad_log_prob(x)
+
     def grad_log_prob(self, x: Tensor) -> Tensor:
         """Gradient ``-(x - loc) / scale**2`` (dense: ``-(L L^T)^{-1} (x - loc)``), ``(..., dim)`` in ``x``'s dtype."""
         loc, scale = self._params(x)
@@ -357,12 +362,10 @@ class GeometricPath:
         """
         lp, g, nonfinite = sanitized(lp, g)
         self.counter.add_nonfinite(nonfinite)  # a tensor: no host sync per evaluation
-        return PathEvaluation(
-            log_ref=self.reference.log_prob(x),
-            log_target=lp,
-            grad_ref=None if g is None else self.reference.grad_log_prob(x),
-            grad_target=g,
-        )
+        if g is None:
+            return PathEvaluation(log_ref=self.reference.log_prob(x), log_target=lp)
+        log_ref, grad_ref = self.reference.log_prob_and_grad(x)
+        return PathEvaluation(log_ref=log_ref, log_target=lp, grad_ref=grad_ref, grad_target=g)
 
     def count(self, x: Tensor, grad: bool, nonfinite: Tensor, times: int = 1) -> None:
         """Count ``times`` evaluations (with gradients if ``grad``) at each point of ``x`` ``(..., d)``.

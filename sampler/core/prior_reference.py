@@ -103,29 +103,40 @@ class PriorReference(GaussianReference):
         """Not available: only a Gaussian reference is widened."""
         raise ConfigurationError("the target's prior cannot be widened; only a Gaussian reference can")
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """The prior's log density, float64 ``(...)`` (``-inf`` where it is not finite)."""
-        lp = self.target.prior_log_prob(x)
+    def _checked(self, lp: object, x: Tensor) -> Tensor:
+        """The target's ``prior_log_prob`` value at ``x``, or a TargetError if it is not a ``(...)`` tensor."""
         if not isinstance(lp, Tensor) or lp.shape != x.shape[:-1]:
             got = tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__
             want = tuple(x.shape[:-1])
             raise TargetError(f"target {self.target.name!r}: prior_log_prob must return shape {want}, got {got}")
+        return lp
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """The prior's log density, float64 ``(...)`` (``-inf`` where it is not finite)."""
+        lp = self._checked(self.target.prior_log_prob(x), x)
         return sanitized(lp.detach(), None)[0].to(torch.float64)
 
     def log_kernel(self, x: Tensor) -> Tensor:
         """:meth:`log_prob` (the prior is normalized: :attr:`log_norm` is 0)."""
         return self.log_prob(x)
 
-    def grad_log_prob(self, x: Tensor) -> Tensor:
-        """Gradient of the prior's log density, ``(..., dim)`` in ``x``'s dtype (0 where it is not finite)."""
+    def log_prob_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`log_prob` and :meth:`grad_log_prob` from one evaluation of the prior (and its backward pass)."""
         if torch.compiler.is_compiling():  # Dynamo traces torch.func, not torch.autograd.grad
 
-            def total(z: Tensor) -> Tensor:
-                return self.target.prior_log_prob(z).sum()
+            def total(z: Tensor) -> tuple[Tensor, Tensor]:
+                lp = self._checked(self.target.prior_log_prob(z), z)
+                return lp.sum(), lp
 
-            grad = torch.func.grad(total)(x.detach())
+            grad, (_, lp) = torch.func.grad_and_value(total, has_aux=True)(x.detach())
         else:  # eager: autograd, without torch.func's per-call overhead
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(self.target.prior_log_prob(xg).sum(), xg)
-        return torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad)).to(x.dtype)
+                lp = self._checked(self.target.prior_log_prob(xg), x)
+                (grad,) = torch.autograd.grad(lp.sum(), xg)
+        grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad)).to(x.dtype)
+        return sanitized(lp.detach(), None)[0].to(torch.float64), grad
+
+    def grad_log_prob(self, x: Tensor) -> Tensor:
+        """Gradient of the prior's log density, ``(..., dim)`` in ``x``'s dtype (0 where it is not finite)."""
+        return self.log_prob_and_grad(x)[1]
