@@ -19,11 +19,12 @@ What is here, by what a plugin does with it:
   :func:`conditional_ess`, :func:`get_scheme`, :func:`systematic`.
 * **Runners** (what a method builder returns): :class:`Runner`, :class:`Capabilities`,
   :class:`RunSettings`, :class:`Result` (build it with :meth:`Result.from_run`),
-  :class:`StepStats`; :class:`Pipeline` to compose steps on a schedule; :class:`Loop`,
-  :class:`LoopState`, :class:`Session`, :func:`apply_steps`, :func:`record`, :func:`reopen`,
-  :class:`Checkpoint` and :class:`CheckpointData` to run an iteration loop with the engine's
-  checkpoints, Ctrl-C handling and progress; :func:`make_reference`,
-  :func:`initial_particles`; :func:`method` builds another registered method (a source run).
+  :class:`StepStats` (:class:`StepBlock` for many iterations at once); :class:`Pipeline` to
+  compose steps on a schedule; :class:`Loop`, :class:`LoopState`, :class:`Session`,
+  :func:`apply_steps`, :func:`record`, :func:`reopen`, :class:`Checkpoint` and
+  :class:`CheckpointData` to run an iteration loop with the engine's checkpoints, Ctrl-C
+  handling and progress; :func:`make_reference`, :func:`initial_particles`; :func:`method`
+  builds another registered method (a source run).
 * **Training across processes**: :func:`world_size`, :func:`is_main_process`, :func:`agree`,
   :func:`rank_seed`, :func:`local_batch`, :func:`all_reduce_sum`, :func:`sum_gradients`,
   :func:`broadcast_parameters`, :func:`replicated_sampling`.
@@ -42,6 +43,7 @@ from __future__ import annotations
 from sampler.analysis.metrics import nearest_mode, projected_energy_distances, random_directions, slicing_constant
 from sampler.core.particles import Particles, ess, random_halves
 from sampler.core.paths import EvaluationCounter, GaussianReference, GeometricPath, PathEvaluation, sanitized
+from sampler.core.records import StepBlock
 from sampler.core.resampling import get_scheme, systematic
 from sampler.core.result import Result, StepStats
 from sampler.core.runner import Capabilities, Runner
@@ -113,6 +115,7 @@ __all__ = [
     "Schedule",
     "Session",
     "Step",
+    "StepBlock",
     "StepContext",
     "StepOutput",
     "StepStats",

@@ -20,6 +20,7 @@ import torch
 from test_kernels import COV3, MEAN3, Z_MAX, gaussian3, max_abs_z
 
 import sampler
+from sampler.ext import StepBlock, StepStats
 from sampler.io.checkpoint import read_checkpoint
 from sampler_plugins.mcmc.compiled import CompilationWarning
 from sampler_plugins.mcmc.fused import SEGMENT_ITERATIONS
@@ -60,9 +61,15 @@ def test_fused_chains_draw_the_target(kernel, options):
 
 
 def test_fused_chains_keep_the_eager_records_and_counts():
-    """Per iteration a StepStats with the iteration's evaluations; the step size frozen after warm-up."""
+    """Per iteration a StepStats with the iteration's evaluations; the step size frozen after warm-up.
+
+    The fused run records a StepBlock per segment, read as its rows, with the eager run's statistics.
+    """
     options = dict(trajectory="fixed", n_leapfrog=3)
     fused, eager = _run("hmc", 5, 2, 30, 30, compile=True, **options), _run("hmc", 5, 2, 30, 30, **options)
+    assert all(isinstance(r, StepBlock) for r in fused.steps.records)
+    assert all(isinstance(r, StepStats) for r in eager.steps.records)
+    assert set(fused.stats) == set(eager.stats)
     assert len(fused.steps) == len(eager.steps) == 60
     assert [s.step for s in fused.steps] == list(range(1, 61))
     # jittered lengths (the dense metric's default): the same per iteration as the eager kernel's
@@ -92,6 +99,9 @@ def test_fused_chains_are_reproducible_and_checkpointing_changes_nothing(tmp_pat
     resumed = sampler.resume(ck, gaussian3(), progress=False)
     torch.testing.assert_close(resumed.samples, full.samples, rtol=0, atol=0)
     assert resumed.n_grad_evals == full.n_grad_evals and len(resumed.steps) == len(full.steps)
+    # the checkpoint keeps the blocks' rows: the resumed run's statistics are the full run's
+    for key, value in full.stats.items():
+        torch.testing.assert_close(resumed.stats[key], value, rtol=0, atol=0, equal_nan=True)
 
 
 def test_segments_end_at_windows_warmup_and_their_length():

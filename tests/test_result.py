@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import numpy as np
 import pytest
 import torch
 
 import sampler
+from sampler.core.records import StepBlock, StepRecords, StepStats
 from sampler.core.result import pooled_log_Z
 from sampler.io._arviz import arviz
 
@@ -51,6 +53,41 @@ def test_result_shapes_and_counts(smc_result):
     assert bool((stats["log_Z_increment"][1:][done[:-1]] == 0).all())  # nothing after reaching 1
     assert stats["ess"].shape == (len(r.steps), 4)
     assert stats["acceptance"].shape == (len(r.steps), 4)
+
+
+def _row(step: int, r: int = 2, **info: float) -> StepStats:
+    values = {k: torch.full((r,), v, dtype=torch.float64) for k, v in info.items()}
+    return StepStats(step, torch.full((r,), 0.5), torch.ones(r), torch.zeros(r), 10, 10, 0, values)
+
+
+def test_step_blocks_read_as_their_rows(smc_result):
+    """A StepBlock is K StepStats stacked: its rows, the stacked statistics and Result.steps agree."""
+    k, r = 3, 2
+    acceptance = torch.rand(k, r, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    evals, bad = torch.tensor([4, 6, 8]), torch.tensor([0, 1, 0])
+    t = torch.linspace(0.6, 0.8, k)[:, None].expand(k, r)
+    block = StepBlock(2, t, torch.ones(k, r), torch.zeros(k, r), evals, evals, bad, {"acceptance": acceptance})
+    records = StepRecords([_row(1, step_size=0.1), block, _row(5, acceptance=0.9)])
+    assert len(records) == 5 and [s.step for s in records] == [1, 2, 3, 4, 5]
+    assert (records[2].grad_evals, records[2].nonfinite) == (6, 1) and type(records[2].nonfinite) is int
+    last = block.last()
+    assert (last.step, last.grad_evals, last.nonfinite) == (4, 8, 0)
+    assert torch.equal(last.info["acceptance"], acceptance[2])
+    # stacked without the rows equals the rows stacked one by one (NaN where a step lacks a key)
+    stacked, rows = records.stacked(), list(records)
+    nan = torch.full((r,), math.nan, dtype=torch.float64)
+    for key in ("acceptance", "step_size"):
+        expected = torch.stack([s.info.get(key, nan).to(torch.float64) for s in rows])
+        torch.testing.assert_close(stacked[key], expected, equal_nan=True, rtol=0, atol=0)
+    for key in ("t", "ess", "log_Z_increment"):
+        torch.testing.assert_close(stacked[key], torch.stack([getattr(s, key).double() for s in rows]), rtol=0, atol=0)
+    assert stacked["step"].tolist() == [1, 2, 3, 4, 5] and stacked["grad_evals"].tolist() == [10, 4, 6, 8, 10]
+    assert stacked["nonfinite"].tolist() == [0, 0, 1, 0, 0] and stacked["step"].dtype == torch.int64
+    # a Result converts whatever records it is given
+    res = attrs.evolve(smc_result, steps=[_row(1), block])
+    assert isinstance(res.steps, StepRecords) and len(res.steps) == 4 and res.stats["t"].shape == (4, r)
+    with pytest.raises(ValueError, match="first dimension 3"):
+        StepBlock(1, t, torch.ones(2, r), torch.zeros(k, r), evals, evals, bad)
 
 
 def test_log_weights_give_log_Z_per_replica(smc_result):

@@ -35,8 +35,8 @@ from sampler.ext import (
     Result,
     RunSettings,
     Session,
+    StepBlock,
     StepContext,
-    StepStats,
     apply_steps,
     as_target,
     check_positive_int,
@@ -355,9 +355,10 @@ class MCMCChains:
         """Iterations ``state.k`` to the segment's end in one compiled call, then the host's share.
 
         The same iterations as :meth:`_iteration` (module :mod:`~sampler_plugins.mcmc.fused`):
-        the draws, the tuner, the metric windows (and ChEES's length during warm-up) and one
-        :class:`StepStats` per iteration, with the evaluations each iteration made. Falls back
-        to one eager iteration if the segment could not be compiled.
+        the draws, the tuner, the metric windows (and ChEES's length during warm-up) and the
+        statistics of every iteration, with the evaluations each made: one :class:`StepBlock`,
+        the :class:`StepStats` rows of :meth:`_iteration` stacked. Falls back to one eager
+        iteration if the segment could not be compiled.
         """
         chees = self.trajectory == "chees"
         warming = chees and state.k < self.n_warmup
@@ -446,14 +447,20 @@ class MCMCChains:
         keep = (kept >= 0) & ((kept + 1) % self.thin == 0)
         if bool(keep.any()):
             draws[:, kept[keep] // self.thin] = drawn[keep.to(drawn.device)].transpose(0, 1)
-        # one StepStats per iteration, as _iteration records; the constant rows are shared tensors
-        ones, zeros = torch.ones_like(acceptance[0]), torch.zeros_like(acceptance[0])
-        rows = zip(steps, nonfinite.tolist(), acceptance.unbind(0), step_size.unbind(0), lengths_used)
-        for i, (n_i, bad, acc, eps_i, length) in enumerate(rows, start=it):
-            info = {"acceptance": acc, "step_size": eps_i, "warmup": ones if i < self.n_warmup else zeros}
-            if chees:  # as _chees_transition records
-                info.update(n_leapfrog=ones * n_i, trajectory_length=ones * length)
-            session.stats.append(StepStats(i + 1, state.t, ones, zeros, r * n_i, r * n_i, bad, info))
+        # one StepBlock: the rows _iteration would record, stacked
+        shape = acceptance.shape  # (k, R)
+        ones, zeros = acceptance.new_ones(()).expand(shape), acceptance.new_zeros(()).expand(shape)
+        warm = torch.arange(it, end, device=acceptance.device) < self.n_warmup
+        warmup = warm.to(acceptance.dtype)[:, None].expand(shape)
+        info = {"acceptance": acceptance, "step_size": step_size, "warmup": warmup}
+        if chees:  # as _chees_transition records
+            info.update(
+                n_leapfrog=acceptance.new_tensor(steps)[:, None].expand(shape),
+                trajectory_length=acceptance.new_tensor(lengths_used)[:, None].expand(shape),
+            )
+        evals = r * torch.tensor(steps, dtype=torch.int64)
+        t = state.t.expand(k, *state.t.shape)
+        session.stats.append(StepBlock(it + 1, t, ones, zeros, evals, evals, nonfinite.to(torch.int64), info))
         particles = attrs.evolve(particles, x=x1, evaluation=ev1)
         aux.update(tuner=tuner, draws=draws)
         return attrs.evolve(state, k=end, particles=particles, weighted=particles, step_states=(kstate,), aux=aux)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ import torch
 from torch import Tensor
 
 from sampler.core.paths import EvaluationCounter
+from sampler.core.records import Record, StepRecords, StepStats, as_step_records
 from sampler.core.settings import RunSettings
 from sampler.targets.base import Target
 from sampler.targets.model import ParameterLayout
 
-__all__ = ["StepStats", "Result", "pooled_log_Z", "provide"]
+__all__ = ["StepStats", "StepRecords", "Result", "pooled_log_Z", "provide"]
 
 #: What the layers above the core provide for :class:`Result`'s convenience methods, by name:
 #: ``"to_arviz"`` and ``"save"`` (:mod:`sampler.io.persistence`), ``"plot"``
@@ -40,36 +41,6 @@ def _provided(name: str) -> Callable[..., Any]:
         raise RuntimeError(
             f"Result.{name} is provided by the package's upper layers: use sampler.sample (or import sampler.api)"
         ) from None
-
-
-@attrs.frozen
-class StepStats:
-    """Statistics of one annealing stage (or one block of MCMC iterations).
-
-    Attributes:
-        step: stage index (1 for the first stage).
-        t: annealing time of each replica ``(R,)`` at the end of the stage (replicas choose their
-            own adaptive times; a replica that reached 1 stays there while the others finish).
-        ess: normalized Kish ESS per replica ``(R,)`` after reweighting, before resampling.
-        log_Z_increment: log normalizer increment per replica ``(R,)`` (zeros for MCMC).
-        target_evals: target log-density evaluations in this stage (one per point); the
-            initial evaluation at t = 0 belongs to no stage, so these sum to
-            ``Result.n_target_evals`` minus R x N.
-        grad_evals: gradient evaluations in this stage.
-        nonfinite: NaN/+inf log densities the target returned in this stage (those points got
-            zero weight or were rejected).
-        info: per-step statistics reported by the steps, e.g. ``acceptance`` and ``step_size``
-            ``(R,)``, ``resampled`` ``(R,)``.
-    """
-
-    step: int
-    t: Tensor
-    ess: Tensor
-    log_Z_increment: Tensor
-    target_evals: int
-    grad_evals: int
-    nonfinite: int
-    info: Mapping[str, Tensor] = attrs.field(factory=dict)
 
 
 def pooled_log_Z(log_Z_per_replica: Tensor) -> tuple[float, float]:
@@ -115,7 +86,8 @@ class Result:
         n_target_evals: target log-density evaluations (one per point).
         n_grad_evals: gradient evaluations (one per point).
         n_nonfinite: NaN/+inf log densities met (those points got zero weight or were rejected).
-        steps: per-stage statistics.
+        steps: per-stage (per-iteration) statistics, a sequence of :class:`StepStats`
+            (any iterable of them, or of :class:`~sampler.core.records.StepBlock`, converts).
         method: method name; ``target``: target name.
         kind: ``"smc"`` (weighted particles, replicas), ``"mcmc"`` (chains x draws) or
             ``"flow"`` (equally weighted transported particles, replicas; no weights).
@@ -137,7 +109,7 @@ class Result:
     n_target_evals: int
     n_grad_evals: int
     n_nonfinite: int
-    steps: tuple[StepStats, ...]
+    steps: StepRecords = attrs.field(converter=as_step_records)
     method: str
     target: str
     kind: str = "smc"
@@ -164,7 +136,7 @@ class Result:
         log_weights: Tensor | None = None,
         weighted_samples: Tensor | None = None,
         log_Z_per_replica: Tensor | None = None,
-        steps: tuple[StepStats, ...] | list[StepStats] = (),
+        steps: Iterable[Record] = (),
         wall_time: float = math.nan,
         options: Mapping[str, Any] | None = None,
         models: Mapping[str, Any] | None = None,
@@ -207,7 +179,7 @@ class Result:
             n_target_evals=int(evals[0]),
             n_grad_evals=int(evals[1]),
             n_nonfinite=int(evals[2]),
-            steps=tuple(steps),
+            steps=as_step_records(steps),
             method=method,
             target=target.name,
             kind=kind,
@@ -288,34 +260,7 @@ class Result:
     def stats(self) -> dict[str, Tensor]:
         """Per-step statistics stacked over steps, on the CPU: ``t`` and ``ess`` ``(K, R)``,
         and each info key (NaN where a step did not report it)."""
-        if not self.steps:
-            return {}
-        host = torch.device("cpu")  # statistics are records for reports and plots: kept on the host
-
-        def ints(field: str) -> Tensor:
-            return torch.tensor([getattr(s, field) for s in self.steps], dtype=torch.int64, device=host)
-
-        out: dict[str, Tensor] = {
-            "step": ints("step"),
-            "t": torch.stack([s.t.detach().to(host, torch.float64) for s in self.steps]),
-            "ess": torch.stack([s.ess.detach().to(host, torch.float64) for s in self.steps]),
-            "log_Z_increment": torch.stack([s.log_Z_increment.detach().to(host, torch.float64) for s in self.steps]),
-            "target_evals": ints("target_evals"),
-            "grad_evals": ints("grad_evals"),
-            "nonfinite": ints("nonfinite"),
-        }
-        for key in sorted({k for s in self.steps for k in s.info}):
-            rows = [s.info.get(key) for s in self.steps]
-            shape = next(r for r in rows if r is not None).shape
-            out[key] = torch.stack(
-                [
-                    torch.full(shape, math.nan, dtype=torch.float64, device=host)
-                    if r is None
-                    else r.detach().to(host, torch.float64)
-                    for r in rows
-                ]
-            )
-        return out
+        return self.steps.stacked()
 
     def to_arviz(self) -> Any:
         """Export to :class:`arviz.InferenceData`.

@@ -7,7 +7,8 @@ phases::
     move      transports carry the particles from pi_t toward pi_t'    (annealing only)
     reweight  the engine multiplies the weights and updates log Z       (annealing only)
     correct   correctors act at pi_t' (resampling, MCMC)
-    record    the iteration's statistics (:class:`~sampler.StepStats`) are appended
+    record    the iteration's statistics (:class:`~sampler.StepStats`, or a
+              :class:`~sampler.ext.StepBlock` for a fused segment) are appended
 
 :class:`Loop` runs the iterations and owns what every runner would otherwise repeat: the
 progress bar, the periodic checkpoint, and Ctrl-C (the last completed iteration is saved and
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from sampler.core.particles import Particles
 from sampler.core.paths import EvaluationCounter, GeometricPath, PathEvaluation
-from sampler.core.result import StepStats
+from sampler.core.records import Record, StepRecords, StepStats, last_step
 from sampler.core.settings import RunSettings
 from sampler.core.steps import Step, StepContext
 from sampler.core.threads import follow_load
@@ -96,7 +97,8 @@ class Session:
             options is refused). Empty: unknown, not checked.
         shard, streams: this rank's share and per-particle random streams in a sharded run.
         main: whether this process shows progress and writes files.
-        stats: the per-iteration records so far (append-only).
+        stats: the per-iteration records so far (append-only): :class:`StepStats`, or one
+            :class:`~sampler.core.records.StepBlock` per fused segment of iterations.
         elapsed: wall seconds spent before this session (a resumed run's earlier sessions).
     """
 
@@ -112,7 +114,7 @@ class Session:
     shard: Shard | None = None
     streams: ParticleStreams | None = None
     main: bool = True
-    stats: list[StepStats] = attrs.field(factory=list)
+    stats: list[Record] = attrs.field(factory=list)
     elapsed: float = 0.0
     _start: float = attrs.field(factory=time.perf_counter, init=False)
 
@@ -251,7 +253,7 @@ class _Snapshot:
             counts = session.shard.sum_ints(counts)
         tree = {
             **state_to_tree(state, "loop state"),  # k, t, particles, weighted, step_states, aux
-            "stats": [state_to_tree(s, "stats") for s in session.stats[: self.n_stats]],
+            "stats": [state_to_tree(s, "stats") for s in StepRecords(session.stats[: self.n_stats])],
             "counter": {"target_evals": counts[0], "grad_evals": counts[1], "nonfinite": counts[2]},
             "generator": self.generator_state,
             "elapsed": self.elapsed,
@@ -319,7 +321,7 @@ class Loop:
                 while not self.finished(state):
                     follow_load()
                     new = self.iterate(state, session)
-                    last = session.stats[-1]
+                    last = last_step(session.stats[-1])
                     amount = float(new.t.min() - state.t.min()) if by_time else new.k - state.k
                     bar.advance(
                         amount, step=new.k, ess=last.ess if self.annealing else None, info=last.info, **shown(new)

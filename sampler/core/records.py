@@ -1,0 +1,265 @@
+"""A run's per-step statistics: one :class:`StepStats` per stage, or a :class:`StepBlock` per block.
+
+Annealing runs record one :class:`StepStats` per stage. A fused segment of MCMC chain iterations
+(``compile=True``) runs hundreds of iterations in one call. A :class:`StepStats` per iteration
+(an object, a dict, two or three tensor views) costs a few microseconds to create, against the
+12-30 of a compiled iteration of four chains on a small target, and about 1.3 kB for as long as
+the result lives, so such a segment records one :class:`StepBlock` holding its iterations'
+statistics stacked (docs/benchmarks.md, "Chains' statistics in blocks"). :class:`StepRecords`, what
+``Result.steps`` holds, reads both as one sequence of :class:`StepStats`, expanding blocks into
+rows only when rows are asked for; :meth:`StepRecords.stacked` (``Result.stats``) stacks them
+without the rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import overload
+
+import attrs
+import torch
+from torch import Tensor
+
+__all__ = ["StepBlock", "StepRecords", "StepStats", "as_step_records", "last_step"]
+
+#: Where stacked statistics go: they are records for reports and plots, kept on the host (never
+#: torch's default device).
+_HOST = torch.device("cpu")
+
+
+@attrs.frozen
+class StepStats:
+    """Statistics of one annealing stage (or one MCMC iteration).
+
+    Attributes:
+        step: stage index (1 for the first stage).
+        t: annealing time of each replica ``(R,)`` at the end of the stage (replicas choose their
+            own adaptive times; a replica that reached 1 stays there while the others finish).
+        ess: normalized Kish ESS per replica ``(R,)`` after reweighting, before resampling.
+        log_Z_increment: log normalizer increment per replica ``(R,)`` (zeros for MCMC).
+        target_evals: target log-density evaluations in this stage (one per point); the
+            initial evaluation at t = 0 belongs to no stage, so these sum to
+            ``Result.n_target_evals`` minus R x N.
+        grad_evals: gradient evaluations in this stage.
+        nonfinite: NaN/+inf log densities the target returned in this stage (those points got
+            zero weight or were rejected).
+        info: per-step statistics reported by the steps, e.g. ``acceptance`` and ``step_size``
+            ``(R,)``, ``resampled`` ``(R,)``.
+    """
+
+    step: int
+    t: Tensor
+    ess: Tensor
+    log_Z_increment: Tensor
+    target_evals: int
+    grad_evals: int
+    nonfinite: int
+    info: Mapping[str, Tensor] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class StepBlock:
+    """The statistics of K consecutive steps, stacked: what K :class:`StepStats` would hold.
+
+    Attributes:
+        first: the first step's index (its :attr:`StepStats.step`); the others follow by one.
+        t, ess, log_Z_increment: ``(K, R)``, row k the step's :class:`StepStats` field.
+        target_evals, grad_evals, nonfinite: ``(K,)`` int64.
+        info: each ``(K, R)`` (or ``(K, ...)``), row k the step's ``info`` entry.
+    """
+
+    first: int
+    t: Tensor
+    ess: Tensor
+    log_Z_increment: Tensor
+    target_evals: Tensor
+    grad_evals: Tensor
+    nonfinite: Tensor
+    info: Mapping[str, Tensor] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        k = self.t.shape[0]
+        fields = {"ess": self.ess, "log_Z_increment": self.log_Z_increment, "target_evals": self.target_evals}
+        fields.update(grad_evals=self.grad_evals, nonfinite=self.nonfinite, **self.info)
+        wrong = {name: tuple(v.shape) for name, v in fields.items() if v.shape[:1] != (k,)}
+        if wrong:
+            raise ValueError(f"a StepBlock of {k} steps needs each field's first dimension {k}, got {wrong}")
+
+    def __len__(self) -> int:
+        return self.t.shape[0]
+
+    def rows(self) -> list[StepStats]:
+        """The block as one :class:`StepStats` per step (views of its tensors)."""
+        counts = zip(self.target_evals.tolist(), self.grad_evals.tolist(), self.nonfinite.tolist())
+        info = {key: v.unbind(0) for key, v in self.info.items()}
+        columns = zip(self.t.unbind(0), self.ess.unbind(0), self.log_Z_increment.unbind(0), counts)
+        return [
+            StepStats(self.first + k, t, ess, z, n[0], n[1], n[2], {key: v[k] for key, v in info.items()})
+            for k, (t, ess, z, n) in enumerate(columns)
+        ]
+
+    def last(self) -> StepStats:
+        """The last step's :class:`StepStats`."""
+        k = len(self) - 1
+        return StepStats(
+            self.first + k,
+            self.t[k],
+            self.ess[k],
+            self.log_Z_increment[k],
+            int(self.target_evals[k]),
+            int(self.grad_evals[k]),
+            int(self.nonfinite[k]),
+            {key: v[k] for key, v in self.info.items()},
+        )
+
+
+Record = StepStats | StepBlock
+
+
+def last_step(record: Record) -> StepStats:
+    """The record's last step: the :class:`StepStats` itself, or a block's :meth:`StepBlock.last`."""
+    return record.last() if isinstance(record, StepBlock) else record
+
+
+class StepRecords(Sequence[StepStats]):
+    """A run's per-step statistics as a sequence of :class:`StepStats` (``Result.steps``).
+
+    Built from the records a run appended, :class:`StepStats` and :class:`StepBlock` in step
+    order; a block's rows are created the first time any row is read. :meth:`stacked` stacks
+    the statistics over steps without creating them.
+    """
+
+    __slots__ = ("_records", "_rows", "_len")
+
+    def __init__(self, records: Iterable[Record] = ()):
+        self._records: tuple[Record, ...] = tuple(records)
+        self._rows: tuple[StepStats, ...] | None = None
+        self._len = sum(len(r) if isinstance(r, StepBlock) else 1 for r in self._records)
+
+    @property
+    def records(self) -> tuple[Record, ...]:
+        """What the run appended: :class:`StepStats` and :class:`StepBlock` in step order."""
+        return self._records
+
+    def _expanded(self) -> tuple[StepStats, ...]:
+        if self._rows is None:
+            self._rows = tuple(s for r in self._records for s in (r.rows() if isinstance(r, StepBlock) else (r,)))
+        return self._rows
+
+    def __len__(self) -> int:
+        return self._len
+
+    @overload
+    def __getitem__(self, index: int) -> StepStats: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[StepStats, ...]: ...
+    def __getitem__(self, index: int | slice) -> StepStats | tuple[StepStats, ...]:
+        return self._expanded()[index]
+
+    def __iter__(self) -> Iterator[StepStats]:
+        return iter(self._expanded())
+
+    def __repr__(self) -> str:
+        blocks = sum(isinstance(r, StepBlock) for r in self._records)
+        return f"StepRecords({self._len} steps, {blocks} blocks)"
+
+    def stacked(self) -> dict[str, Tensor]:
+        """The statistics stacked over the K steps, on the CPU.
+
+        ``step``, ``target_evals``, ``grad_evals``, ``nonfinite`` ``(K,)`` int64; ``t``,
+        ``ess``, ``log_Z_increment`` and each ``info`` key ``(K, R)`` float64, NaN where a step
+        did not report the key. Empty without steps.
+        """
+        if not self._records:
+            return {}
+        blocks = _host_blocks(self._records)
+        steps = [
+            s
+            for r in self._records
+            for s in (range(r.first, r.first + len(r)) if isinstance(r, StepBlock) else (r.step,))
+        ]
+        out = {"step": torch.tensor(steps, dtype=torch.int64, device=_HOST)}
+        for name in ("t", "ess", "log_Z_increment"):
+            out[name] = torch.cat([getattr(b, name).to(torch.float64) for b in blocks])
+        for name in ("target_evals", "grad_evals", "nonfinite"):
+            out[name] = torch.cat([getattr(b, name).to(torch.int64) for b in blocks])
+        for key in sorted({k for b in blocks for k in b.info}):
+            shape = next(b.info[key].shape[1:] for b in blocks if key in b.info)
+            rows = [
+                b.info[key] if key in b.info else torch.full((len(b), *shape), math.nan, device=_HOST) for b in blocks
+            ]
+            out[key] = torch.cat([v.to(torch.float64) for v in rows])
+        return out
+
+
+def _host_blocks(records: Sequence[Record]) -> list[StepBlock]:
+    """The records as blocks on the CPU, each run of consecutive :class:`StepStats` stacked into one.
+
+    ``info`` entries are float64, NaN in the rows of a run that lack the key.
+    """
+
+    def moved(v: Tensor) -> Tensor:
+        return v.detach().to(_HOST)
+
+    def stacked_run(run: list[StepStats]) -> StepBlock:
+        shapes = {k: v.shape for s in reversed(run) for k, v in s.info.items()}
+        info = {
+            k: torch.stack(
+                [
+                    moved(s.info[k]).double()
+                    if k in s.info
+                    else torch.full(shape, math.nan, dtype=torch.float64, device=_HOST)
+                    for s in run
+                ]
+            )
+            for k, shape in shapes.items()
+        }
+
+        def rows(name: str) -> Tensor:
+            return torch.stack([moved(getattr(s, name)) for s in run])
+
+        def counts(name: str) -> Tensor:
+            return torch.tensor([getattr(s, name) for s in run], device=_HOST)
+
+        return StepBlock(
+            run[0].step,
+            rows("t"),
+            rows("ess"),
+            rows("log_Z_increment"),
+            counts("target_evals"),
+            counts("grad_evals"),
+            counts("nonfinite"),
+            info,
+        )
+
+    blocks: list[StepBlock] = []
+    run: list[StepStats] = []
+    for record in records:
+        if isinstance(record, StepStats):
+            run.append(record)
+            continue
+        if run:
+            blocks.append(stacked_run(run))
+            run = []
+        info = {k: moved(v) for k, v in record.info.items()}
+        blocks.append(
+            StepBlock(
+                record.first,
+                moved(record.t),
+                moved(record.ess),
+                moved(record.log_Z_increment),
+                moved(record.target_evals),
+                moved(record.grad_evals),
+                moved(record.nonfinite),
+                info,
+            )
+        )
+    if run:
+        blocks.append(stacked_run(run))
+    return blocks
+
+
+def as_step_records(steps: Iterable[Record]) -> StepRecords:
+    """``steps`` as :class:`StepRecords` (itself if it already is one): ``Result.steps``' converter."""
+    return steps if isinstance(steps, StepRecords) else StepRecords(steps)
