@@ -90,6 +90,26 @@ def test_step_blocks_read_as_their_rows(smc_result):
         StepBlock(1, t, torch.ones(2, r), torch.zeros(k, r), evals, evals, bad)
 
 
+def test_step_blocks_save_and_load_as_their_rows(smc_result, tmp_path):
+    """The export stacks blocks without rows; a key some records lack is marked, and comes back missing."""
+    k, r = 3, smc_result.n_replicas
+    acceptance = torch.rand(k, r, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    evals = torch.tensor([4, 6, 8])
+    block = StepBlock(
+        2, torch.ones(k, r), torch.ones(k, r), torch.zeros(k, r), evals, evals, 0 * evals, {"acceptance": acceptance}
+    )
+    res = attrs.evolve(smc_result, steps=[_row(1, r=r, step_size=0.1), block])
+    stats = res.to_arviz().sample_stats
+    assert stats.coords["step"].values.tolist() == [1, 2, 3, 4] and stats["grad_evals"].values.tolist() == [10, 4, 6, 8]
+    assert stats["acceptance"].attrs["present_steps"].tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(stats["acceptance"].values[:, 1:], acceptance.T.numpy())
+    back = sampler.load(res.save(tmp_path / "blocks.nc"))
+    assert [s.step for s in back.steps] == [1, 2, 3, 4] and "acceptance" not in back.steps[0].info
+    torch.testing.assert_close(back.steps[2].info["acceptance"], acceptance[1], rtol=0, atol=0)
+    for key, value in res.stats.items():
+        torch.testing.assert_close(back.stats[key], value, rtol=0, atol=0, equal_nan=True)
+
+
 def test_log_weights_give_log_Z_per_replica(smc_result):
     lw = smc_result.log_weights
     per_replica = torch.logsumexp(lw, -1) - math.log(lw.shape[-1])

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import overload
+from typing import cast, overload
 
 import attrs
 import torch
 from torch import Tensor
 
 __all__ = ["StepBlock", "StepRecords", "StepStats", "as_step_records", "last_step"]
+
+#: The per-replica fields of a step's statistics, and its counts.
+_FIELDS, _COUNTS = ("t", "ess", "log_Z_increment"), ("target_evals", "grad_evals", "nonfinite")
 
 #: Where stacked statistics go: they are records for reports and plots, kept on the host (never
 #: torch's default device).
@@ -164,6 +167,45 @@ class StepRecords(Sequence[StepStats]):
         blocks = sum(isinstance(r, StepBlock) for r in self._records)
         return f"StepRecords({self._len} steps, {blocks} blocks)"
 
+    def chunks(self, name: str, info: bool = False) -> list[tuple[Tensor | None, int]]:
+        """One statistic over the steps, a block or a run of :class:`StepStats` at a time, without rows.
+
+        ``name`` is a :class:`StepStats` field (``step`` included), or an ``info`` key with
+        ``info=True``. Per chunk ``(values, k)``: its k steps' values ``(k, ...)`` in their own
+        dtype and device (the integer fields int64), or ``None`` where its steps lack the key.
+        """
+        out: list[tuple[Tensor | None, int]] = []
+        run: list[Tensor | int | None] = []  # consecutive StepStats' values, all present or all absent
+
+        def flush() -> None:
+            if run:
+                first = run[0]
+                if first is None:
+                    out.append((None, len(run)))
+                elif isinstance(first, Tensor):
+                    out.append((torch.stack(cast(list[Tensor], run)), len(run)))
+                else:
+                    out.append((torch.tensor(run, dtype=torch.int64, device=_HOST), len(run)))
+                run.clear()
+
+        for r in self._records:
+            if isinstance(r, StepBlock):
+                flush()
+                k = len(r)
+                if info:
+                    out.append((r.info.get(name), k))
+                elif name == "step":
+                    out.append((torch.arange(r.first, r.first + k, device=_HOST), k))
+                else:
+                    out.append((getattr(r, name), k))
+                continue
+            value = r.info.get(name) if info else getattr(r, name)
+            if run and (run[0] is None) != (value is None):
+                flush()
+            run.append(value)
+        flush()
+        return out
+
     def stacked(self) -> dict[str, Tensor]:
         """The statistics stacked over the K steps, on the CPU.
 
@@ -173,91 +215,17 @@ class StepRecords(Sequence[StepStats]):
         """
         if not self._records:
             return {}
-        blocks = _host_blocks(self._records)
-        steps = [
-            s
-            for r in self._records
-            for s in (range(r.first, r.first + len(r)) if isinstance(r, StepBlock) else (r.step,))
-        ]
-        out = {"step": torch.tensor(steps, dtype=torch.int64, device=_HOST)}
-        for name in ("t", "ess", "log_Z_increment"):
-            out[name] = torch.cat([getattr(b, name).to(torch.float64) for b in blocks])
-        for name in ("target_evals", "grad_evals", "nonfinite"):
-            out[name] = torch.cat([getattr(b, name).to(torch.int64) for b in blocks])
-        for key in sorted({k for b in blocks for k in b.info}):
-            shape = next(b.info[key].shape[1:] for b in blocks if key in b.info)
-            rows = [
-                b.info[key] if key in b.info else torch.full((len(b), *shape), math.nan, device=_HOST) for b in blocks
-            ]
-            out[key] = torch.cat([v.to(torch.float64) for v in rows])
+
+        def column(chunks: list[tuple[Tensor | None, int]], dtype: torch.dtype) -> Tensor:
+            shape = next(v.shape[1:] for v, _ in chunks if v is not None)
+            parts = [torch.full((k, *shape), math.nan, device=_HOST) if v is None else v.detach() for v, k in chunks]
+            return torch.cat([v.to(_HOST, dtype) for v in parts])
+
+        out = {name: column(self.chunks(name), torch.int64) for name in ("step", *_COUNTS)}
+        out.update({name: column(self.chunks(name), torch.float64) for name in _FIELDS})
+        for key in sorted({k for r in self._records for k in r.info}):
+            out[key] = column(self.chunks(key, info=True), torch.float64)
         return out
-
-
-def _host_blocks(records: Sequence[Record]) -> list[StepBlock]:
-    """The records as blocks on the CPU, each run of consecutive :class:`StepStats` stacked into one.
-
-    ``info`` entries are float64, NaN in the rows of a run that lack the key.
-    """
-
-    def moved(v: Tensor) -> Tensor:
-        return v.detach().to(_HOST)
-
-    def stacked_run(run: list[StepStats]) -> StepBlock:
-        shapes = {k: v.shape for s in reversed(run) for k, v in s.info.items()}
-        info = {
-            k: torch.stack(
-                [
-                    moved(s.info[k]).double()
-                    if k in s.info
-                    else torch.full(shape, math.nan, dtype=torch.float64, device=_HOST)
-                    for s in run
-                ]
-            )
-            for k, shape in shapes.items()
-        }
-
-        def rows(name: str) -> Tensor:
-            return torch.stack([moved(getattr(s, name)) for s in run])
-
-        def counts(name: str) -> Tensor:
-            return torch.tensor([getattr(s, name) for s in run], device=_HOST)
-
-        return StepBlock(
-            run[0].step,
-            rows("t"),
-            rows("ess"),
-            rows("log_Z_increment"),
-            counts("target_evals"),
-            counts("grad_evals"),
-            counts("nonfinite"),
-            info,
-        )
-
-    blocks: list[StepBlock] = []
-    run: list[StepStats] = []
-    for record in records:
-        if isinstance(record, StepStats):
-            run.append(record)
-            continue
-        if run:
-            blocks.append(stacked_run(run))
-            run = []
-        info = {k: moved(v) for k, v in record.info.items()}
-        blocks.append(
-            StepBlock(
-                record.first,
-                moved(record.t),
-                moved(record.ess),
-                moved(record.log_Z_increment),
-                moved(record.target_evals),
-                moved(record.grad_evals),
-                moved(record.nonfinite),
-                info,
-            )
-        )
-    if run:
-        blocks.append(stacked_run(run))
-    return blocks
 
 
 def as_step_records(steps: Iterable[Record]) -> StepRecords:

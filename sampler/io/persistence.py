@@ -146,20 +146,24 @@ def _metadata(result: Result) -> dict[str, Any]:
 
 
 def _step_variable(
-    name: str, rows: list[Tensor | None], n_chains: int
+    name: str, chunks: list[tuple[Tensor | None, int]], n_chains: int
 ) -> tuple[tuple[str, ...], np.ndarray, dict[str, Any]]:
-    """Stack one per-step statistic over steps; ``(chain, step, ...)`` when it is per replica."""
-    first = next(r for r in rows if r is not None)
-    shape = tuple(first.shape)
+    """Stack one per-step statistic over steps from its ``StepRecords.chunks``.
+
+    ``(chain, step, ...)`` when it is per replica, else ``(step, ...)``.
+    """
+    first = next(v for v, _ in chunks if v is not None)
+    shape = tuple(first.shape[1:])
     fill = math.nan if first.is_floating_point() or first.dtype == torch.bool else 0
     store = torch.float64 if first.dtype == torch.bool else first.dtype
-    stacked = np.stack(
-        [np.full(shape, fill, dtype=_np(first.to(store)).dtype) if r is None else _np(r.to(store)) for r in rows]
+    np_dtype = _np(first[:0].to(store)).dtype
+    stacked = np.concatenate(
+        [np.full((k, *shape), fill, dtype=np_dtype) if v is None else _np(v.to(store)) for v, k in chunks]
     )  # (K, *shape)
     attrs: dict[str, Any] = {"torch_dtype": _dtype_name(first)}
-    missing = [i for i, r in enumerate(rows) if r is None]
-    if missing:
-        attrs["present_steps"] = np.array([i for i, r in enumerate(rows) if r is not None], dtype=np.int64)
+    present = np.concatenate([np.full(k, v is not None) for v, k in chunks])
+    if not present.all():
+        attrs["present_steps"] = np.flatnonzero(present).astype(np.int64)
     rest = tuple(f"{name}_dim_{i}" for i in range(len(shape) - 1))
     if len(shape) >= 1 and shape[0] == n_chains:
         return ("chain", "step", *rest), np.moveaxis(stacked, 0, 1), attrs
@@ -190,16 +194,21 @@ def to_inference_data(result: Result) -> Any:
     if diverging is not None:  # hmc chains: ArviZ's name, which its plots mark (plot_pair(divergences=True))
         stats["diverging"] = (("chain", "draw"), _np(diverging))
     step_coords: dict[str, Any] = {}
-    if result.steps:
-        step_coords["step"] = np.array([s.step for s in result.steps], dtype=np.int64)
+    if result.steps:  # stacked record by record: a fused run's blocks are never expanded into rows
+        steps = result.steps
+
+        def column(name: str) -> np.ndarray:
+            return np.concatenate([_np(v) for v, _ in steps.chunks(name) if v is not None]).astype(np.int64)
+
+        step_coords["step"] = column("step")
         for name in _STEP_FIELDS:
-            dims, values, attrs = _step_variable(name, [getattr(s, name) for s in result.steps], r)
+            dims, values, attrs = _step_variable(name, steps.chunks(name), r)
             stats[name] = xr.Variable(dims, values, attrs)
         for name in _STEP_COUNTS:
-            stats[name] = (("step",), np.array([getattr(s, name) for s in result.steps], dtype=np.int64))
-        for key in sorted({k for s in result.steps for k in s.info}):
+            stats[name] = (("step",), column(name))
+        for key in sorted({k for rec in steps.records for k in rec.info}):
             var = key if key not in stats and key not in coords else f"info_{key}"
-            dims, values, attrs = _step_variable(var, [s.info.get(key) for s in result.steps], r)
+            dims, values, attrs = _step_variable(var, steps.chunks(key, info=True), r)
             stats[var] = xr.Variable(dims, values, {**attrs, "info_key": key})
     sample_stats = xr.Dataset(stats, coords={**coords, **step_coords})
     meta = _metadata(result)
