@@ -21,10 +21,10 @@ import attrs
 import torch
 from torch import Tensor
 
-__all__ = ["StepBlock", "StepRecords", "StepStats", "as_step_records", "last_step"]
+__all__ = ["STEP_COUNTS", "STEP_FIELDS", "StepBlock", "StepRecords", "StepStats", "as_step_records", "last_step"]
 
 #: The per-replica fields of a step's statistics, and its counts.
-_FIELDS, _COUNTS = ("t", "ess", "log_Z_increment"), ("target_evals", "grad_evals", "nonfinite")
+STEP_FIELDS, STEP_COUNTS = ("t", "ess", "log_Z_increment"), ("target_evals", "grad_evals", "nonfinite")
 
 #: Where stacked statistics go: they are records for reports and plots, kept on the host (never
 #: torch's default device).
@@ -95,26 +95,17 @@ class StepBlock:
     def rows(self) -> list[StepStats]:
         """The block as one :class:`StepStats` per step (views of its tensors)."""
         counts = zip(self.target_evals.tolist(), self.grad_evals.tolist(), self.nonfinite.tolist())
-        info = {key: v.unbind(0) for key, v in self.info.items()}
-        columns = zip(self.t.unbind(0), self.ess.unbind(0), self.log_Z_increment.unbind(0), counts)
-        return [
-            StepStats(self.first + k, t, ess, z, n[0], n[1], n[2], {key: v[k] for key, v in info.items()})
-            for k, (t, ess, z, n) in enumerate(columns)
-        ]
+        return [self._row(k, n) for k, n in enumerate(counts)]
 
     def last(self) -> StepStats:
         """The last step's :class:`StepStats`."""
         k = len(self) - 1
-        return StepStats(
-            self.first + k,
-            self.t[k],
-            self.ess[k],
-            self.log_Z_increment[k],
-            int(self.target_evals[k]),
-            int(self.grad_evals[k]),
-            int(self.nonfinite[k]),
-            {key: v[k] for key, v in self.info.items()},
-        )
+        return self._row(k, (int(self.target_evals[k]), int(self.grad_evals[k]), int(self.nonfinite[k])))
+
+    def _row(self, k: int, counts: tuple[int, int, int]) -> StepStats:
+        """Step ``k``'s :class:`StepStats`, given its ``(target_evals, grad_evals, nonfinite)``."""
+        info = {key: v[k] for key, v in self.info.items()}
+        return StepStats(self.first + k, self.t[k], self.ess[k], self.log_Z_increment[k], *counts, info)
 
 
 Record = StepStats | StepBlock
@@ -221,8 +212,8 @@ class StepRecords(Sequence[StepStats]):
             parts = [torch.full((k, *shape), math.nan, device=_HOST) if v is None else v.detach() for v, k in chunks]
             return torch.cat([v.to(_HOST, dtype) for v in parts])
 
-        out = {name: column(self.chunks(name), torch.int64) for name in ("step", *_COUNTS)}
-        out.update({name: column(self.chunks(name), torch.float64) for name in _FIELDS})
+        out = {name: column(self.chunks(name), torch.int64) for name in ("step", *STEP_COUNTS)}
+        out.update({name: column(self.chunks(name), torch.float64) for name in STEP_FIELDS})
         for key in sorted({k for r in self._records for k in r.info}):
             out[key] = column(self.chunks(key, info=True), torch.float64)
         return out

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from sampler._version import __version__
+from sampler.core.records import STEP_COUNTS, STEP_FIELDS
 from sampler.core.result import Result, StepStats, provide
 from sampler.errors import PersistenceError, UnknownNameError
 from sampler.host.loading import host
@@ -72,9 +73,6 @@ __all__ = [
 #: Version of the layout above; a reader refuses files of a newer layout, naming their writer.
 #: 2: results of models (named parameters; ``x`` in ``unconstrained_posterior``).
 FORMAT_VERSION = 2
-
-_STEP_FIELDS = ("t", "ess", "log_Z_increment")
-_STEP_COUNTS = ("target_evals", "grad_evals", "nonfinite")
 
 
 @runtime_checkable
@@ -201,10 +199,10 @@ def to_inference_data(result: Result) -> Any:
             return np.concatenate([_np(v) for v, _ in steps.chunks(name) if v is not None]).astype(np.int64)
 
         step_coords["step"] = column("step")
-        for name in _STEP_FIELDS:
+        for name in STEP_FIELDS:
             dims, values, attrs = _step_variable(name, steps.chunks(name), r)
             stats[name] = xr.Variable(dims, values, attrs)
-        for name in _STEP_COUNTS:
+        for name in STEP_COUNTS:
             stats[name] = (("step",), column(name))
         for key in sorted({k for rec in steps.records for k in rec.info}):
             var = key if key not in stats and key not in coords else f"info_{key}"
@@ -370,7 +368,7 @@ class _Reader:
         return rows
 
     def steps(self, stats: Any, r: int) -> tuple[StepStats, ...]:
-        names = (*_STEP_FIELDS, *_STEP_COUNTS)
+        names = (*STEP_FIELDS, *STEP_COUNTS)
         if "step" not in stats.dims and not any(name in stats.data_vars for name in names):
             return ()
         if "step" not in stats.coords:
@@ -381,10 +379,10 @@ class _Reader:
         numbers = [int(s) for s in step.values]
         k = len(numbers)
         fields: dict[str, list[Tensor]] = {}
-        for name in _STEP_FIELDS:
+        for name in STEP_FIELDS:
             fields[name] = [row for row in self.step_variable(stats, name, r, k, True) if row is not None]
         counts: dict[str, list[int]] = {}
-        for name in _STEP_COUNTS:
+        for name in STEP_COUNTS:
             var = self.variable(stats, "sample_stats", name, ("step",), (k,), "one count per step", "iu")
             counts[name] = [int(v) for v in var.values]
             if any(c < 0 for c in counts[name]):
